@@ -1,0 +1,253 @@
+/* common.c - see common.h. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#ifndef SB_SOURCE_ROOT
+#define SB_SOURCE_ROOT "."
+#endif
+#ifndef SB_BUNDLED_MODEL
+#define SB_BUNDLED_MODEL "sotu-small"
+#endif
+
+static char exe_dir[PATH_MAX];
+
+void cli_init(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	char buf[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+	if (n > 0) {
+		buf[n] = 0;
+		char *slash = strrchr(buf, '/');
+		if (slash) {
+			*slash = 0;
+			snprintf(exe_dir, sizeof exe_dir, "%s", buf);
+		}
+	}
+}
+
+void cli_error(const char *fmt, ...)
+{
+	va_list ap;
+	fflush(stdout);
+	fputs("seqboat: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int cli_exit_status(int code)
+{
+	switch (code) {
+	case SB_OK: return CLI_EXIT_OK;
+	case SB_ERR_ARG: return CLI_EXIT_USAGE;
+	case SB_ERR_FORMAT: return CLI_EXIT_DATA;
+	case SB_ERR_UNSUPPORTED: return CLI_EXIT_DATA;
+	case SB_ERR_IO: return CLI_EXIT_IO;
+	default: return CLI_EXIT_SOFTWARE;
+	}
+}
+
+int cli_fail(const sb_error *err)
+{
+	cli_error("%s", err->msg);
+	return cli_exit_status(err->code);
+}
+
+bool cli_parse_long(const char *flag, const char *s, long min, long max, long *out)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (!*s || *end || errno == ERANGE) {
+		cli_error("%s: expected an integer, got '%s'", flag, s);
+		return false;
+	}
+	if (v < min || v > max) {
+		cli_error("%s: %ld is out of range (expected %ld to %ld)", flag, v, min, max);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+bool cli_parse_int(const char *flag, const char *s, int min, int max, int *out)
+{
+	long v;
+	if (!cli_parse_long(flag, s, min, max, &v))
+		return false;
+	*out = (int)v;
+	return true;
+}
+
+bool cli_parse_float(const char *flag, const char *s, double min, double max, float *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (!*s || *end || errno == ERANGE || !isfinite(v)) {
+		cli_error("%s: expected a number, got '%s'", flag, s);
+		return false;
+	}
+	if (v < min || v > max) {
+		cli_error("%s: %g is out of range (expected %g to %g)", flag, v, min, max);
+		return false;
+	}
+	*out = (float)v;
+	return true;
+}
+
+bool cli_parse_u64(const char *flag, const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!*s || *s == '-') {
+		cli_error("%s: expected a non-negative integer, got '%s'", flag, s);
+		return false;
+	}
+	unsigned long long v = strtoull(s, &end, 10);
+	if (*end || errno == ERANGE) {
+		cli_error("%s: expected a non-negative integer, got '%s'", flag, s);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+const char *cli_default_model_dir(void)
+{
+	static char buf[PATH_MAX + 64];
+	const char *env = getenv("SEQBOAT_MODEL");
+	if (env && *env)
+		return env;
+	/* Installed layouts put models/ next to bin/; a build tree has the
+	 * binary one level below the source root. */
+	const char *cands[] = {"%s/../models/" SB_BUNDLED_MODEL,
+	                       "%s/../share/seqboat/models/" SB_BUNDLED_MODEL};
+	for (size_t i = 0; exe_dir[0] && i < sizeof cands / sizeof cands[0]; i++) {
+		snprintf(buf, sizeof buf, cands[i], exe_dir);
+		char probe[PATH_MAX + 80];
+		snprintf(probe, sizeof probe, "%s/config.yaml", buf);
+		if (access(probe, R_OK) == 0)
+			return buf;
+	}
+	snprintf(buf, sizeof buf, "%s/models/%s", SB_SOURCE_ROOT, SB_BUNDLED_MODEL);
+	return buf;
+}
+
+int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
+                   sb_bytes_mode bytes)
+{
+	sb_error err = {0};
+	*model = sb_model_load(dir ? dir : cli_default_model_dir(), &err);
+	if (!*model)
+		return cli_fail(&err);
+	if (tok) {
+		*tok = sb_tokenizer_load_for_model(*model, bytes, &err);
+		if (!*tok) {
+			sb_model_free(*model);
+			*model = NULL;
+			return cli_fail(&err);
+		}
+	}
+	return 0;
+}
+
+int cli_read_file(const char *path, char **buf, size_t *len)
+{
+	FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+	if (!f) {
+		cli_error("%s: cannot open: %s", path, strerror(errno));
+		return CLI_EXIT_IO;
+	}
+	size_t cap = 1 << 16, n = 0;
+	char *p = malloc(cap);
+	int rc = 0;
+	while (p) {
+		if (n + 1 >= cap) {
+			char *q = cap < SIZE_MAX / 2 ? realloc(p, cap * 2) : NULL;
+			if (!q) {
+				free(p);
+				p = NULL;
+				break;
+			}
+			p = q;
+			cap *= 2;
+		}
+		size_t got = fread(p + n, 1, cap - n - 1, f);
+		n += got;
+		if (got == 0)
+			break;
+	}
+	if (!p) {
+		cli_error("%s: out of memory reading the file", path);
+		rc = CLI_EXIT_SOFTWARE;
+	} else if (ferror(f)) {
+		cli_error("%s: read error: %s", path, strerror(errno));
+		free(p);
+		rc = CLI_EXIT_IO;
+	} else {
+		p[n] = 0;
+		*buf = p;
+		*len = n;
+	}
+	if (f != stdin)
+		fclose(f);
+	return rc;
+}
+
+int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n)
+{
+	size_t cap = 16, k = 0;
+	int32_t *v = malloc(cap * sizeof *v);
+	if (!v) {
+		cli_error("out of memory");
+		return CLI_EXIT_SOFTWARE;
+	}
+	const char *p = s;
+	for (;;) {
+		while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n')
+			p++;
+		if (!*p)
+			break;
+		char *end;
+		errno = 0;
+		long x = strtol(p, &end, 10);
+		if (end == p || errno == ERANGE || x < 0 || x > INT32_MAX ||
+		    (*end && *end != ' ' && *end != ',' && *end != '\t' && *end != '\n')) {
+			cli_error("%s: expected token ids (non-negative integers separated by spaces or commas) at '%.20s'",
+			          flag, p);
+			free(v);
+			return CLI_EXIT_USAGE;
+		}
+		if (k == cap) {
+			int32_t *q = realloc(v, 2 * cap * sizeof *v);
+			if (!q) {
+				free(v);
+				cli_error("out of memory");
+				return CLI_EXIT_SOFTWARE;
+			}
+			v = q;
+			cap *= 2;
+		}
+		v[k++] = (int32_t)x;
+		p = end;
+	}
+	*ids = v;
+	*n = k;
+	return 0;
+}
+
+bool cli_isatty(FILE *f)
+{
+	return isatty(fileno(f));
+}

@@ -1,0 +1,62 @@
+/* common.h - what the subcommands share: exit statuses, error lines,
+ * checked flag parsing, and finding and loading the model. */
+#ifndef SB_CLI_COMMON_H
+#define SB_CLI_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "seqboat.h"
+#include "tokenizer.h"
+
+/* sysexits.h values, as CONVENTIONS.md asks. */
+enum {
+	CLI_EXIT_OK = 0,
+	CLI_EXIT_FAIL = 1,
+	CLI_EXIT_USAGE = 2,
+	CLI_EXIT_DATA = 65,
+	CLI_EXIT_SOFTWARE = 70,
+	CLI_EXIT_IO = 74,
+	CLI_EXIT_INTERRUPTED = 130,
+};
+
+/* Remembers argv[0] (to find the bundled model next to the binary). */
+void cli_init(int argc, char **argv);
+
+/* One lowercase line on stderr: "seqboat: <message>". */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints err's message and returns the exit status for its code. */
+int cli_fail(const sb_error *err);
+/* The exit status for a library status code. */
+int cli_exit_status(int code);
+
+/* Checked flag values: on a bad value, print "seqboat: --flag: ..." and
+ * return false. */
+bool cli_parse_long(const char *flag, const char *s, long min, long max, long *out);
+bool cli_parse_int(const char *flag, const char *s, int min, int max, int *out);
+bool cli_parse_float(const char *flag, const char *s, double min, double max, float *out);
+bool cli_parse_u64(const char *flag, const char *s, uint64_t *out);
+
+/* The directory used when -m is not given: $SEQBOAT_MODEL, else the
+ * bundled model next to the binary's source tree. */
+const char *cli_default_model_dir(void);
+
+/* Loads the model (dir or the default) and, if tok is not NULL, its
+ * tokenizer. On failure prints the error and returns the exit status;
+ * 0 on success. */
+int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
+                   sb_bytes_mode bytes);
+
+/* Reads a whole file (or stdin for "-") into a malloc'd NUL-terminated
+ * buffer. Prints the error; returns 0 or an exit status. */
+int cli_read_file(const char *path, char **buf, size_t *len);
+
+/* Parses "1 2 3" / "1,2,3" into ids (malloc'd). Prints the error naming
+ * flag; returns 0 or an exit status. */
+int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n);
+
+/* True when the stream is a terminal. */
+bool cli_isatty(FILE *f);
+
+#endif

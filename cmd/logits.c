@@ -1,0 +1,9 @@
+#include "commands.h"
+#include "common.h"
+int cmd_logits(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	cli_error("not implemented yet");
+	return 1;
+}

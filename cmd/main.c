@@ -1,0 +1,56 @@
+/* main.c - global flags, the command table and dispatch. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "common.h"
+#include "seqboat.h"
+
+static const struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary;
+} commands[] = {
+	{"info", cmd_info, "show a model's architecture, sizes and state bytes"},
+	{"tokenize", cmd_tokenize, "turn text into token ids, or ids into text"},
+	{"logits", cmd_logits, "write logits and router decisions for token ids"},
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+	        "usage: seqboat <command> [options]\n"
+	        "       seqboat --help | --version\n\n"
+	        "Runs SeqBoat language models with a constant-size state per sequence.\n\n"
+	        "commands:\n");
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+	fprintf(out, "\n'seqboat <command> --help' describes a command's options.\n"
+	             "Without -m, commands use the bundled model (%s).\n",
+	        cli_default_model_dir());
+}
+
+int main(int argc, char **argv)
+{
+	cli_init(argc, argv);
+	if (argc < 2) {
+		usage(stderr);
+		return CLI_EXIT_USAGE;
+	}
+	const char *name = argv[1];
+	if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(name, "--version") || !strcmp(name, "-V")) {
+		printf("seqboat %s\n", SB_VERSION);
+		return 0;
+	}
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (!strcmp(name, commands[i].name))
+			return commands[i].fn(argc - 1, argv + 1);
+	cli_error("unknown command '%s' (see 'seqboat --help')", name);
+	return CLI_EXIT_USAGE;
+}

@@ -1,0 +1,2 @@
+/* forward.c - placeholder until implemented. */
+#include "seqboat.h"

@@ -1,0 +1,2 @@
+/* model.c - placeholder until implemented. */
+#include "seqboat.h"

@@ -1,0 +1,2 @@
+/* ops.c - placeholder until implemented. */
+#include "seqboat.h"

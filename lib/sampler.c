@@ -1,0 +1,2 @@
+/* sampler.c - placeholder until implemented. */
+#include "seqboat.h"

@@ -1,0 +1,2 @@
+/* stop.c - placeholder until implemented. */
+#include "seqboat.h"

@@ -1,0 +1,22 @@
+/* testutil.h - helpers shared by the Check executables. */
+#ifndef SB_TESTUTIL_H
+#define SB_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+
+#include "seqboat.h"
+
+/* $SB_FIXTURES/<rel> (the official parity fixtures), in a static buffer. */
+const char *tu_fixture(const char *rel);
+/* $SB_SRCDIR/<rel>. */
+const char *tu_src(const char *rel);
+/* A fresh empty directory under $TMPDIR; the caller may leave it. */
+const char *tu_tmpdir(void);
+/* Writes len bytes to dir/name; returns the full path (static buffer). */
+const char *tu_write_file(const char *dir, const char *name, const void *buf,
+                          size_t len);
+/* Runs a Suite with the usual runner; returns the process exit status. */
+int tu_run(Suite *s);
+
+#endif

@@ -1,0 +1,2 @@
+/* fairseq.c - placeholder until implemented. */
+#include "seqboat.h"

@@ -1,0 +1,2 @@
+// spm_shim.cc - placeholder
+#include "tokenizer.h"

@@ -1,0 +1,2 @@
+/* tokenizer.c - placeholder until implemented. */
+#include "seqboat.h"

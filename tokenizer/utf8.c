@@ -1,0 +1,2 @@
+/* utf8.c - placeholder until implemented. */
+#include "seqboat.h"
