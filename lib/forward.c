@@ -1,2 +1,465 @@
-/* forward.c - placeholder until implemented. */
-#include "seqboat.h"
+/*
+ * forward.c - prefill and decode (SPEC sections 1-4).
+ *
+ * Both run one routine over a block of "rows": row t is one token read
+ * into state S[t]. A prefill block is T consecutive tokens of one state; a
+ * batched decode block is one token for each of B states. Rows are applied
+ * to their states in order, so the EMA scan and the window ring see tokens
+ * exactly as token-by-token decoding does, while the projections of all
+ * rows (and the attention unit of only the activated rows, gathered) run
+ * as matrix-matrix products.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Rows per block: bounds the scratch memory, whatever the prompt length. */
+#define BLOCK_ROWS 256
+
+struct sb_ctx {
+	const sb_model *m;
+	int n_threads;
+	float act_bias;
+	double *inv_freq;     // (Z/2) rotary frequencies
+	/* per-row bookkeeping: */
+	sb_state **rs;        // (R) state of each row
+	int64_t *pos;         // (R) raw position of each row's token
+	int *aidx;            // (R) rows the router activated in this layer
+	float *pr1;           // (R) router probability of activation
+	/* activations, R = BLOCK_ROWS rows: */
+	float *x;             // (R, D) residual stream
+	float *xn;            // (R, D) normed input
+	float *mx;            // (R, D) silu(EMA output)
+	float *hxu;           // (R, 2+D) router logits then hx
+	float *mxa;           // (R, D) mx of the activated rows
+	float *zgv;           // (R, Z+2H) silu(mx_proj) of the activated rows
+	float *qv;            // (R, Z) rotated queries
+	float *og;            // (R, H) attention output times gate
+	float *att;           // (R, D) h_proj output
+	float *ffn;           // (R, F) FFN hidden
+	float *scores;        // (W+1) one query's attention weights
+	float *ws;            // matmul widening scratch
+	float *kbuf;          // (Z) one rotated key
+};
+
+static void *xcalloc(size_t n, size_t size, bool *ok)
+{
+	size_t bytes;
+	if (!sb_size_mul(n ? n : 1, size, &bytes)) {
+		*ok = false;
+		return NULL;
+	}
+	void *p = calloc(1, bytes);
+	if (!p)
+		*ok = false;
+	return p;
+}
+
+sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
+{
+	const sb_config *c = &m->cfg;
+	const size_t R = BLOCK_ROWS, D = (size_t)c->embed_dim, Z = (size_t)c->z_dim,
+	             H = (size_t)c->hidden_dim, F = (size_t)(c->ffn_dim > 0 ? c->ffn_dim : 0),
+	             W1 = (size_t)c->window + 1;
+	sb_ctx *x = calloc(1, sizeof *x);
+	if (!x) {
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
+		return NULL;
+	}
+	bool ok = true;
+	x->m = m;
+	x->inv_freq = xcalloc(Z / 2, sizeof(double), &ok);
+	x->rs = xcalloc(R, sizeof(sb_state *), &ok);
+	x->pos = xcalloc(R, sizeof(int64_t), &ok);
+	x->aidx = xcalloc(R, sizeof(int), &ok);
+	x->pr1 = xcalloc(R, sizeof(float), &ok);
+	x->x = xcalloc(R * D, sizeof(float), &ok);
+	x->xn = xcalloc(R * D, sizeof(float), &ok);
+	x->mx = xcalloc(R * D, sizeof(float), &ok);
+	x->hxu = xcalloc(R * (2 + D), sizeof(float), &ok);
+	x->mxa = xcalloc(R * D, sizeof(float), &ok);
+	x->zgv = xcalloc(R * (Z + 2 * H), sizeof(float), &ok);
+	x->qv = xcalloc(R * Z, sizeof(float), &ok);
+	x->og = xcalloc(R * H, sizeof(float), &ok);
+	x->att = xcalloc(R * D, sizeof(float), &ok);
+	x->ffn = xcalloc(R * F, sizeof(float), &ok);
+	x->scores = xcalloc(W1, sizeof(float), &ok);
+	size_t maxc = D > H ? D : H;
+	if (F > maxc)
+		maxc = F;
+	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc), sizeof(float), &ok);
+	x->kbuf = xcalloc(Z, sizeof(float), &ok);
+	if (!ok) {
+		sb_ctx_free(x);
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
+		return NULL;
+	}
+	for (size_t i = 0; i < Z / 2; i++)
+		x->inv_freq[i] = pow(10000.0, -2.0 * (double)i / (double)Z);
+	if (n_threads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		n_threads = n > 0 ? (int)n : 1;
+	}
+	x->n_threads = n_threads;
+	openblas_set_num_threads(n_threads);
+	return x;
+}
+
+void sb_ctx_free(sb_ctx *x)
+{
+	if (!x)
+		return;
+	free(x->inv_freq);
+	free(x->rs);
+	free(x->pos);
+	free(x->aidx);
+	free(x->pr1);
+	free(x->x);
+	free(x->xn);
+	free(x->mx);
+	free(x->hxu);
+	free(x->mxa);
+	free(x->zgv);
+	free(x->qv);
+	free(x->og);
+	free(x->att);
+	free(x->ffn);
+	free(x->scores);
+	free(x->ws);
+	free(x->kbuf);
+	free(x);
+}
+
+const sb_model *sb_ctx_model(const sb_ctx *x) { return x->m; }
+void sb_ctx_set_act_bias(sb_ctx *x, float b) { x->act_bias = b; }
+float sb_ctx_act_bias(const sb_ctx *x) { return x->act_bias; }
+int sb_ctx_threads(const sb_ctx *x) { return x->n_threads; }
+size_t sb_ctx_max_batch(const sb_ctx *x) { (void)x; return BLOCK_ROWS; }
+
+/* Multi-head damped EMA over the rows, in order (SPEC section 2):
+ * h = q*h + p*beta*xn;  mx = silu(sum_n h*gamma/sqrt(N) + omega*xn). */
+static void ema_rows(sb_ctx *x, const sb_layer *ly, int l, int T)
+{
+	const sb_config *c = &x->m->cfg;
+	const int D = c->embed_dim, N = c->n_dim;
+	for (int t = 0; t < T; t++) {
+		float *h = st_h(x->rs[t]) + (size_t)l * D * N;  // (D, N)
+		const float *xn = x->xn + (size_t)t * D;
+		float *out = x->mx + (size_t)t * D;
+		for (int d = 0; d < D; d++) {
+			const float *q = ly->ema_q + (size_t)d * N, *pb = ly->ema_pb + (size_t)d * N,
+			            *g = ly->ema_g + (size_t)d * N;
+			float *hd = h + (size_t)d * N, acc = 0.0f, u = xn[d];
+			for (int n = 0; n < N; n++) {
+				hd[n] = q[n] * hd[n] + pb[n] * u;
+				acc += hd[n] * g[n];
+			}
+			out[d] = acc + ly->omega[d] * u;
+		}
+	}
+	sb_activate(c->activation, x->mx, (size_t)T * D);
+}
+
+/* Pushes (k, v, pos) into a layer's ring, dropping the oldest entry when
+ * it already holds W+1. */
+static void ring_push(const sb_config *c, sb_state *s, int l, const float *k,
+                      const float *v, int64_t pos)
+{
+	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim;
+	int32_t *len = st_ring_len(s) + l, *head = st_ring_head(s) + l;
+	int slot;
+	if (*len < W1) {
+		slot = (*head + *len) % W1;
+		(*len)++;
+	} else {
+		slot = *head;
+		*head = (*head + 1) % W1;
+	}
+	size_t e = (size_t)l * W1 + (size_t)slot;
+	memcpy(st_ring_k(s) + e * Z, k, (size_t)Z * sizeof(float));
+	memcpy(st_ring_v(s) + e * H, v, (size_t)H * sizeof(float));
+	st_ring_pos(s)[e] = pos;
+}
+
+/* One activated row's attention over its ring (which already holds the
+ * row itself): o = sum_j a_j v_j, written into og (H) times the gate g. */
+static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const float *q,
+                   int64_t pos, const float *g, float *og)
+{
+	const sb_config *c = &x->m->cfg;
+	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim, M = c->max_positions;
+	const int len = st_ring_len(s)[l], head = st_ring_head(s)[l];
+	const float *K = st_ring_k(s) + (size_t)l * W1 * Z;   // (W+1, Z)
+	const float *Vv = st_ring_v(s) + (size_t)l * W1 * H;  // (W+1, H)
+	const int64_t *P = st_ring_pos(s) + (size_t)l * W1;   // (W+1)
+	float *a = x->scores;
+	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
+	                                                    : 1.0f / (float)c->window;
+	float mxs = -INFINITY;
+	for (int e = 0; e < len; e++) {
+		int slot = (head + e) % W1;
+		const float *k = K + (size_t)slot * Z;
+		float dot = 0.0f;
+		for (int i = 0; i < Z; i++)
+			dot += q[i] * k[i];
+		float sc = dot * scale;
+		if (ly->rel_bias) {
+			int64_t idx = (int64_t)M - 1 + P[slot] - pos;
+			if (idx < 0)
+				idx = 0;
+			if (idx > 2 * (int64_t)M - 2)
+				idx = 2 * (int64_t)M - 2;
+			sc += ly->rel_bias[idx];
+		}
+		a[e] = sc;
+		if (sc > mxs)
+			mxs = sc;
+	}
+	switch (c->attention) {
+	case SB_ATTN_SOFTMAX: {
+		float sum = 0.0f;
+		for (int e = 0; e < len; e++) {
+			a[e] = expf(a[e] - mxs);
+			sum += a[e];
+		}
+		for (int e = 0; e < len; e++)
+			a[e] /= sum;
+		break;
+	}
+	case SB_ATTN_RELU2:
+		for (int e = 0; e < len; e++)
+			a[e] = a[e] > 0.0f ? a[e] * a[e] : 0.0f;
+		break;
+	case SB_ATTN_LAPLACE: {
+		/* fairseq's laplace with mu = 0.707107, sigma = 0.282095. */
+		const float mu = 0.707107f, inv = 1.0f / (0.282095f * sqrtf(2.0f));
+		for (int e = 0; e < len; e++)
+			a[e] = 0.5f * (1.0f + erff((a[e] - mu) * inv));
+		break;
+	}
+	}
+	memset(og, 0, (size_t)H * sizeof(float));
+	for (int e = 0; e < len; e++) {
+		const float *v = Vv + (size_t)((head + e) % W1) * H;
+		const float w = a[e];
+		for (int i = 0; i < H; i++)
+			og[i] += w * v[i];
+	}
+	for (int i = 0; i < H; i++)
+		og[i] *= g[i];
+}
+
+/* The gated attention unit for the activated rows of one layer: their
+ * projections gathered into one product, their ring pushes and attention
+ * in row order, and the output h_proj scaled by pr1 into att. */
+static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
+{
+	const sb_config *c = &x->m->cfg;
+	const int D = c->embed_dim, Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H;
+	for (int i = 0; i < Ta; i++)
+		memcpy(x->mxa + (size_t)i * D, x->mx + (size_t)x->aidx[i] * D,
+		       (size_t)D * sizeof(float));
+	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws);
+	sb_activate(c->activation, x->zgv, (size_t)Ta * ZH);
+	for (int i = 0; i < Ta; i++) {
+		const int t = x->aidx[i];
+		float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
+		float *q = x->qv + (size_t)i * Z;
+		float *k = x->kbuf;
+		for (int j = 0; j < Z; j++) {
+			q[j] = z[j] * ly->gq[j] + ly->bq[j];
+			k[j] = z[j] * ly->gk[j] + ly->bk[j];
+		}
+		if (c->rel_pos == SB_POS_ROTARY) {
+			sb_rotary(q, Z, x->pos[t], x->inv_freq);
+			sb_rotary(k, Z, x->pos[t], x->inv_freq);
+		}
+		ring_push(c, x->rs[t], l, k, z + Z + H, x->pos[t]);
+		attend(x, ly, l, x->rs[t], q, x->pos[t], z + Z, x->og + (size_t)i * H);
+	}
+	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws);
+	for (int i = 0; i < Ta; i++) {
+		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];
+		for (int d = 0; d < D; d++)
+			a[d] *= p;
+	}
+}
+
+static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t row0)
+{
+	const sb_model *m = x->m;
+	const sb_config *c = &m->cfg;
+	const sb_layer *ly = &m->layers[l];
+	const int D = c->embed_dim, D2 = 2 + D;
+
+	for (int t = 0; t < T; t++) {
+		float *xi = x->x + (size_t)t * D, *xn = x->xn + (size_t)t * D;
+		if (c->normalize_before)
+			sb_norm_apply(&ly->norm, xn, xi, D);
+		else
+			memcpy(xn, xi, (size_t)D * sizeof(float));
+	}
+	ema_rows(x, ly, l, T);
+	sb_matmul(x->hxu, x->mx, T, &ly->hx, ly->hx_b, x->ws);
+
+	/* Router: pr1 = softmax([u0 + act_bias, u1] / tau)[1]; a tie is
+	 * not activated. */
+	int Ta = 0;
+	for (int t = 0; t < T; t++) {
+		const float *u = x->hxu + (size_t)t * D2;
+		float a0 = (u[0] + x->act_bias) * ly->inv_tau, a1 = u[1] * ly->inv_tau;
+		float mxv = a0 > a1 ? a0 : a1;
+		float e0 = expf(a0 - mxv), e1 = expf(a1 - mxv);
+		float p1 = e1 / (e0 + e1), p0 = e0 / (e0 + e1);
+		x->pr1[t] = p1;
+		bool act = p1 > p0;
+		if (act) {
+			x->aidx[Ta++] = t;
+			st_n_act(x->rs[t])[l]++;
+		}
+		if (out && out->act)
+			out->act[(size_t)l * out->stride + out->offset + row0 + t] = act;
+	}
+	if (Ta > 0)
+		attention_rows(x, ly, l, Ta);
+
+	/* y = act(hx + att + r0), then the post-norm. */
+	for (int t = 0, i = 0; t < T; t++) {
+		float *xi = x->x + (size_t)t * D;
+		const float *hx = x->hxu + (size_t)t * D2 + 2;
+		const float *att = NULL;
+		if (i < Ta && x->aidx[i] == t)
+			att = x->att + (size_t)(i++) * D;
+		for (int d = 0; d < D; d++)
+			xi[d] = hx[d] + (att ? att[d] : 0.0f) + xi[d];
+		sb_activate(c->activation, xi, (size_t)D);
+		if (!c->normalize_before) {
+			sb_norm_apply(&ly->norm, x->xn + (size_t)t * D, xi, D);
+			memcpy(xi, x->xn + (size_t)t * D, (size_t)D * sizeof(float));
+		}
+	}
+
+	if (c->ffn_dim > 0) {
+		const int F = c->ffn_dim;
+		for (int t = 0; t < T; t++) {
+			float *xi = x->x + (size_t)t * D, *xn = x->xn + (size_t)t * D;
+			if (c->normalize_before)
+				sb_norm_apply(&ly->ffn_norm, xn, xi, D);
+			else
+				memcpy(xn, xi, (size_t)D * sizeof(float));
+		}
+		sb_matmul(x->ffn, x->xn, T, &ly->fc1, ly->fc1_b, x->ws);
+		sb_activate(c->activation, x->ffn, (size_t)T * F);
+		sb_matmul(x->att, x->ffn, T, &ly->fc2, ly->fc2_b, x->ws);
+		for (int t = 0; t < T; t++) {
+			float *xi = x->x + (size_t)t * D, *f = x->att + (size_t)t * D;
+			for (int d = 0; d < D; d++)
+				xi[d] += f[d];
+			if (!c->normalize_before) {
+				sb_norm_apply(&ly->ffn_norm, x->xn + (size_t)t * D, xi, D);
+				memcpy(xi, x->xn + (size_t)t * D, (size_t)D * sizeof(float));
+			}
+		}
+	}
+	if (out && out->hidden)
+		for (int t = 0; t < T; t++)
+			memcpy(out->hidden + ((size_t)l * out->stride + out->offset + row0 + t) * D,
+			       x->x + (size_t)t * D, (size_t)D * sizeof(float));
+}
+
+/* Runs T <= BLOCK_ROWS rows whose states are already in x->rs. */
+static void block_rows(sb_ctx *x, const int32_t *tokens, int T, const sb_outputs *out,
+                       size_t row0, bool last_block, float *last_logits)
+{
+	const sb_model *m = x->m;
+	const sb_config *c = &m->cfg;
+	const int D = c->embed_dim, V = c->vocab_size;
+
+	for (int t = 0; t < T; t++) {
+		/* Rows of one state take consecutive positions. */
+		x->pos[t] = (int64_t)x->rs[t]->n_tokens;
+		x->rs[t]->n_tokens++;
+		float *xi = x->x + (size_t)t * D;
+		sb_mat_row(&m->embed, tokens[t], xi);
+		for (int d = 0; d < D; d++)
+			xi[d] *= m->embed_scale;
+	}
+	for (int l = 0; l < c->layers; l++)
+		layer_rows(x, l, T, out, row0);
+
+	bool all = out && out->logits;
+	if (!all && !(last_block && last_logits))
+		return;
+	if (c->normalize_before)
+		for (int t = all ? 0 : T - 1; t < T; t++) {
+			float *xi = x->x + (size_t)t * D;
+			sb_norm_apply(&m->final_norm, x->xn, xi, D);
+			memcpy(xi, x->xn, (size_t)D * sizeof(float));
+		}
+	if (all) {
+		float *dst = out->logits + (out->offset + row0) * (size_t)V;
+		sb_matmul(dst, x->x, T, &m->out, NULL, x->ws);
+		if (last_block && last_logits)
+			memcpy(last_logits, dst + (size_t)(T - 1) * V, (size_t)V * sizeof(float));
+	} else {
+		sb_matmul(last_logits, x->x + (size_t)(T - 1) * D, 1, &m->out, NULL, x->ws);
+	}
+}
+
+static int check_tokens(const sb_model *m, const int32_t *tokens, size_t T, sb_error *err)
+{
+	for (size_t i = 0; i < T; i++)
+		if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+			return sb_error_set(err, SB_ERR_ARG,
+			                    "token %zu is id %d, outside the vocabulary [0, %d)", i,
+			                    (int)tokens[i], m->cfg.vocab_size);
+	return 0;
+}
+
+int sb_prefill(sb_ctx *x, sb_state *s, const int32_t *tokens, size_t T,
+               const sb_outputs *out, sb_error *err)
+{
+	if (s->m != x->m)
+		return sb_error_set(err, SB_ERR_ARG, "state and context belong to different models");
+	int rc = check_tokens(x->m, tokens, T, err);
+	if (rc < 0)
+		return rc;
+	for (size_t t0 = 0; t0 < T; t0 += BLOCK_ROWS) {
+		int n = T - t0 < BLOCK_ROWS ? (int)(T - t0) : BLOCK_ROWS;
+		for (int t = 0; t < n; t++)
+			x->rs[t] = s;
+		block_rows(x, tokens + t0, n, out, t0, t0 + (size_t)n == T,
+		           out ? out->last_logits : NULL);
+	}
+	return 0;
+}
+
+int sb_decode(sb_ctx *x, sb_state *s, int32_t token, float *logits, sb_error *err)
+{
+	sb_outputs out = {.last_logits = logits};
+	return sb_prefill(x, s, &token, 1, &out, err);
+}
+
+int sb_decode_batch(sb_ctx *x, sb_state *const *states, const int32_t *tokens, size_t B,
+                    float *logits, sb_error *err)
+{
+	if (B > BLOCK_ROWS)
+		return sb_error_set(err, SB_ERR_ARG, "batch of %zu sequences, at most %d", B,
+		                    BLOCK_ROWS);
+	int rc = check_tokens(x->m, tokens, B, err);
+	if (rc < 0)
+		return rc;
+	for (size_t b = 0; b < B; b++) {
+		if (states[b]->m != x->m)
+			return sb_error_set(err, SB_ERR_ARG, "state %zu belongs to another model", b);
+		x->rs[b] = states[b];
+	}
+	sb_outputs out = {.logits = logits};
+	if (B)
+		block_rows(x, tokens, (int)B, logits ? &out : NULL, 0, true, NULL);
+	return 0;
+}

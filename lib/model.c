@@ -1,2 +1,417 @@
-/* model.c - placeholder until implemented. */
-#include "seqboat.h"
+/*
+ * model.c - a model directory: config.yaml + model.safetensors, bound to
+ * the layout of internal.h with every tensor's presence and shape checked.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define ST_NAME "model.safetensors"
+
+typedef struct binder {
+	sb_model *m;
+	const sb_st_file *st;
+	unsigned char *used;   // (count) tensors bound so far
+	float *arena_next;
+	float *arena_end;
+	uint64_t n_params;
+	size_t count_by_dtype[SB_DTYPE_COUNT];
+	sb_error *err;
+} binder;
+
+static int shape_str(char *buf, size_t cap, const uint64_t *shape, int ndim)
+{
+	size_t n = 0;
+	n += (size_t)snprintf(buf + n, cap - n, "[");
+	for (int i = 0; i < ndim && n < cap; i++)
+		n += (size_t)snprintf(buf + n, cap - n, "%s%llu", i ? ", " : "",
+		                      (unsigned long long)shape[i]);
+	if (n < cap)
+		snprintf(buf + n, cap - n, "]");
+	return 0;
+}
+
+/* Finds `name` with exactly `ndim` dims of `shape` in F32/F16/BF16. */
+static const sb_tensor *bind(binder *b, const char *name, int ndim,
+                             const uint64_t *shape)
+{
+	const sb_tensor *t = sb_st_find(b->st, name);
+	char want[128], got[128];
+	shape_str(want, sizeof want, shape, ndim);
+	if (!t) {
+		sb_error_set(b->err, SB_ERR_FORMAT,
+		             ST_NAME ": tensor '%s' is missing (expected shape %s, which config.yaml implies)",
+		             name, want);
+		return NULL;
+	}
+	bool same = t->ndim == ndim;
+	for (int i = 0; same && i < ndim; i++)
+		same = t->shape[i] == shape[i];
+	if (!same) {
+		shape_str(got, sizeof got, t->shape, t->ndim);
+		sb_error_set(b->err, SB_ERR_FORMAT,
+		             ST_NAME ": tensor '%s' has shape %s, expected %s", name, got, want);
+		return NULL;
+	}
+	if (t->dtype != SB_DTYPE_F32 && t->dtype != SB_DTYPE_F16 && t->dtype != SB_DTYPE_BF16) {
+		sb_error_set(b->err, SB_ERR_FORMAT,
+		             ST_NAME ": tensor '%s' has dtype %s, expected F32, F16 or BF16",
+		             name, sb_dtype_name(t->dtype));
+		return NULL;
+	}
+	size_t idx = (size_t)(t - sb_st_tensor_at(b->st, 0));
+	if (!b->used[idx]) {
+		b->used[idx] = 1;
+		b->n_params += t->numel;
+	}
+	return t;
+}
+
+/* A float32 copy of a (small) tensor in the arena. */
+static const float *bind_vec(binder *b, const char *name, int ndim, const uint64_t *shape)
+{
+	const sb_tensor *t = bind(b, name, ndim, shape);
+	if (!t)
+		return NULL;
+	if ((size_t)(b->arena_end - b->arena_next) < t->numel) {
+		sb_error_set(b->err, SB_ERR_FORMAT, "internal: model arena too small at '%s'", name);
+		return NULL;
+	}
+	float *dst = b->arena_next;
+	b->arena_next += t->numel;
+	sb_widen(t->dtype, t->data, dst, t->numel);
+	return dst;
+}
+
+static bool bind_mat(binder *b, const char *name, int rows, int cols, sb_mat *out)
+{
+	uint64_t shape[2] = {(uint64_t)rows, (uint64_t)cols};
+	const sb_tensor *t = bind(b, name, 2, shape);
+	if (!t)
+		return false;
+	out->dtype = t->dtype;
+	out->data = t->data;
+	out->rows = rows;
+	out->cols = cols;
+	b->count_by_dtype[t->dtype] += t->nbytes;
+	return true;
+}
+
+static float *arena_take(binder *b, size_t n)
+{
+	float *p = b->arena_next;
+	b->arena_next += n;
+	return p;
+}
+
+static bool bind_norm(binder *b, const char *prefix, sb_norm_kind kind, bool affine,
+                      int D, sb_norm *nm)
+{
+	char name[256];
+	uint64_t d[1] = {(uint64_t)D}, one[1] = {1};
+	nm->kind = kind;
+	nm->weight = nm->bias = NULL;
+	nm->scalar = 1.0f;
+	if (!affine)
+		return true;
+	switch (kind) {
+	case SB_NORM_LAYERNORM:
+		snprintf(name, sizeof name, "%s.weight", prefix);
+		if (!(nm->weight = bind_vec(b, name, 1, d)))
+			return false;
+		snprintf(name, sizeof name, "%s.bias", prefix);
+		return (nm->bias = bind_vec(b, name, 1, d)) != NULL;
+	case SB_NORM_RMSNORM:
+		snprintf(name, sizeof name, "%s.weight", prefix);
+		return (nm->weight = bind_vec(b, name, 1, d)) != NULL;
+	case SB_NORM_SCALENORM: {
+		snprintf(name, sizeof name, "%s.scalar", prefix);
+		const float *s = bind_vec(b, name, 1, one);
+		if (!s)
+			return false;
+		nm->scalar = *s;
+		return true;
+	}
+	}
+	return false;
+}
+
+static float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static bool bind_layer(binder *b, int l, sb_layer *ly)
+{
+	const sb_config *c = &b->m->cfg;
+	const uint64_t D = (uint64_t)c->embed_dim, Z = (uint64_t)c->z_dim,
+	               H = (uint64_t)c->hidden_dim, N = (uint64_t)c->n_dim;
+	char p[128], name[256];
+	snprintf(p, sizeof p, "layers.%d.slag_layer", l);
+#define NAME(suffix) (snprintf(name, sizeof name, "%s." suffix, p), name)
+
+	snprintf(name, sizeof name, "%s.norm.norm", p);
+	if (!bind_norm(b, name, c->norm, true, (int)D, &ly->norm))
+		return false;
+
+	uint64_t dn1[3] = {D, N, 1}, dn[2] = {D, N}, d1[1] = {D}, one[1] = {1};
+	const float *delta = bind_vec(b, NAME("move.delta"), 3, dn1);
+	const float *alpha = delta ? bind_vec(b, NAME("move.alpha"), 3, dn1) : NULL;
+	const float *beta = alpha ? bind_vec(b, NAME("move.beta"), 3, dn1) : NULL;
+	const float *gamma = beta ? bind_vec(b, NAME("move.gamma"), 2, dn) : NULL;
+	const float *omega = gamma ? bind_vec(b, NAME("move.omega"), 1, d1) : NULL;
+	const float *temp = omega ? bind_vec(b, NAME("q_router.temp"), 1, one) : NULL;
+	if (!temp)
+		return false;
+	ly->ema_q = arena_take(b, D * N);
+	ly->ema_pb = arena_take(b, D * N);
+	ly->ema_g = arena_take(b, D * N);
+	float scale = sqrtf(1.0f / (float)N);
+	for (size_t i = 0; i < D * N; i++) {
+		float pp = sigmoidf_(delta[i]), a = sigmoidf_(alpha[i]);
+		ly->ema_q[i] = 1.0f - pp * a;
+		ly->ema_pb[i] = pp * beta[i];
+		ly->ema_g[i] = gamma[i] * scale;
+	}
+	ly->omega = (float *)omega;
+	ly->inv_tau = 1.0f / expf(temp[0]);
+
+	if (!bind_mat(b, NAME("hx_proj.weight"), (int)(2 + D), (int)D, &ly->hx))
+		return false;
+	uint64_t n2d[1] = {2 + D}, nmx[1] = {Z + 2 * H}, z2[2] = {2, Z};
+	if (!(ly->hx_b = bind_vec(b, NAME("hx_proj.bias"), 1, n2d)))
+		return false;
+	if (!bind_mat(b, NAME("mx_proj.weight"), (int)(Z + 2 * H), (int)D, &ly->mx))
+		return false;
+	if (!(ly->mx_b = bind_vec(b, NAME("mx_proj.bias"), 1, nmx)))
+		return false;
+	if (!bind_mat(b, NAME("h_proj.weight"), (int)D, (int)H, &ly->ho))
+		return false;
+	if (!(ly->ho_b = bind_vec(b, NAME("h_proj.bias"), 1, d1)))
+		return false;
+	const float *g = bind_vec(b, NAME("gamma"), 2, z2);
+	const float *be = g ? bind_vec(b, NAME("beta"), 2, z2) : NULL;
+	if (!be)
+		return false;
+	ly->gq = g;
+	ly->gk = g + Z;
+	ly->bq = be;
+	ly->bk = be + Z;
+	ly->rel_bias = NULL;
+	if (c->rel_pos == SB_POS_SIMPLE) {
+		uint64_t m2[1] = {2 * (uint64_t)c->max_positions - 1};
+		if (!(ly->rel_bias = bind_vec(b, NAME("rel_pos_bias.rel_pos_bias"), 1, m2)))
+			return false;
+	}
+#undef NAME
+	if (c->ffn_dim > 0) {
+		const uint64_t F = (uint64_t)c->ffn_dim;
+		uint64_t f1[1] = {F};
+		snprintf(p, sizeof p, "layers.%d.nffn", l);
+		snprintf(name, sizeof name, "%s.norm.norm", p);
+		if (!bind_norm(b, name, c->norm, true, (int)D, &ly->ffn_norm))
+			return false;
+		snprintf(name, sizeof name, "%s.fc1.weight", p);
+		if (!bind_mat(b, name, (int)F, (int)D, &ly->fc1))
+			return false;
+		snprintf(name, sizeof name, "%s.fc1.bias", p);
+		if (!(ly->fc1_b = bind_vec(b, name, 1, f1)))
+			return false;
+		snprintf(name, sizeof name, "%s.fc2.weight", p);
+		if (!bind_mat(b, name, (int)D, (int)F, &ly->fc2))
+			return false;
+		snprintf(name, sizeof name, "%s.fc2.bias", p);
+		if (!(ly->fc2_b = bind_vec(b, name, 1, d1)))
+			return false;
+	}
+	return true;
+}
+
+/* Upper bound of the float32 arena: every vector bound plus the derived
+ * EMA tables. */
+static size_t arena_floats(const sb_config *c)
+{
+	size_t D = (size_t)c->embed_dim, Z = (size_t)c->z_dim, H = (size_t)c->hidden_dim,
+	       N = (size_t)c->n_dim, F = (size_t)(c->ffn_dim > 0 ? c->ffn_dim : 0),
+	       M = (size_t)c->max_positions;
+	size_t per = 2 * D            /* norm */
+	             + 7 * D * N      /* delta alpha beta gamma + 3 derived */
+	             + D + 1          /* omega temp */
+	             + (2 + D) + (Z + 2 * H) + D /* biases */
+	             + 4 * Z          /* gamma beta */
+	             + (c->rel_pos == SB_POS_SIMPLE ? 2 * M : 0)
+	             + (c->ffn_dim > 0 ? 2 * D + F + D : 0);
+	return per * (size_t)c->layers + 2 * D + 16;
+}
+
+/* Dimensions are capped by the config reader; the largest products below
+ * still get checked so a hostile config cannot wrap a size. */
+static int check_sizes(const sb_config *c, sb_error *err)
+{
+	size_t t;
+	size_t D = (size_t)c->embed_dim, Z = (size_t)c->z_dim, H = (size_t)c->hidden_dim,
+	       N = (size_t)c->n_dim, L = (size_t)c->layers, W1 = (size_t)c->window + 1;
+	if (!sb_size_mul(D, N, &t) || !sb_size_mul(t, 8 * L, &t) ||
+	    !sb_size_mul(W1, Z + H + 2, &t) || !sb_size_mul(t, 4 * L, &t) ||
+	    !sb_size_mul((size_t)c->vocab_size, D, &t) || !sb_size_mul(t, 4, &t) ||
+	    !sb_size_mul(arena_floats(c), sizeof(float), &t))
+		return sb_error_set(err, SB_ERR_FORMAT,
+		                    "config.yaml: architecture sizes overflow this machine's address space");
+	return 0;
+}
+
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, s + i, 8);
+		h = (h ^ w) * 0x100000001b3ULL;
+		h ^= h >> 29;
+	}
+	for (; i < n; i++)
+		h = (h ^ s[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+static uint64_t fingerprint(const sb_model *m)
+{
+	const sb_config *c = &m->cfg;
+	int dims[] = {c->vocab_size, c->embed_dim, c->z_dim, c->hidden_dim, c->n_dim,
+	              c->layers, c->window, c->ffn_dim, c->max_positions, (int)c->rel_pos,
+	              (int)c->attention, (int)c->norm, (int)c->activation,
+	              c->normalize_before, c->affine_final_norm, c->scale_embedding,
+	              c->tied_embeddings};
+	uint64_t h = hash_bytes(0xcbf29ce484222325ULL, dims, sizeof dims);
+	for (size_t i = 0; i < sb_st_count(m->st); i++) {
+		const sb_tensor *t = sb_st_tensor_at(m->st, i);
+		h = hash_bytes(h, t->name, strlen(t->name));
+		h = hash_bytes(h, t->data, t->nbytes);
+	}
+	return h;
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+	size_t n = strlen(dir) + strlen(name) + 2;
+	char *p = malloc(n);
+	if (p)
+		snprintf(p, n, "%s/%s", dir, name);
+	return p;
+}
+
+sb_model *sb_model_load(const char *dir, sb_error *err)
+{
+	sb_model *m = calloc(1, sizeof *m);
+	char *cfg_path = path_join(dir, "config.yaml");
+	char *st_path = path_join(dir, ST_NAME);
+	binder b = {0};
+	if (!m || !cfg_path || !st_path) {
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory loading %s", dir);
+		goto fail;
+	}
+	if (!(m->dir = strdup(dir))) {
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory loading %s", dir);
+		goto fail;
+	}
+	if (sb_config_load(cfg_path, &m->cfg, err) < 0)
+		goto fail;
+	const sb_config *c = &m->cfg;
+	if (check_sizes(c, err) < 0) {
+		sb_error_prefix(err, dir);
+		goto fail;
+	}
+	if (!(m->st = sb_st_open(st_path, err)))
+		goto fail;
+
+	size_t count = sb_st_count(m->st);
+	b.m = m;
+	b.st = m->st;
+	b.err = err;
+	b.used = calloc(count ? count : 1, 1);
+	size_t nf = arena_floats(c);
+	m->arena = malloc(nf * sizeof(float));
+	m->layers = calloc((size_t)c->layers, sizeof *m->layers);
+	if (!b.used || !m->arena || !m->layers) {
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory loading %s", dir);
+		goto fail;
+	}
+	b.arena_next = m->arena;
+	b.arena_end = m->arena + nf;
+
+	const int V = c->vocab_size, D = c->embed_dim;
+	if (!bind_mat(&b, "embed_tokens.weight", V, D, &m->embed))
+		goto fail_prefixed;
+	if (c->tied_embeddings) {
+		m->out = m->embed;
+		/* A writer may store the tied copy too; accept it only if it
+		 * really is the same tensor. */
+		const sb_tensor *o = sb_st_find(m->st, "output_projection.weight");
+		if (o) {
+			const sb_tensor *e = sb_st_find(m->st, "embed_tokens.weight");
+			if (o->dtype != e->dtype || o->nbytes != e->nbytes ||
+			    memcmp(o->data, e->data, o->nbytes) != 0) {
+				sb_error_set(err, SB_ERR_FORMAT,
+				             ST_NAME ": tensor 'output_projection.weight' differs from 'embed_tokens.weight', but config.yaml says tied_embeddings: true");
+				goto fail_prefixed;
+			}
+			b.used[o - sb_st_tensor_at(m->st, 0)] = 1;
+		}
+	} else if (!bind_mat(&b, "output_projection.weight", V, D, &m->out)) {
+		goto fail_prefixed;
+	}
+	for (int l = 0; l < c->layers; l++)
+		if (!bind_layer(&b, l, &m->layers[l]))
+			goto fail_prefixed;
+	if (c->normalize_before &&
+	    !bind_norm(&b, "final_norm.norm", c->norm, c->affine_final_norm, D, &m->final_norm))
+		goto fail_prefixed;
+
+	for (size_t i = 0; i < count; i++) {
+		const sb_tensor *t = sb_st_tensor_at(m->st, i);
+		if (!b.used[i] && strcmp(t->name, "version") != 0) {
+			sb_error_set(err, SB_ERR_FORMAT,
+			             ST_NAME ": unknown tensor '%s' (not part of the model config.yaml describes)",
+			             t->name);
+			goto fail_prefixed;
+		}
+	}
+	m->embed_scale = c->scale_embedding ? sqrtf((float)D) : 1.0f;
+	m->n_params = b.n_params;
+	m->weight_dtype = SB_DTYPE_F32;
+	for (int dt = 0; dt < SB_DTYPE_COUNT; dt++)
+		if (b.count_by_dtype[dt] > b.count_by_dtype[m->weight_dtype])
+			m->weight_dtype = (sb_dtype)dt;
+	m->fingerprint = fingerprint(m);
+	free(b.used);
+	free(cfg_path);
+	free(st_path);
+	return m;
+
+fail_prefixed:
+	sb_error_prefix(err, dir);
+fail:
+	free(b.used);
+	free(cfg_path);
+	free(st_path);
+	sb_model_free(m);
+	return NULL;
+}
+
+void sb_model_free(sb_model *m)
+{
+	if (!m)
+		return;
+	sb_st_close(m->st);
+	free(m->layers);
+	free(m->arena);
+	free(m->dir);
+	free(m);
+}
+
+const sb_config *sb_model_config(const sb_model *m) { return &m->cfg; }
+const char *sb_model_dir(const sb_model *m) { return m->dir; }
+uint64_t sb_model_n_params(const sb_model *m) { return m->n_params; }
+size_t sb_model_file_bytes(const sb_model *m) { return sb_st_file_size(m->st); }
+sb_dtype sb_model_weight_dtype(const sb_model *m) { return m->weight_dtype; }
+uint64_t sb_model_fingerprint(const sb_model *m) { return m->fingerprint; }

@@ -1,2 +1,260 @@
-/* state.c - placeholder until implemented. */
-#include "seqboat.h"
+/*
+ * state.c - the per-sequence constant-size state: per layer the EMA state
+ * and the window ring of the last W+1 activated tokens (keys, values,
+ * positions). One allocation, sized by the model alone.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define STATE_MAGIC "SBSTATE"  /* 8 bytes with its NUL */
+#define STATE_VERSION 1u
+/* magic(8) version(4) reserved(4) fingerprint(8) n_tokens(8) bytes(8) */
+#define STATE_HEADER 40
+
+static size_t align8(size_t x) { return (x + 7) & ~(size_t)7; }
+
+void sb_state_layout_of(const sb_model *m, sb_state_layout *lay)
+{
+	const sb_config *c = &m->cfg;
+	size_t L = (size_t)c->layers, D = (size_t)c->embed_dim, N = (size_t)c->n_dim,
+	       Z = (size_t)c->z_dim, H = (size_t)c->hidden_dim, W1 = (size_t)c->window + 1;
+	size_t off = 0;
+	lay->n_act = off;      off += align8(L * sizeof(uint64_t));
+	lay->ring_len = off;   off += align8(L * sizeof(int32_t));
+	lay->ring_head = off;  off += align8(L * sizeof(int32_t));
+	lay->ring_pos = off;   off += align8(L * W1 * sizeof(int64_t));
+	lay->h = off;          off += align8(L * D * N * sizeof(float));
+	lay->ring_k = off;     off += align8(L * W1 * Z * sizeof(float));
+	lay->ring_v = off;     off += align8(L * W1 * H * sizeof(float));
+	lay->bytes = off;
+}
+
+size_t sb_state_bytes(const sb_model *m)
+{
+	sb_state_layout lay;
+	sb_state_layout_of(m, &lay);
+	return lay.bytes + sizeof(uint64_t); /* + the token counter */
+}
+
+sb_state *sb_state_new(const sb_model *m, sb_error *err)
+{
+	sb_state *s = calloc(1, sizeof *s);
+	if (!s) {
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory allocating a state");
+		return NULL;
+	}
+	s->m = m;
+	sb_state_layout_of(m, &s->lay);
+	s->block = aligned_alloc(64, (s->lay.bytes + 63) & ~(size_t)63);
+	if (!s->block) {
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory allocating a state of %zu bytes",
+		             s->lay.bytes);
+		free(s);
+		return NULL;
+	}
+	sb_state_reset(s);
+	return s;
+}
+
+void sb_state_free(sb_state *s)
+{
+	if (!s)
+		return;
+	free(s->block);
+	free(s);
+}
+
+void sb_state_reset(sb_state *s)
+{
+	memset(s->block, 0, s->lay.bytes);
+	s->n_tokens = 0;
+}
+
+void sb_state_copy(sb_state *dst, const sb_state *src)
+{
+	if (dst == src)
+		return;
+	memcpy(dst->block, src->block, src->lay.bytes);
+	dst->n_tokens = src->n_tokens;
+}
+
+sb_state *sb_state_clone(const sb_state *src, sb_error *err)
+{
+	sb_state *s = sb_state_new(src->m, err);
+	if (s)
+		sb_state_copy(s, src);
+	return s;
+}
+
+uint64_t sb_state_n_tokens(const sb_state *s) { return s->n_tokens; }
+
+uint64_t sb_state_n_activated(const sb_state *s, int layer)
+{
+	if (layer < 0 || layer >= s->m->cfg.layers)
+		return 0;
+	return ((const uint64_t *)(s->block + s->lay.n_act))[layer];
+}
+
+size_t sb_state_serialized_size(const sb_model *m)
+{
+	sb_state_layout lay;
+	sb_state_layout_of(m, &lay);
+	return STATE_HEADER + lay.bytes;
+}
+
+static void put_u32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+static void put_u64(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+static uint32_t get_u32(const unsigned char *p) { uint32_t v = 0; for (int i = 3; i >= 0; i--) v = v << 8 | p[i]; return v; }
+static uint64_t get_u64(const unsigned char *p) { uint64_t v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; return v; }
+
+int sb_state_serialize(const sb_state *s, void *buf, size_t cap, sb_error *err)
+{
+	size_t need = STATE_HEADER + s->lay.bytes;
+	if (cap < need)
+		return sb_error_set(err, SB_ERR_ARG, "state buffer holds %zu bytes, needs %zu", cap, need);
+	unsigned char *p = buf;
+	memcpy(p, STATE_MAGIC, 8);
+	put_u32(p + 8, STATE_VERSION);
+	put_u32(p + 12, 0);
+	put_u64(p + 16, s->m->fingerprint);
+	put_u64(p + 24, s->n_tokens);
+	put_u64(p + 32, s->lay.bytes);
+	memcpy(p + STATE_HEADER, s->block, s->lay.bytes);
+	return 0;
+}
+
+/* Every ring counter must be in range before the forward pass indexes
+ * with it: a state file is untrusted input. */
+static int check_rings(sb_state *s, const char *label, sb_error *err)
+{
+	const int L = s->m->cfg.layers, W1 = s->m->cfg.window + 1;
+	for (int l = 0; l < L; l++) {
+		int32_t len = st_ring_len(s)[l], head = st_ring_head(s)[l];
+		if (len < 0 || len > W1 || head < 0 || head >= W1)
+			return sb_error_set(err, SB_ERR_FORMAT,
+			                    "%s: layer %d ring counters (length %d, head %d) out of range for window %d",
+			                    label, l, len, head, W1 - 1);
+		for (int e = 0; e < len; e++) {
+			int64_t pos = st_ring_pos(s)[(size_t)l * W1 + (head + e) % W1];
+			if (pos < 0 || (uint64_t)pos >= s->n_tokens)
+				return sb_error_set(err, SB_ERR_FORMAT,
+				                    "%s: layer %d ring holds position %lld, outside the %llu tokens read",
+				                    label, l, (long long)pos, (unsigned long long)s->n_tokens);
+		}
+	}
+	return 0;
+}
+
+int sb_state_deserialize(sb_state *s, const void *buf, size_t len, const char *label,
+                         sb_error *err)
+{
+	const unsigned char *p = buf;
+	if (len < STATE_HEADER || memcmp(p, STATE_MAGIC, 8) != 0)
+		return sb_error_set(err, SB_ERR_FORMAT, "%s: not a seqboat state (bad magic)", label);
+	uint32_t ver = get_u32(p + 8);
+	if (ver != STATE_VERSION)
+		return sb_error_set(err, SB_ERR_FORMAT, "%s: state format version %u, expected %u",
+		                    label, ver, STATE_VERSION);
+	if (get_u64(p + 16) != s->m->fingerprint)
+		return sb_error_set(err, SB_ERR_FORMAT,
+		                    "%s: state was saved with a different model (fingerprint %016llx, this model %016llx)",
+		                    label, (unsigned long long)get_u64(p + 16),
+		                    (unsigned long long)s->m->fingerprint);
+	uint64_t bytes = get_u64(p + 32);
+	if (bytes != s->lay.bytes || len != STATE_HEADER + s->lay.bytes)
+		return sb_error_set(err, SB_ERR_FORMAT,
+		                    "%s: state holds %llu bytes of %zu, expected %zu", label,
+		                    (unsigned long long)bytes, len, STATE_HEADER + s->lay.bytes);
+	/* Check into a scratch copy so that a bad file leaves s untouched. */
+	sb_state tmp = *s;
+	tmp.block = malloc(s->lay.bytes);
+	if (!tmp.block)
+		return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", label);
+	memcpy(tmp.block, p + STATE_HEADER, s->lay.bytes);
+	tmp.n_tokens = get_u64(p + 24);
+	int rc = check_rings(&tmp, label, err);
+	if (rc == 0) {
+		memcpy(s->block, tmp.block, s->lay.bytes);
+		s->n_tokens = tmp.n_tokens;
+	}
+	free(tmp.block);
+	return rc;
+}
+
+int sb_state_save(const sb_state *s, const char *path, sb_error *err)
+{
+	size_t n = sb_state_serialized_size(s->m);
+	size_t plen = strlen(path);
+	char *tmp = malloc(plen + 16);
+	unsigned char *buf = malloc(n);
+	int fd = -1, rc = 0;
+	if (!tmp || !buf) {
+		rc = sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
+	sb_state_serialize(s, buf, n, NULL);
+	fd = mkstemp(tmp);
+	if (fd < 0) {
+		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+		goto out;
+	}
+	for (size_t off = 0; off < n;) {
+		ssize_t w = write(fd, buf + off, n - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", path,
+			                  w < 0 ? strerror(errno) : "no space");
+			goto out;
+		}
+		off += (size_t)w;
+	}
+	if (fsync(fd) != 0 || close(fd) != 0) {
+		fd = -1;
+		rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path) != 0)
+		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
+out:
+	if (fd >= 0)
+		close(fd);
+	if (rc != 0 && tmp)
+		unlink(tmp);
+	free(tmp);
+	free(buf);
+	return rc;
+}
+
+int sb_state_load(sb_state *s, const char *path, sb_error *err)
+{
+	size_t n = sb_state_serialized_size(s->m);
+	unsigned char *buf = malloc(n + 1);
+	int rc;
+	FILE *f = fopen(path, "rb");
+	if (!buf || !f) {
+		rc = !buf ? sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", path)
+		          : sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+		goto out;
+	}
+	/* Read one byte more than expected to notice trailing data. */
+	size_t got = fread(buf, 1, n + 1, f);
+	if (ferror(f)) {
+		rc = sb_error_set(err, SB_ERR_IO, "%s: read failed", path);
+		goto out;
+	}
+	rc = sb_state_deserialize(s, buf, got, path, err);
+out:
+	if (f)
+		fclose(f);
+	free(buf);
+	return rc;
+}
