@@ -1,0 +1,424 @@
+/*
+ * test-engine.c - the forward pass against the official implementation's
+ * outputs (../shared/fixtures), in decode, prefill and split modes; the
+ * constant-size state; snapshots; batching; no allocation per token.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* Allocation counter: the test links with -Wl,--wrap=malloc,... so every
+ * allocation libseqboat makes passes through here. */
+static long n_allocs;
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+void *__real_aligned_alloc(size_t a, size_t n);
+void *__wrap_malloc(size_t n) { n_allocs++; return __real_malloc(n); }
+void *__wrap_calloc(size_t n, size_t m) { n_allocs++; return __real_calloc(n, m); }
+void *__wrap_realloc(void *p, size_t n) { n_allocs++; return __real_realloc(p, n); }
+void *__wrap_aligned_alloc(size_t a, size_t n) { n_allocs++; return __real_aligned_alloc(a, n); }
+
+static const char *cases[] = {"rotary-softmax", "simple-relu2-ffn"};
+#define N_CASES 2
+
+static const char *model_dir(const char *name)
+{
+	static char buf[4096];
+	const char *env = getenv("SB_FIXTURE_MODELS");
+	if (env && *env)
+		snprintf(buf, sizeof buf, "%s/%s", env, name);
+	else
+		snprintf(buf, sizeof buf, "%s/tests/models/%s",
+		         getenv("SB_BUILDDIR") ? getenv("SB_BUILDDIR") : "build", name);
+	return buf;
+}
+
+static sb_model *load(const char *name)
+{
+	sb_error err = {0};
+	sb_model *m = sb_model_load(model_dir(name), &err);
+	ck_assert_msg(m != NULL, "load %s: %s", name, err.msg);
+	return m;
+}
+
+typedef struct expected {
+	sb_st_file *f;
+	const int32_t *tokens;  // (T)
+	const float *logits;    // (T, V)
+	const uint8_t *act;     // (L, T)
+	const float *hidden;    // (L, T, D)
+	size_t T, V, L, D;
+} expected;
+
+static void load_expected(const char *name, expected *e)
+{
+	char rel[256];
+	snprintf(rel, sizeof rel, "%s/expected.safetensors", name);
+	sb_error err = {0};
+	e->f = sb_st_open(tu_fixture(rel), &err);
+	ck_assert_msg(e->f != NULL, "%s", err.msg);
+	const sb_tensor *tok = sb_st_find(e->f, "tokens"), *lg = sb_st_find(e->f, "logits"),
+	                *ac = sb_st_find(e->f, "act"), *hd = sb_st_find(e->f, "hidden");
+	ck_assert(tok && lg && ac && hd);
+	ck_assert_int_eq(tok->dtype, SB_DTYPE_I32);
+	ck_assert_int_eq(lg->dtype, SB_DTYPE_F32);
+	ck_assert_int_eq(ac->dtype, SB_DTYPE_U8);
+	e->tokens = tok->data;
+	e->logits = lg->data;
+	e->act = ac->data;
+	e->hidden = hd->data;
+	e->T = tok->shape[0];
+	e->V = lg->shape[1];
+	e->L = ac->shape[0];
+	e->D = hd->shape[2];
+}
+
+typedef enum { MODE_DECODE, MODE_PREFILL, MODE_SPLIT } run_mode;
+
+/* Runs the fixture's tokens through the engine in one mode and compares
+ * logits, act and hidden with the official outputs. */
+static void check_parity(const char *name, run_mode mode)
+{
+	expected e;
+	load_expected(name, &e);
+	sb_model *m = load(name);
+	const sb_config *c = sb_model_config(m);
+	ck_assert_uint_eq(e.V, (size_t)c->vocab_size);
+	ck_assert_uint_eq(e.L, (size_t)c->layers);
+	ck_assert_uint_eq(e.D, (size_t)c->embed_dim);
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *s = sb_state_new(m, &err);
+	ck_assert(ctx && s);
+	float *logits = calloc(e.T * e.V, sizeof(float));
+	float *hidden = calloc(e.L * e.T * e.D, sizeof(float));
+	uint8_t *act = calloc(e.L * e.T, 1);
+	sb_outputs out = {.logits = logits, .act = act, .hidden = hidden, .stride = e.T};
+	size_t split = mode == MODE_DECODE ? 0 : mode == MODE_PREFILL ? e.T : e.T / 3;
+	if (split)
+		ck_assert_int_eq(sb_prefill(ctx, s, e.tokens, split, &out, &err), 0);
+	for (size_t t = split; t < e.T; t++) {
+		out.offset = t;
+		ck_assert_int_eq(sb_prefill(ctx, s, e.tokens + t, 1, &out, &err), 0);
+	}
+	double worst = 0;
+	for (size_t i = 0; i < e.T * e.V; i++)
+		worst = fmax(worst, fabs((double)logits[i] - e.logits[i]));
+	ck_assert_msg(worst <= 1e-4, "%s mode %d: logits differ by %g", name, mode, worst);
+	for (size_t i = 0; i < e.L * e.T; i++)
+		ck_assert_msg(act[i] == e.act[i], "%s mode %d: act[layer %zu][t %zu] = %d, expected %d",
+		              name, mode, i / e.T, i % e.T, act[i], e.act[i]);
+	worst = 0;
+	for (size_t i = 0; i < e.L * e.T * e.D; i++)
+		worst = fmax(worst, fabs((double)hidden[i] - e.hidden[i]));
+	ck_assert_msg(worst <= 1e-4, "%s mode %d: hidden differs by %g", name, mode, worst);
+	/* The routers must have fired somewhere and not everywhere, or the
+	 * fixture would not exercise the attention unit. */
+	size_t fired = 0;
+	for (size_t i = 0; i < e.L * e.T; i++)
+		fired += act[i];
+	ck_assert(fired > 0 && fired < e.L * e.T);
+	ck_assert_uint_eq(sb_state_n_tokens(s), e.T);
+	free(logits);
+	free(hidden);
+	free(act);
+	sb_state_free(s);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+	sb_st_close(e.f);
+}
+
+START_TEST(engine_parity_decode) { check_parity(cases[_i], MODE_DECODE); }
+END_TEST
+START_TEST(engine_parity_prefill) { check_parity(cases[_i], MODE_PREFILL); }
+END_TEST
+START_TEST(engine_parity_split) { check_parity(cases[_i], MODE_SPLIT); }
+END_TEST
+
+static int32_t *random_tokens(size_t n, int V, unsigned seed)
+{
+	int32_t *t = malloc(n * sizeof *t);
+	for (size_t i = 0; i < n; i++) {
+		seed = seed * 1103515245u + 12345u;
+		t[i] = (int32_t)((seed >> 8) % (unsigned)V);
+	}
+	return t;
+}
+
+/* Prefill over more tokens than one block (and with the ring wrapping many
+ * times) computes what token-by-token decode computes. */
+START_TEST(engine_prefill_long_matches_decode)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t T = 700, V = (size_t)c->vocab_size, L = (size_t)c->layers;
+	int32_t *tok = random_tokens(T, c->vocab_size, 7);
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *a = sb_state_new(m, &err), *b = sb_state_new(m, &err);
+	float *la = calloc(T * V, sizeof(float)), *lb = calloc(T * V, sizeof(float));
+	uint8_t *aa = calloc(L * T, 1), *ab = calloc(L * T, 1);
+	sb_outputs oa = {.logits = la, .act = aa, .stride = T};
+	ck_assert_int_eq(sb_prefill(ctx, a, tok, T, &oa, &err), 0);
+	sb_outputs ob = {.logits = lb, .act = ab, .stride = T};
+	for (size_t t = 0; t < T; t++) {
+		ob.offset = t;
+		ck_assert_int_eq(sb_prefill(ctx, b, tok + t, 1, &ob, &err), 0);
+	}
+	double worst = 0;
+	for (size_t i = 0; i < T * V; i++)
+		worst = fmax(worst, fabs((double)la[i] - lb[i]));
+	ck_assert_msg(worst <= 1e-4, "prefill vs decode differ by %g", worst);
+	ck_assert_mem_eq(aa, ab, L * T);
+	free(tok);
+	free(la);
+	free(lb);
+	free(aa);
+	free(ab);
+	sb_state_free(a);
+	sb_state_free(b);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* The state's size does not depend on how many tokens it has read. */
+START_TEST(engine_state_size_is_constant)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *s = sb_state_new(m, &err);
+	size_t bytes0 = sb_state_bytes(m), ser0 = sb_state_serialized_size(m);
+	int32_t *tok = random_tokens(100000, c->vocab_size, 3);
+	ck_assert_int_eq(sb_prefill(ctx, s, tok, 10, NULL, &err), 0);
+	unsigned char *buf10 = malloc(ser0), *buf100k = malloc(ser0);
+	ck_assert_int_eq(sb_state_serialize(s, buf10, ser0, &err), 0);
+	ck_assert_int_eq(sb_prefill(ctx, s, tok + 10, 100000 - 10, NULL, &err), 0);
+	ck_assert_uint_eq(sb_state_n_tokens(s), 100000);
+	ck_assert_uint_eq(sb_state_bytes(m), bytes0);
+	ck_assert_uint_eq(sb_state_serialized_size(m), ser0);
+	ck_assert_int_eq(sb_state_serialize(s, buf100k, ser0, &err), 0);
+	/* A buffer one byte short is refused: the state really fills ser0. */
+	ck_assert_int_eq(sb_state_serialize(s, buf100k, ser0 - 1, &err), SB_ERR_ARG);
+	/* EMA (L*D*N) plus ring ((W+1)*(Z+H) floats and positions) per layer. */
+	size_t L = (size_t)c->layers, W1 = (size_t)c->window + 1;
+	size_t floats = L * ((size_t)c->embed_dim * c->n_dim + W1 * (size_t)(c->z_dim + c->hidden_dim));
+	ck_assert_uint_ge(bytes0, floats * 4 + L * W1 * 8);
+	ck_assert_uint_le(bytes0, floats * 4 + L * W1 * 8 + 64 * L + 64);
+	for (int l = 0; l < c->layers; l++)
+		ck_assert_uint_le(sb_state_n_activated(s, l), 100000);
+	free(tok);
+	free(buf10);
+	free(buf100k);
+	sb_state_free(s);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* Decoding a token allocates nothing. */
+START_TEST(engine_decode_allocates_nothing)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *s = sb_state_new(m, &err);
+	float *logits = malloc((size_t)c->vocab_size * sizeof(float));
+	int32_t *tok = random_tokens(2000, c->vocab_size, 11);
+	ck_assert_int_eq(sb_decode(ctx, s, tok[0], logits, &err), 0); /* warm-up */
+	/* No ck_assert inside the loop: Check itself allocates to record
+	 * each passing assertion. */
+	long before = n_allocs;
+	int bad = 0;
+	for (int i = 1; i < 2000; i++)
+		bad |= sb_decode(ctx, s, tok[i], logits, &err);
+	long during = n_allocs - before;
+	ck_assert_int_eq(bad, 0);
+	ck_assert_int_eq(during, 0);
+	/* And the counter does count: a state allocates. */
+	sb_state *t = sb_state_new(m, &err);
+	ck_assert_int_gt(n_allocs - before, 0);
+	sb_state_free(t);
+	free(tok);
+	free(logits);
+	sb_state_free(s);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* Decode N, snapshot, decode M, restore, decode M again: identical. Also
+ * through serialization to a file. */
+START_TEST(engine_snapshot_restore_is_identical)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t V = (size_t)c->vocab_size, N = 50, M = 40;
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *s = sb_state_new(m, &err);
+	int32_t *tok = random_tokens(N + M, c->vocab_size, 5);
+	ck_assert_int_eq(sb_prefill(ctx, s, tok, N, NULL, &err), 0);
+	sb_state *snap = sb_state_clone(s, &err);
+	ck_assert_ptr_nonnull(snap);
+	const char *path = tu_write_file(tu_tmpdir(), "s.state", "", 0);
+	ck_assert_int_eq(sb_state_save(s, path, &err), 0);
+	float *first = malloc(M * V * sizeof(float)), *again = malloc(M * V * sizeof(float));
+	for (size_t i = 0; i < M; i++)
+		ck_assert_int_eq(sb_decode(ctx, s, tok[N + i], first + i * V, &err), 0);
+	sb_state_copy(s, snap);
+	for (size_t i = 0; i < M; i++)
+		ck_assert_int_eq(sb_decode(ctx, s, tok[N + i], again + i * V, &err), 0);
+	ck_assert_mem_eq(first, again, M * V * sizeof(float));
+	sb_state_reset(s);
+	ck_assert_uint_eq(sb_state_n_tokens(s), 0);
+	ck_assert_int_eq(sb_state_load(s, path, &err), 0);
+	ck_assert_uint_eq(sb_state_n_tokens(s), N);
+	for (size_t i = 0; i < M; i++)
+		ck_assert_int_eq(sb_decode(ctx, s, tok[N + i], again + i * V, &err), 0);
+	ck_assert_mem_eq(first, again, M * V * sizeof(float));
+	free(first);
+	free(again);
+	free(tok);
+	sb_state_free(snap);
+	sb_state_free(s);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* A state file from another model, a truncated one, or one with ring
+ * counters out of range is refused and leaves the state as it was. */
+START_TEST(engine_state_load_rejects_bad_files)
+{
+	sb_model *a = load(cases[0]), *b = load(cases[1]);
+	sb_error err = {0};
+	sb_state *sa = sb_state_new(a, &err), *sb = sb_state_new(b, &err);
+	sb_ctx *ctx = sb_ctx_new(a, 1, &err);
+	int32_t tok[20];
+	for (int i = 0; i < 20; i++)
+		tok[i] = 4 + i;
+	ck_assert_int_eq(sb_prefill(ctx, sa, tok, 20, NULL, &err), 0);
+	size_t n = sb_state_serialized_size(a);
+	unsigned char *buf = malloc(n);
+	ck_assert_int_eq(sb_state_serialize(sa, buf, n, &err), 0);
+	ck_assert_int_eq(sb_state_deserialize(sb, buf, n, "x.state", &err), SB_ERR_FORMAT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "different model"));
+	ck_assert_int_eq(sb_state_deserialize(sa, buf, n - 1, "x.state", &err), SB_ERR_FORMAT);
+	buf[0] ^= 1;
+	ck_assert_int_eq(sb_state_deserialize(sa, buf, n, "x.state", &err), SB_ERR_FORMAT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "magic"));
+	buf[0] ^= 1;
+	/* Corrupt layer 0's ring length (the first int32 after the L
+	 * activation counters, 8-byte aligned, after the 40-byte header). */
+	size_t L = (size_t)sb_model_config(a)->layers;
+	int32_t bad = 1 << 20;
+	memcpy(buf + 40 + ((L * 8 + 7) & ~(size_t)7), &bad, 4);
+	ck_assert_int_eq(sb_state_deserialize(sa, buf, n, "x.state", &err), SB_ERR_FORMAT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "ring"));
+	ck_assert_uint_eq(sb_state_n_tokens(sa), 20);
+	free(buf);
+	sb_ctx_free(ctx);
+	sb_state_free(sa);
+	sb_state_free(sb);
+	sb_model_free(a);
+	sb_model_free(b);
+}
+END_TEST
+
+/* Decoding several sequences in one batch gives each the numbers it gets
+ * alone. */
+START_TEST(engine_batch_matches_single)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t V = (size_t)c->vocab_size, B = 3, steps = 30;
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *bs[3], *ss[3];
+	int32_t *tok = random_tokens(B * (steps + 20), c->vocab_size, 9);
+	for (size_t b = 0; b < B; b++) {
+		bs[b] = sb_state_new(m, &err);
+		/* different history lengths */
+		ck_assert_int_eq(sb_prefill(ctx, bs[b], tok + b * 20, 5 + 7 * b, NULL, &err), 0);
+		ss[b] = sb_state_clone(bs[b], &err);
+	}
+	float *lb = malloc(B * V * sizeof(float)), *ls = malloc(V * sizeof(float));
+	for (size_t i = 0; i < steps; i++) {
+		int32_t step_tok[3];
+		for (size_t b = 0; b < B; b++)
+			step_tok[b] = tok[B * 20 + i * B + b];
+		ck_assert_int_eq(sb_decode_batch(ctx, bs, step_tok, B, lb, &err), 0);
+		for (size_t b = 0; b < B; b++) {
+			ck_assert_int_eq(sb_decode(ctx, ss[b], step_tok[b], ls, &err), 0);
+			for (size_t v = 0; v < V; v++)
+				ck_assert_float_eq_tol(lb[b * V + v], ls[v], 1e-4);
+		}
+	}
+	for (size_t b = 0; b < B; b++) {
+		sb_state_free(bs[b]);
+		sb_state_free(ss[b]);
+	}
+	free(lb);
+	free(ls);
+	free(tok);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* act_bias moves the router: far positive fires nothing, far negative
+ * fires everything. */
+START_TEST(engine_act_bias_shifts_router)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	sb_error err = {0};
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_state *s = sb_state_new(m, &err);
+	int32_t *tok = random_tokens(64, c->vocab_size, 2);
+	ck_assert_float_eq(sb_ctx_act_bias(ctx), 0.0f);
+	sb_ctx_set_act_bias(ctx, 1000.0f);
+	ck_assert_int_eq(sb_prefill(ctx, s, tok, 64, NULL, &err), 0);
+	for (int l = 0; l < c->layers; l++)
+		ck_assert_uint_eq(sb_state_n_activated(s, l), 0);
+	sb_state_reset(s);
+	sb_ctx_set_act_bias(ctx, -1000.0f);
+	ck_assert_int_eq(sb_prefill(ctx, s, tok, 64, NULL, &err), 0);
+	for (int l = 0; l < c->layers; l++)
+		ck_assert_uint_eq(sb_state_n_activated(s, l), 64);
+	/* Out-of-vocabulary ids are refused, the state untouched. */
+	int32_t badtok = c->vocab_size;
+	ck_assert_int_eq(sb_decode(ctx, s, badtok, NULL, &err), SB_ERR_ARG);
+	ck_assert_uint_eq(sb_state_n_tokens(s), 64);
+	free(tok);
+	sb_state_free(s);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("engine");
+	TCase *tc = tcase_create("engine");
+	tcase_set_timeout(tc, 300);
+	tcase_add_loop_test(tc, engine_parity_decode, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_parity_prefill, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_parity_split, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_prefill_long_matches_decode, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_state_size_is_constant, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_decode_allocates_nothing, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_snapshot_restore_is_identical, 0, N_CASES);
+	tcase_add_test(tc, engine_state_load_rejects_bad_files);
+	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_act_bias_shifts_router, 0, N_CASES);
+	suite_add_tcase(s, tc);
+	return tu_run(s);
+}
