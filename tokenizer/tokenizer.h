@@ -45,15 +45,29 @@ sb_tok_kind sb_tokenizer_kind(const sb_tokenizer *t);
 /* Encodes len bytes of UTF-8 text (invalid UTF-8 is SB_ERR_FORMAT naming
  * the byte offset). With add_bos the model's beginning-of-sequence id comes
  * first (for fairseq dictionaries that is </s>, id 2, as fairseq's
- * generator does). Newlines: SentencePiece encodes them as its model
- * does; fairseq word dictionaries end each line with </s>; the byte form
- * maps "\n" to </s>. *ids is malloc'd and owned by the caller. */
+ * generator does; a SentencePiece model without bos gets none). Newlines:
+ * SentencePiece encodes them as its model does; fairseq word dictionaries
+ * split each line on ASCII whitespace, map each word to its id (unknown
+ * words to <unk>, 3) and end each newline-terminated line with </s>, as
+ * fairseq's encode_line(append_eos=True) does for the lines of a file; a
+ * last line without a newline gets no </s>, as fairseq strips it from a
+ * prompt for generation (so "a b\nc" is a b </s> c). The byte form maps
+ * every byte to the id of its decimal symbol, "\n" to </s>, and a byte
+ * without a symbol to <unk>. *ids is malloc'd and owned by the caller. */
 int sb_tokenizer_encode(const sb_tokenizer *t, const char *text, size_t len,
                         bool add_bos, int32_t **ids, size_t *n_ids,
                         sb_error *err);
 
-/* Decodes ids to text (malloc'd, NUL-terminated, caller frees). Control
- * ids (bos/pad) are skipped. */
+/* Decodes ids to text (malloc'd, NUL-terminated, caller frees; *len
+ * excludes the NUL, and a SentencePiece <0x00> piece can put a NUL inside).
+ * Ids out of range are SB_ERR_ARG. Control ids (bos/pad) are skipped.
+ * SentencePiece: the processor's own decoding. fairseq: <s> and <pad> are
+ * skipped; </s> is a newline, except a first </s>, which is the bos marker
+ * and gives nothing (so decode(encode(text, add_bos)) == text); words are
+ * joined by one space, with no space next to a newline; <unk> is "<unk>"
+ * in the word form and U+FFFD in the byte form, and byte sequences that
+ * are not UTF-8 become U+FFFD per byte as SentencePiece decodes its byte
+ * pieces. The result equals what sb_detok streams for the same ids. */
 int sb_tokenizer_decode(const sb_tokenizer *t, const int32_t *ids, size_t n,
                         char **text, size_t *len, sb_error *err);
 
@@ -63,13 +77,19 @@ const char *sb_tokenizer_piece(const sb_tokenizer *t, int32_t id);
 
 /* Streaming decoder: feed ids one at a time, get back only whole UTF-8
  * characters, never a partial sequence. Bytes that cannot become valid
- * UTF-8 are replaced by U+FFFD. */
+ * UTF-8 are replaced by U+FFFD. After reset(d, true) (and when new), the
+ * pushed outputs plus the flush equal sb_tokenizer_decode of the same ids
+ * (for SentencePiece models with a denormalizer, before denormalization).
+ * To continue after a prompt exactly, push the prompt's ids first and
+ * discard their text. */
 typedef struct sb_detok sb_detok;
 sb_detok *sb_detok_new(const sb_tokenizer *t, sb_error *err);
 void sb_detok_free(sb_detok *d);
 /* Forget pending bytes and start as at the beginning of a text (the first
- * piece's leading space is dropped again, as SentencePiece decoding does).
- * `at_start` false continues mid-text (keeps the space). */
+ * piece's leading space is dropped again, as SentencePiece decoding does;
+ * a fairseq leading </s> is the bos marker again). `at_start` false
+ * continues mid-text: the space is kept, a first </s> is a newline, and a
+ * first fairseq word gets a space before it. */
 void sb_detok_reset(sb_detok *d, bool at_start);
 /* Appends the text of one id. *out and *out_len: the complete characters now
  * available (valid until the next call on d). */
