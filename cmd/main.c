@@ -14,6 +14,7 @@ static const struct command {
 	{"info", cmd_info, "show a model's architecture, sizes and state bytes"},
 	{"tokenize", cmd_tokenize, "turn text into token ids, or ids into text"},
 	{"logits", cmd_logits, "write logits and router decisions for token ids"},
+	{"complete", cmd_complete, "complete prompts from flags, a file or stdin (text or JSONL)"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

@@ -1,0 +1,1150 @@
+/* complete.c - `seqboat complete`: batch completion of prompts.
+ *
+ * Items come from -p (repeatable), -f FILE or stdin: plain text (one prompt
+ * per line) or JSONL ({"id":..., "prompt":..., optional settings}). Each
+ * item yields one record, written in input order; a line that cannot be
+ * used yields an error record and the batch goes on. With -o the records
+ * are appended and flushed as they finish, and --resume skips the ids the
+ * file already holds, so an interrupted run continues to exactly the
+ * output an uninterrupted one gives: every item's seed is derived from the
+ * base seed and the item's id, never from the items before it.
+ *
+ * Items are decoded in groups with sb_decode_batch; each keeps its own
+ * state, sampler and stop matcher, so the grouping does not change what an
+ * item produces. */
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "gen.h"
+
+/* The one global the conventions allow: how many SIGINTs arrived. */
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+/* Derived seeds stay below 2^53 so that every JSON reader keeps them exact. */
+#define SEED_MASK ((UINT64_C(1) << 53) - 1)
+
+typedef struct item {
+	json_t *id;              /* as given, or the line number */
+	char *key;               /* compact JSON of id: resume and seed key */
+	char *prompt;
+	char *error;             /* set: the line could not be used */
+	sb_sampler_params sp;
+	long max_tokens;
+	uint64_t seed;
+	bool seed_given;         /* the record set "seed" */
+	const char **stops;      /* (n_stops) owned by stop_json or the run */
+	size_t n_stops;
+	json_t *stop_json;       /* keeps per-item stop strings alive */
+	bool done;               /* --resume found it in the output file */
+	char *record;            /* the finished record, until written */
+} item;
+
+typedef struct buf {
+	char *p;
+	size_t len, cap;
+} buf;
+
+static int buf_add(buf *b, const char *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		char *q = realloc(b->p, cap);
+		if (!q)
+			return -1;
+		b->p = q;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+	return 0;
+}
+
+typedef enum { FMT_AUTO, FMT_TEXT, FMT_JSONL } fmt;
+
+typedef struct run {
+	cli_gen g;
+	fmt out_fmt, in_fmt;
+	const char **prompts;    /* (n_prompts) -p values */
+	size_t n_prompts;
+	const char *in_path;     /* -f */
+	const char *out_path;    /* -o */
+	bool resume;
+	bool timings;
+	const char *system;      /* --system */
+	const char *prefix_file; /* --prefix-file */
+	int batch;               /* 0: automatic */
+
+	item *items;
+	size_t n_items;
+	sb_model *model;
+	sb_tokenizer *tok;
+	sb_ctx *ctx;
+	int V;
+	int32_t eos;
+	sb_state *base;          /* the state after the shared prefix, or NULL */
+	float *base_logits;      /* (V) prediction after the prefix */
+	int32_t *prefix_ids;     /* (n_prefix) */
+	size_t n_prefix;
+	FILE *out;
+	bool text;               /* plain streamed text rather than records */
+	bool escape;             /* text to a terminal: escape control bytes */
+	bool progress;
+	size_t n_errors;
+	uint64_t gen_tokens;
+	double t_start;
+} run;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: seqboat complete [options] [-p PROMPT]... [-f FILE]\n\n"
+	        "Completes prompts: from -p (repeatable), -f FILE, or standard input.\n"
+	        "A file holds one prompt per line, or JSONL records\n"
+	        "  {\"id\": ..., \"prompt\": ..., \"temp\": ..., \"max_tokens\": ..., \"seed\": ..., \"stop\": ...}\n"
+	        "(also top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty,\n"
+	        "frequency_penalty). Blank lines are skipped; an item without an id is\n"
+	        "given its line number.\n\n"
+	        "Output: one prompt on a terminal is streamed as text; otherwise one JSON\n"
+	        "record per item, in input order: id, completion, finish_reason (stop,\n"
+	        "length, error), prompt_tokens, completion_tokens, seed, timings, error.\n\n"
+	        "options:\n"
+	        "  -p, --prompt TEXT        a prompt (repeatable)\n"
+	        "  -f, --file FILE          prompts from FILE ('-' for standard input)\n"
+	        "      --format-in F        auto (default), text or jsonl\n"
+	        "      --format F           auto (default), text or jsonl\n"
+	        "  -o, --output FILE        append records to FILE, flushed as each finishes\n"
+	        "      --resume             skip the ids FILE (-o) already holds\n"
+	        "      --no-timings         leave timings out of the records\n"
+	        "      --system TEXT        a prefix read once before every prompt\n"
+	        "      --prefix-file FILE   the same, from a file\n"
+	        "      --batch N            decode up to N items together (default: automatic)\n"
+	        "%s\n"
+	        "Without --seed the base seed is 0, so runs repeat; each item's seed is\n"
+	        "derived from the base seed and its id (a record's \"seed\" overrides it).\n"
+	        "Ctrl-C finishes the items under way, writes them and stops; a second\n"
+	        "Ctrl-C aborts. Exit status: 0, 65 if some record is an error, 130 if\n"
+	        "interrupted.\n",
+	        cli_gen_help);
+}
+
+static void item_free(item *it)
+{
+	json_decref(it->id);
+	json_decref(it->stop_json);
+	free(it->key);
+	free(it->prompt);
+	free(it->error);
+	free(it->record);
+	if (it->stop_json)
+		free(it->stops);
+}
+
+static char *xstrdup(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *p = malloc(n);
+	if (p)
+		memcpy(p, s, n);
+	return p;
+}
+
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...)
+{
+	char tmp[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	return xstrdup(tmp);
+}
+
+/* Settings a JSONL record may carry besides id and prompt. */
+static const char *const item_keys =
+	"id, prompt, temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, "
+	"presence_penalty, frequency_penalty, seed, max_tokens, stop";
+
+static bool json_num(json_t *v, double *out)
+{
+	if (!json_is_number(v))
+		return false;
+	*out = json_number_value(v);
+	return true;
+}
+
+/* Reads the optional settings of one JSONL object into it; returns an
+ * error message (malloc'd) or NULL. */
+static char *item_settings(item *it, json_t *obj)
+{
+	const char *k;
+	json_t *v;
+	double x;
+	json_object_foreach(obj, k, v) {
+		if (!strcmp(k, "id") || !strcmp(k, "prompt"))
+			continue;
+#define NUM(name, field, lo, hi)                                                     \
+	if (!strcmp(k, name)) {                                                      \
+		if (!json_num(v, &x) || x < (lo) || x > (hi))                        \
+			return xprintf("field '%s': expected a number from %g to %g", \
+			               name, (double)(lo), (double)(hi));            \
+		field = x;                                                           \
+		continue;                                                            \
+	}
+#define INT(name, field, lo, hi)                                                          \
+	if (!strcmp(k, name)) {                                                           \
+		if (!json_is_integer(v) || json_integer_value(v) < (lo) ||                \
+		    json_integer_value(v) > (hi))                                         \
+			return xprintf("field '%s': expected an integer from %lld to %lld", \
+			               name, (long long)(lo), (long long)(hi));           \
+		field = json_integer_value(v);                                            \
+		continue;                                                                 \
+	}
+		NUM("temp", it->sp.temp, 0, 1e6)
+		NUM("top_p", it->sp.top_p, 1e-9, 1)
+		NUM("min_p", it->sp.min_p, 0, 1)
+		NUM("repeat_penalty", it->sp.repeat_penalty, 1e-6, 1e6)
+		NUM("presence_penalty", it->sp.presence_penalty, -1e6, 1e6)
+		NUM("frequency_penalty", it->sp.frequency_penalty, -1e6, 1e6)
+		INT("top_k", it->sp.top_k, 0, INT_MAX)
+		INT("repeat_last_n", it->sp.repeat_last_n, 0, 1 << 20)
+		INT("max_tokens", it->max_tokens, -1, INT_MAX)
+		if (!strcmp(k, "seed")) {
+			if (!json_is_integer(v) || json_integer_value(v) < 0)
+				return xprintf("field 'seed': expected a non-negative integer");
+			it->seed = (uint64_t)json_integer_value(v);
+			it->seed_given = true;
+			continue;
+		}
+#undef NUM
+#undef INT
+		if (!strcmp(k, "stop")) {
+			json_t *arr = json_is_string(v) ? json_pack("[O]", v) : json_incref(v);
+			if (!json_is_array(arr)) {
+				json_decref(arr);
+				return xprintf("field 'stop': expected a string or an array of strings");
+			}
+			size_t n = json_array_size(arr);
+			const char **s = n ? calloc(n, sizeof *s) : NULL;
+			if (n && !s) {
+				json_decref(arr);
+				return xprintf("out of memory");
+			}
+			for (size_t i = 0; i < n; i++) {
+				json_t *e = json_array_get(arr, i);
+				if (!json_is_string(e) || !json_string_length(e) ||
+				    strlen(json_string_value(e)) != json_string_length(e)) {
+					free(s);
+					json_decref(arr);
+					return xprintf("field 'stop': element %zu is not a non-empty string", i + 1);
+				}
+				s[i] = json_string_value(e);
+			}
+			if (it->stop_json)
+				free(it->stops);
+			json_decref(it->stop_json);
+			it->stop_json = arr;
+			it->stops = s;
+			it->n_stops = n;
+			continue;
+		}
+		return xprintf("unknown field '%s' (expected one of: %s)", k, item_keys);
+	}
+	return NULL;
+}
+
+/* Parses one JSONL line into it (id defaults to the line number). */
+static void item_from_json(item *it, const char *line, size_t len, size_t lineno)
+{
+	json_error_t je;
+	json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
+	if (!obj) {
+		it->error = xprintf("line %zu: not valid JSON: %s (column %d)", lineno, je.text, je.column);
+		return;
+	}
+	if (!json_is_object(obj)) {
+		it->error = xprintf("line %zu: expected a JSON object", lineno);
+		goto done;
+	}
+	json_t *id = json_object_get(obj, "id");
+	if (id) {
+		if (!json_is_string(id) && !json_is_integer(id)) {
+			it->error = xprintf("line %zu: field 'id': expected a string or an integer", lineno);
+			goto done;
+		}
+		json_decref(it->id);
+		it->id = json_incref(id);
+	}
+	json_t *p = json_object_get(obj, "prompt");
+	if (!json_is_string(p)) {
+		it->error = xprintf("line %zu: field 'prompt': expected a string", lineno);
+		goto done;
+	}
+	if (strlen(json_string_value(p)) != json_string_length(p)) {
+		it->error = xprintf("line %zu: field 'prompt': contains a NUL character", lineno);
+		goto done;
+	}
+	it->prompt = xstrdup(json_string_value(p));
+	char *msg = item_settings(it, obj);
+	if (msg) {
+		it->error = xprintf("line %zu: %s", lineno, msg);
+		free(msg);
+	}
+done:
+	json_decref(obj);
+}
+
+static int add_item(run *r, size_t *cap)
+{
+	if (r->n_items == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+		item *p = realloc(r->items, nc * sizeof *p);
+		if (!p)
+			return -1;
+		r->items = p;
+		*cap = nc;
+	}
+	item *it = &r->items[r->n_items++];
+	memset(it, 0, sizeof *it);
+	it->sp = r->g.sp;
+	it->max_tokens = r->g.max_tokens;
+	it->stops = r->g.stops;
+	it->n_stops = r->g.n_stops;
+	it->id = json_integer((json_int_t)r->n_items);
+	return 0;
+}
+
+static bool blank(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+/* Splits the input into items. Returns 0 or an exit status. */
+static int load_items(run *r, const char *text, size_t len, const char *label)
+{
+	size_t cap = 0;
+	fmt f = r->in_fmt;
+	if (f == FMT_AUTO) {
+		size_t i = 0;
+		while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
+			i++;
+		f = i < len && text[i] == '{' ? FMT_JSONL : FMT_TEXT;
+	}
+	size_t lineno = 0;
+	for (size_t at = 0; at < len;) {
+		const char *nl = memchr(text + at, '\n', len - at);
+		size_t end = nl ? (size_t)(nl - text) : len;
+		size_t n = end - at;
+		const char *line = text + at;
+		at = end + 1;
+		lineno++;
+		if (n && line[n - 1] == '\r')
+			n--;
+		if (blank(line, n))
+			continue;
+		if (add_item(r, &cap) < 0)
+			goto nomem;
+		item *it = &r->items[r->n_items - 1];
+		json_decref(it->id);
+		it->id = json_integer((json_int_t)lineno);
+		if (f == FMT_JSONL) {
+			item_from_json(it, line, n, lineno);
+		} else if (memchr(line, 0, n)) {
+			it->error = xprintf("line %zu: contains a NUL byte", lineno);
+		} else if (!(it->prompt = malloc(n + 1))) {
+			goto nomem;
+		} else {
+			memcpy(it->prompt, line, n);
+			it->prompt[n] = 0;
+		}
+	}
+	(void)label;
+	return 0;
+nomem:
+	cli_error("out of memory reading the prompts");
+	return CLI_EXIT_SOFTWARE;
+}
+
+/* Keys, duplicate ids, seeds. */
+static int finish_items(run *r)
+{
+	for (size_t i = 0; i < r->n_items; i++) {
+		item *it = &r->items[i];
+		it->key = json_dumps(it->id, JSON_COMPACT | JSON_ENCODE_ANY);
+		if (!it->key) {
+			cli_error("out of memory");
+			return CLI_EXIT_SOFTWARE;
+		}
+		if (!it->seed_given)
+			it->seed = cli_seed_derive(r->g.sp.seed, it->key, strlen(it->key)) & SEED_MASK;
+		it->sp.seed = it->seed;
+		for (size_t j = 0; j < i && !it->error; j++)
+			if (!strcmp(r->items[j].key, it->key))
+				it->error = xprintf("duplicate id %s (first used by item %zu)", it->key, j + 1);
+	}
+	return 0;
+}
+
+/* Reads the records already in the output file, repairing a torn last line
+ * (a run killed while writing), and marks their ids done. */
+static int resume_from(run *r)
+{
+	FILE *f = fopen(r->out_path, "r+b");
+	if (!f) {
+		if (errno == ENOENT)
+			return 0;
+		cli_error("%s: cannot open: %s", r->out_path, strerror(errno));
+		return CLI_EXIT_IO;
+	}
+	int rc = 0;
+	char *text = NULL;
+	size_t len = 0;
+	fclose(f);
+	rc = cli_read_file(r->out_path, &text, &len);
+	if (rc)
+		return rc;
+	size_t keep = len;
+	while (keep && text[keep - 1] != '\n')
+		keep--;
+	if (keep != len) {
+		if (truncate(r->out_path, (off_t)keep) < 0) {
+			cli_error("%s: cannot repair the torn last line: %s", r->out_path, strerror(errno));
+			rc = CLI_EXIT_IO;
+			goto done;
+		}
+		fprintf(stderr, "seqboat: %s: removed a torn last line of %zu bytes\n", r->out_path, len - keep);
+	}
+	size_t lineno = 0;
+	for (size_t at = 0; at < keep;) {
+		const char *nl = memchr(text + at, '\n', keep - at);
+		size_t end = (size_t)(nl - text);
+		lineno++;
+		json_error_t je;
+		json_t *rec = json_loadb(text + at, end - at, 0, &je);
+		at = end + 1;
+		json_t *id = rec ? json_object_get(rec, "id") : NULL;
+		if (!id || !json_object_get(rec, "finish_reason")) {
+			json_decref(rec);
+			cli_error("%s: line %zu: expected a record with 'id' and 'finish_reason' (is this the output of seqboat complete?)",
+			          r->out_path, lineno);
+			rc = CLI_EXIT_DATA;
+			goto done;
+		}
+		char *key = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
+		for (size_t i = 0; key && i < r->n_items; i++)
+			if (!strcmp(r->items[i].key, key))
+				r->items[i].done = true;
+		free(key);
+		json_decref(rec);
+	}
+done:
+	free(text);
+	return rc;
+}
+
+/* Valid UTF-8 for jansson: invalid bytes become '?' (error messages may
+ * quote input bytes). */
+static json_t *json_text(const char *s, size_t n)
+{
+	json_t *j = json_stringn(s, n);
+	if (j)
+		return j;
+	char *c = malloc(n + 1);
+	if (!c)
+		return NULL;
+	memcpy(c, s, n);
+	for (size_t at = 0; at < n;) {
+		size_t ok = sb_utf8_valid(c + at, n - at);
+		at += ok;
+		if (at < n)
+			c[at++] = '?';
+	}
+	j = json_stringn(c, n);
+	free(c);
+	return j;
+}
+
+typedef struct result {
+	const char *finish;      /* "stop", "length", "error" */
+	const char *text;
+	size_t text_len;
+	size_t prompt_tokens, completion_tokens;
+	double prompt_s, gen_s;
+	const char *error;
+} result;
+
+static char *make_record(const run *r, const item *it, const result *res)
+{
+	json_t *o = json_object();
+	json_object_set(o, "id", it->id);
+	json_object_set_new(o, "completion", json_text(res->text ? res->text : "", res->text_len));
+	json_object_set_new(o, "finish_reason", json_string(res->finish));
+	json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)res->prompt_tokens));
+	json_object_set_new(o, "completion_tokens", json_integer((json_int_t)res->completion_tokens));
+	json_object_set_new(o, "seed", json_integer((json_int_t)it->seed));
+	if (r->timings && !res->error) {
+		double tps = res->gen_s > 0 ? (double)res->completion_tokens / res->gen_s : 0;
+		json_t *t = json_object();
+		json_object_set_new(t, "prompt_ms", json_real(res->prompt_s * 1e3));
+		json_object_set_new(t, "generation_ms", json_real(res->gen_s * 1e3));
+		json_object_set_new(t, "tokens_per_s", json_real(tps));
+		json_object_set_new(o, "timings", t);
+	}
+	if (res->error)
+		json_object_set_new(o, "error", json_text(res->error, strlen(res->error)));
+	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	json_decref(o);
+	return s;
+}
+
+static void error_record(run *r, item *it, const char *msg)
+{
+	result res = {.finish = "error", .error = msg};
+	it->record = make_record(r, it, &res);
+	r->n_errors++;
+}
+
+/* One item being generated. */
+typedef struct slot {
+	item *it;
+	sb_state *st;
+	sb_sampler *smp;
+	sb_detok *dt;
+	sb_stop *stop;
+	float *logits;           /* (V) row owned by the run's slot buffer */
+	buf out;
+	int32_t token;           /* the token to read next */
+	size_t prompt_tokens;
+	size_t n_gen;
+	double t0, t_prompt;
+	bool active;
+	cli_escaper esc;
+} slot;
+
+static void slot_clear(slot *s)
+{
+	sb_sampler_free(s->smp);
+	sb_detok_free(s->dt);
+	sb_stop_free(s->stop);
+	s->smp = NULL;
+	s->dt = NULL;
+	s->stop = NULL;
+	s->out.len = 0;
+	s->active = false;
+	s->it = NULL;
+}
+
+
+/* Model text for the item: kept for its record, and streamed in text mode. */
+static int slot_out(run *r, slot *s, const char *o, size_t ol)
+{
+	if (!ol)
+		return 0;
+	if (buf_add(&s->out, o, ol) < 0)
+		return -1;
+	if (r->text) {
+		if (r->escape)
+			cli_write_escaped(r->out, &s->esc, o, ol);
+		else
+			fwrite(o, 1, ol, r->out);
+		fflush(r->out);
+	}
+	return 0;
+}
+
+/* Passes text through the stop matcher. Returns 1 if a stop string
+ * completed, 0 if not, -1 when out of memory. */
+static int slot_emit(run *r, slot *s, const char *text, size_t n)
+{
+	const char *o;
+	size_t ol;
+	bool matched = false;
+	if (sb_stop_push(s->stop, text, n, &o, &ol, &matched) < 0 || slot_out(r, s, o, ol) < 0)
+		return -1;
+	return matched;
+}
+
+/* Ends the item. Unless a stop string ended it, the bytes the detokenizer
+ * and the stop matcher still hold belong to the completion. */
+static void slot_finish(run *r, slot *s, const char *finish, bool stopped,
+                        const char *error)
+{
+	item *it = s->it;
+	if (!error && !stopped) {
+		const char *o;
+		size_t ol;
+		sb_detok_flush(s->dt, &o, &ol);
+		int m = slot_emit(r, s, o, ol);
+		if (m == 0) {
+			sb_stop_flush(s->stop, &o, &ol);
+			m = slot_out(r, s, o, ol);
+		} else if (m > 0) {
+			finish = "stop";
+		}
+		if (m < 0)
+			error = "out of memory";
+	}
+	double now = cli_now();
+	if (r->text) {
+		cli_escaper_finish(r->out, &s->esc);
+		fputc('\n', r->out);
+		fflush(r->out);
+	}
+	if (error) {
+		error_record(r, it, error);
+	} else {
+		result res = {
+			.finish = finish,
+			.text = s->out.p,
+			.text_len = s->out.len,
+			.prompt_tokens = s->prompt_tokens,
+			.completion_tokens = s->n_gen,
+			.prompt_s = s->t_prompt - s->t0,
+			.gen_s = now - s->t_prompt,
+		};
+		it->record = make_record(r, it, &res);
+		if (!it->record)
+			r->n_errors++;
+	}
+	slot_clear(s);
+}
+
+/* Prepares the slot for the item: sampler, matchers, the prompt read into
+ * the state. Returns false (with the item's error record made) on failure. */
+static bool slot_start(run *r, slot *s, item *it)
+{
+	sb_error err = {0};
+	int32_t *ids = NULL;
+	size_t n = 0;
+	s->it = it;
+	s->t0 = cli_now();
+	s->n_gen = 0;
+	s->out.len = 0;
+	s->esc.pending_c2 = false;
+	if (!(s->smp = sb_sampler_new(&it->sp, r->V, &err)) ||
+	    !(s->dt = sb_detok_new(r->tok, &err)) ||
+	    !(s->stop = sb_stop_new(it->stops, it->n_stops, &err)))
+		goto fail;
+	/* A completion continues its prompt: keep its first space. */
+	sb_detok_reset(s->dt, false);
+	if (sb_tokenizer_encode(r->tok, it->prompt, strlen(it->prompt), r->base == NULL,
+	                        &ids, &n, &err) < 0)
+		goto fail;
+	for (size_t i = 0; i < r->n_prefix; i++)
+		sb_sampler_accept(s->smp, r->prefix_ids[i]);
+	for (size_t i = 0; i < n; i++)
+		sb_sampler_accept(s->smp, ids[i]);
+	s->prompt_tokens = n;
+	if (r->base)
+		sb_state_copy(s->st, r->base);
+	else
+		sb_state_reset(s->st);
+	if (n) {
+		sb_outputs o = {.last_logits = s->logits};
+		if (sb_prefill(r->ctx, s->st, ids, n, &o, &err) < 0)
+			goto fail;
+	} else if (r->base) {
+		memcpy(s->logits, r->base_logits, (size_t)r->V * sizeof *s->logits);
+	} else {
+		sb_error_set(&err, SB_ERR_ARG, "the prompt is empty and the model has no beginning-of-sequence token");
+		goto fail;
+	}
+	free(ids);
+	s->t_prompt = cli_now();
+	s->active = true;
+	return true;
+fail:
+	free(ids);
+	if (r->text)
+		cli_error("item %s: %s", it->key, err.msg);
+	error_record(r, it, err.msg);
+	slot_clear(s);
+	return false;
+}
+
+/* Samples the slot's next token and handles it. Returns true if the token
+ * must be read into the state (the item goes on). */
+static bool slot_step(run *r, slot *s)
+{
+	if (s->it->max_tokens >= 0 && s->n_gen >= (size_t)s->it->max_tokens) {
+		slot_finish(r, s, "length", false, NULL);
+		return false;
+	}
+	if (r->text && interrupted) {
+		slot_finish(r, s, "length", false, NULL);
+		return false;
+	}
+	int32_t t = sb_sampler_sample(s->smp, s->logits);
+	if (t == r->eos) {
+		slot_finish(r, s, "stop", false, NULL);
+		return false;
+	}
+	sb_sampler_accept(s->smp, t);
+	s->n_gen++;
+	r->gen_tokens++;
+	const char *o;
+	size_t ol;
+	sb_error err = {0};
+	if (sb_detok_push(s->dt, t, &o, &ol, &err) < 0) {
+		slot_finish(r, s, "error", false, err.msg);
+		return false;
+	}
+	int m = slot_emit(r, s, o, ol);
+	if (m != 0) {
+		slot_finish(r, s, "stop", true, m < 0 ? "out of memory" : NULL);
+		return false;
+	}
+	s->token = t;
+	return true;
+}
+
+static void fmt_duration(char *b, size_t n, double s)
+{
+	if (s < 0 || s > 1e8)
+		snprintf(b, n, "?");
+	else if (s < 60)
+		snprintf(b, n, "%.0fs", s);
+	else if (s < 3600)
+		snprintf(b, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+	else
+		snprintf(b, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+}
+
+static void show_progress(run *r, size_t done, size_t total, bool final)
+{
+	double el = cli_now() - r->t_start;
+	double tps = el > 0 ? (double)r->gen_tokens / el : 0;
+	char eta[32];
+	fmt_duration(eta, sizeof eta, done ? el / (double)done * (double)(total - done) : -1);
+	fprintf(stderr, "\r\033[Kcomplete: %zu/%zu items, %.1f tokens/s, eta %s%s", done, total,
+	        tps, eta, final ? "\n" : "");
+	fflush(stderr);
+}
+
+/* Writes the finished records that come next in input order. Returns 0 or
+ * an exit status. */
+static int write_ready(run *r, size_t *next_write, size_t admitted, size_t *written)
+{
+	while (*next_write < admitted) {
+		item *it = &r->items[*next_write];
+		if (!it->done && !it->record)
+			break;
+		if (it->record && !r->text) {
+			size_t n = strlen(it->record);
+			it->record[n] = '\n';
+			/* One write per record keeps a kill from splitting it
+			 * anywhere but at the end, which --resume repairs. */
+			if (fwrite(it->record, 1, n + 1, r->out) != n + 1 || fflush(r->out) == EOF) {
+				cli_error("%s: write failed: %s", r->out_path ? r->out_path : "standard output",
+				          strerror(errno));
+				return CLI_EXIT_IO;
+			}
+			it->record[n] = 0;
+		}
+		if (!it->done)
+			(*written)++;
+		free(it->record);
+		it->record = NULL;
+		it->done = true;
+		(*next_write)++;
+	}
+	return 0;
+}
+
+static int prefill_prefix(run *r)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int rc = 0;
+	sb_error err = {0};
+	if (r->prefix_file) {
+		if ((rc = cli_read_file(r->prefix_file, &text, &len)))
+			return rc;
+	} else if (r->system) {
+		len = strlen(r->system);
+		if (!(text = malloc(len + 1)))
+			goto nomem;
+		memcpy(text, r->system, len + 1);
+	} else {
+		return 0;
+	}
+	if (sb_tokenizer_encode(r->tok, text, len, true, &r->prefix_ids, &r->n_prefix, &err) < 0) {
+		sb_error_prefix(&err, r->prefix_file ? r->prefix_file : "--system");
+		rc = cli_fail(&err);
+		goto done;
+	}
+	if (!r->n_prefix)
+		goto done;
+	if (!(r->base = sb_state_new(r->model, &err))) {
+		rc = cli_fail(&err);
+		goto done;
+	}
+	if (!(r->base_logits = malloc((size_t)r->V * sizeof *r->base_logits)))
+		goto nomem;
+	sb_outputs o = {.last_logits = r->base_logits};
+	if (sb_prefill(r->ctx, r->base, r->prefix_ids, r->n_prefix, &o, &err) < 0)
+		rc = cli_fail(&err);
+	goto done;
+nomem:
+	cli_error("out of memory");
+	rc = CLI_EXIT_SOFTWARE;
+done:
+	free(text);
+	return rc;
+}
+
+static int generate(run *r)
+{
+	int rc = 0;
+	size_t nslots = 1;
+	if (!r->text) {
+		size_t cap = sb_ctx_max_batch(r->ctx);
+		nslots = r->batch > 0 ? (size_t)r->batch : 8;
+		if (nslots > cap)
+			nslots = cap ? cap : 1;
+	}
+	if (nslots > r->n_items && r->n_items)
+		nslots = r->n_items;
+	size_t V = (size_t)r->V, bytes;
+	slot *slots = calloc(nslots, sizeof *slots);
+	float *rows = NULL, *batch_logits = NULL;
+	sb_state **states = calloc(nslots, sizeof *states);
+	int32_t *tokens = calloc(nslots, sizeof *tokens);
+	slot **batch = calloc(nslots, sizeof *batch);
+	if (!slots || !states || !tokens || !batch || !sb_size_mul(V, nslots, &bytes) ||
+	    !sb_size_mul(bytes, sizeof(float), &bytes) || !(rows = malloc(bytes)) ||
+	    !(batch_logits = malloc(bytes))) {
+		cli_error("out of memory for %zu sequences", nslots);
+		rc = CLI_EXIT_SOFTWARE;
+		goto done;
+	}
+	for (size_t i = 0; i < nslots; i++) {
+		sb_error err = {0};
+		slots[i].logits = rows + i * V;
+		if (!(slots[i].st = sb_state_new(r->model, &err))) {
+			rc = cli_fail(&err);
+			goto done;
+		}
+	}
+
+	size_t total = 0, written = 0;
+	for (size_t i = 0; i < r->n_items; i++)
+		total += !r->items[i].done;
+	size_t next = 0, next_write = 0;
+	double last_progress = 0;
+	r->t_start = cli_now();
+	for (;;) {
+		for (size_t k = 0; k < nslots; k++) {
+			while (!slots[k].active && next < r->n_items && !interrupted) {
+				item *it = &r->items[next++];
+				if (it->done)
+					continue;
+				if (it->error) {
+					if (r->text)
+						cli_error("%s", it->error);
+					error_record(r, it, it->error);
+					continue;
+				}
+				slot_start(r, &slots[k], it);
+			}
+		}
+		if ((rc = write_ready(r, &next_write, next, &written)))
+			goto done;
+		if (r->progress && cli_now() - last_progress > 0.25) {
+			last_progress = cli_now();
+			show_progress(r, written, total, false);
+		}
+		size_t B = 0, active = 0;
+		for (size_t k = 0; k < nslots; k++) {
+			if (!slots[k].active)
+				continue;
+			if (slot_step(r, &slots[k])) {
+				batch[B] = &slots[k];
+				states[B] = slots[k].st;
+				tokens[B] = slots[k].token;
+				B++;
+			}
+			active += slots[k].active;
+		}
+		if (!active && (next == r->n_items || interrupted))
+			break;
+		if (!B)
+			continue;
+		sb_error err = {0};
+		int drc;
+		if (B == 1) {
+			drc = sb_decode(r->ctx, states[0], tokens[0], batch[0]->logits, &err);
+		} else {
+			drc = sb_decode_batch(r->ctx, states, tokens, B, batch_logits, &err);
+			for (size_t b = 0; drc == 0 && b < B; b++)
+				memcpy(batch[b]->logits, batch_logits + b * V, V * sizeof(float));
+		}
+		if (drc < 0)
+			for (size_t b = 0; b < B; b++)
+				slot_finish(r, batch[b], "error", false, err.msg);
+	}
+	rc = write_ready(r, &next_write, next, &written);
+	if (r->progress)
+		show_progress(r, written, total, true);
+done:
+	for (size_t i = 0; slots && i < nslots; i++) {
+		slot_clear(&slots[i]);
+		sb_state_free(slots[i].st);
+		free(slots[i].out.p);
+	}
+	free(slots);
+	free(rows);
+	free(batch_logits);
+	free(states);
+	free(tokens);
+	free(batch);
+	return rc;
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+static int parse_fmt(const char *flag, const char *v, fmt *out)
+{
+	if (!strcmp(v, "auto"))
+		*out = FMT_AUTO;
+	else if (!strcmp(v, "text"))
+		*out = FMT_TEXT;
+	else if (!strcmp(v, "jsonl") || !strcmp(v, "json"))
+		*out = FMT_JSONL;
+	else {
+		cli_error("%s: expected auto, text or jsonl, got '%s'", flag, v);
+		return CLI_EXIT_USAGE;
+	}
+	return 0;
+}
+
+static int parse_args(run *r, int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = NULL;
+		int st = 0;
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			return -1;
+		}
+		int g = cli_gen_parse(&r->g, argc, argv, &i);
+		if (g < 0)
+			return -g;
+		if (g > 0)
+			continue;
+#define FLAG(s, l) cli_flag_value(argc, argv, &i, s, l, &v, &st)
+		if (FLAG("-p", "--prompt")) {
+			if (st)
+				return st;
+			const char **p = realloc(r->prompts, (r->n_prompts + 1) * sizeof *p);
+			if (!p) {
+				cli_error("out of memory");
+				return CLI_EXIT_SOFTWARE;
+			}
+			p[r->n_prompts++] = v;
+			r->prompts = p;
+		} else if (FLAG("-f", "--file")) {
+			if (st)
+				return st;
+			r->in_path = v;
+		} else if (FLAG("-o", "--output")) {
+			if (st)
+				return st;
+			r->out_path = v;
+		} else if (FLAG(NULL, "--format")) {
+			if (st || (st = parse_fmt("--format", v, &r->out_fmt)))
+				return st;
+		} else if (FLAG(NULL, "--format-in")) {
+			if (st || (st = parse_fmt("--format-in", v, &r->in_fmt)))
+				return st;
+		} else if (FLAG(NULL, "--system")) {
+			if (st)
+				return st;
+			r->system = v;
+		} else if (FLAG(NULL, "--prefix-file")) {
+			if (st)
+				return st;
+			r->prefix_file = v;
+		} else if (FLAG(NULL, "--batch")) {
+			if (st)
+				return st;
+			if (!cli_parse_int("--batch", v, 1, 1 << 16, &r->batch))
+				return CLI_EXIT_USAGE;
+		} else if (!strcmp(a, "--resume")) {
+			r->resume = true;
+		} else if (!strcmp(a, "--no-timings")) {
+			r->timings = false;
+		} else if (a[0] == '-' && a[1]) {
+			cli_error("complete: unknown option '%s' (see 'seqboat complete --help')", a);
+			return CLI_EXIT_USAGE;
+		} else {
+			cli_error("complete: unexpected argument '%s' (prompts go after -p)", a);
+			return CLI_EXIT_USAGE;
+		}
+#undef FLAG
+	}
+	if (r->n_prompts && r->in_path) {
+		cli_error("complete: give prompts with -p or with -f, not both");
+		return CLI_EXIT_USAGE;
+	}
+	if (r->system && r->prefix_file) {
+		cli_error("complete: give --system or --prefix-file, not both");
+		return CLI_EXIT_USAGE;
+	}
+	if (r->resume && !r->out_path) {
+		cli_error("complete: --resume needs -o FILE (the records to continue)");
+		return CLI_EXIT_USAGE;
+	}
+	return 0;
+}
+
+/* Refuses an output file that is the input (it would be read while it is
+ * being appended to). */
+static int check_paths(run *r)
+{
+	struct stat in, out;
+	if (!r->out_path || stat(r->out_path, &out) < 0)
+		return 0;
+	bool have_in = false;
+	if (r->in_path && strcmp(r->in_path, "-"))
+		have_in = stat(r->in_path, &in) == 0;
+	else if (!r->n_prompts)
+		have_in = fstat(STDIN_FILENO, &in) == 0;
+	if (have_in && same_file(&in, &out)) {
+		cli_error("%s: the output file is the input file; choose another -o", r->out_path);
+		return CLI_EXIT_USAGE;
+	}
+	return 0;
+}
+
+static int read_input(run *r)
+{
+	if (r->n_prompts) {
+		size_t cap = 0;
+		for (size_t i = 0; i < r->n_prompts; i++) {
+			if (add_item(r, &cap) < 0 || !(r->items[i].prompt = xstrdup(r->prompts[i]))) {
+				cli_error("out of memory");
+				return CLI_EXIT_SOFTWARE;
+			}
+		}
+		return 0;
+	}
+	const char *path = r->in_path ? r->in_path : "-";
+	if (!strcmp(path, "-") && cli_isatty(stdin)) {
+		cli_error("complete: no prompts (use -p TEXT, -f FILE, or pipe them in)");
+		return CLI_EXIT_USAGE;
+	}
+	char *text = NULL;
+	size_t len = 0;
+	int rc = cli_read_file(path, &text, &len);
+	if (rc)
+		return rc;
+	rc = load_items(r, text, len, path);
+	free(text);
+	return rc;
+}
+
+int cmd_complete(int argc, char **argv)
+{
+	run r;
+	memset(&r, 0, sizeof r);
+	cli_gen_init(&r.g, 256);
+	/* Batch runs repeat by default: the base seed is 0 unless given. */
+	r.g.sp.seed = 0;
+	r.timings = true;
+	int rc = parse_args(&r, argc, argv);
+	if (rc) {
+		rc = rc < 0 ? 0 : rc;
+		goto done;
+	}
+	if ((rc = check_paths(&r)) || (rc = read_input(&r)) || (rc = finish_items(&r)))
+		goto done;
+	if (r.resume && (rc = resume_from(&r)))
+		goto done;
+
+	bool to_tty = !r.out_path && cli_isatty(stdout);
+	if (r.out_fmt == FMT_AUTO)
+		r.text = r.n_items == 1 && to_tty;
+	else
+		r.text = r.out_fmt == FMT_TEXT;
+	if (r.text && r.resume) {
+		cli_error("complete: --resume works on JSONL records, not --format text");
+		rc = CLI_EXIT_USAGE;
+		goto done;
+	}
+	r.escape = r.text && to_tty;
+	r.progress = !r.text && cli_isatty(stderr) && (r.out_path || !cli_isatty(stdout));
+
+	if ((rc = cli_gen_open(&r.g, &r.model, &r.tok, &r.ctx)))
+		goto done;
+	r.V = sb_model_config(r.model)->vocab_size;
+	r.eos = cli_gen_eos(r.model, r.tok);
+	if ((rc = prefill_prefix(&r)))
+		goto done;
+
+	if (r.out_path) {
+		r.out = fopen(r.out_path, "ab");
+		if (!r.out) {
+			cli_error("%s: cannot open for appending: %s", r.out_path, strerror(errno));
+			rc = CLI_EXIT_IO;
+			goto done;
+		}
+	} else {
+		r.out = stdout;
+	}
+
+	struct sigaction sa, old;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_sigint;
+	sigemptyset(&sa.sa_mask);
+	/* The second Ctrl-C finds the default action again and ends the run. */
+	sa.sa_flags = SA_RESETHAND;
+	sigaction(SIGINT, &sa, &old);
+	rc = generate(&r);
+	sigaction(SIGINT, &old, NULL);
+	if (!rc && interrupted) {
+		cli_error("interrupted: the items under way were finished and written");
+		rc = CLI_EXIT_INTERRUPTED;
+	} else if (!rc && r.n_errors) {
+		rc = CLI_EXIT_DATA;
+	}
+done:
+	if (r.out && r.out != stdout && fclose(r.out) == EOF && !rc) {
+		cli_error("%s: write failed: %s", r.out_path, strerror(errno));
+		rc = CLI_EXIT_IO;
+	}
+	for (size_t i = 0; i < r.n_items; i++)
+		item_free(&r.items[i]);
+	free(r.items);
+	free(r.prompts);
+	free(r.prefix_ids);
+	free(r.base_logits);
+	sb_state_free(r.base);
+	sb_ctx_free(r.ctx);
+	sb_tokenizer_free(r.tok);
+	sb_model_free(r.model);
+	cli_gen_free(&r.g);
+	return rc;
+}
