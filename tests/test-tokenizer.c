@@ -683,6 +683,98 @@ START_TEST(tokenizer_decode_rejects_out_of_range_ids)
 }
 END_TEST
 
+/* ------------------------------------------------------- for a model */
+
+static const char *fixture_model(const char *name)
+{
+	static char buf[4096];
+	const char *root = getenv("SB_FIXTURE_MODELS");
+	ck_assert_msg(root && *root, "SB_FIXTURE_MODELS is not set");
+	snprintf(buf, sizeof buf, "%s/%s", root, name);
+	return buf;
+}
+
+/* A copy of a fixture model directory whose dict.txt gets `extra`. */
+static const char *copy_model(const char *name, const char *extra)
+{
+	const char *src = fixture_model(name);
+	const char *dst = tu_tmpdir();
+	static char out[4096];
+	snprintf(out, sizeof out, "%s", dst);
+	const char *files[] = {"config.yaml", "model.safetensors", "dict.txt"};
+	for (size_t i = 0; i < 3; i++) {
+		char path[4200];
+		snprintf(path, sizeof path, "%s/%s", src, files[i]);
+		FILE *f = fopen(path, "rb");
+		ck_assert_msg(f != NULL, "cannot open %s", path);
+		size_t cap = 1 << 20, len = 0, got;
+		char *buf = malloc(cap);
+		ck_assert(buf != NULL);
+		while ((got = fread(buf + len, 1, cap - len, f)) > 0) {
+			len += got;
+			if (len == cap) {
+				cap *= 2;
+				buf = realloc(buf, cap);
+				ck_assert(buf != NULL);
+			}
+		}
+		fclose(f);
+		if (!strcmp(files[i], "dict.txt")) {
+			size_t n = strlen(extra);
+			buf = realloc(buf, len + n);
+			ck_assert(buf != NULL);
+			memcpy(buf + len, extra, n);
+			len += n;
+		}
+		tu_write_file(out, files[i], buf, len);
+		free(buf);
+	}
+	return out;
+}
+
+START_TEST(tokenizer_load_for_model)
+{
+	sb_error err = {0};
+	sb_model *m = sb_model_load(fixture_model("rotary-softmax"), &err);
+	ck_assert_msg(m != NULL, "%s", err.msg);
+	sb_tokenizer *t = sb_tokenizer_load_for_model(m, SB_BYTES_AUTO, &err);
+	ck_assert_msg(t != NULL, "%s", err.msg);
+	ck_assert_int_eq(sb_tokenizer_kind(t), SB_TOK_FAIRSEQ);
+	ck_assert(!sb_tokenizer_is_bytes(t));
+	ck_assert_int_le(sb_tokenizer_vocab_size(t), sb_model_config(m)->vocab_size);
+	ck_assert_int_eq(sb_tokenizer_bos(t), sb_model_config(m)->bos_id);
+	ck_assert_int_eq(sb_tokenizer_eos(t), sb_model_config(m)->eos_id);
+	ck_assert_int_eq(sb_tokenizer_pad(t), sb_model_config(m)->pad_id);
+	ck_assert_int_eq(sb_tokenizer_unk(t), sb_model_config(m)->unk_id);
+	sb_tokenizer_free(t);
+	/* The override wins over the config's auto. */
+	ck_assert(sb_tokenizer_load_for_model(m, SB_BYTES_ON, &err) == NULL);
+	ck_assert_int_eq(err.code, SB_ERR_FORMAT);
+	ck_assert_msg(strstr(err.msg, "dict.txt:1"), "%s", err.msg);
+	sb_model_free(m);
+
+	/* A dictionary with more ids than the embedding has rows. */
+	const sb_config *c;
+	char extra[64 * 16] = "", *w = extra;
+	m = sb_model_load(fixture_model("rotary-softmax"), &err);
+	ck_assert(m != NULL);
+	c = sb_model_config(m);
+	t = sb_tokenizer_load_for_model(m, SB_BYTES_AUTO, &err);
+	ck_assert(t != NULL);
+	int spare = c->vocab_size - sb_tokenizer_vocab_size(t);
+	sb_tokenizer_free(t);
+	sb_model_free(m);
+	for (int i = 0; i <= spare; i++)
+		w += sprintf(w, "extra%d 1\n", i);
+	m = sb_model_load(copy_model("rotary-softmax", extra), &err);
+	ck_assert_msg(m != NULL, "%s", err.msg);
+	ck_assert(sb_tokenizer_load_for_model(m, SB_BYTES_AUTO, &err) == NULL);
+	ck_assert_int_eq(err.code, SB_ERR_FORMAT);
+	ck_assert_msg(strstr(err.msg, "vocab_size"), "%s", err.msg);
+	sb_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("tokenizer");
@@ -701,6 +793,7 @@ int main(void)
 	tcase_add_test(tc, tokenizer_rejects_malformed_dicts);
 	tcase_add_test(tc, tokenizer_rejects_invalid_utf8);
 	tcase_add_test(tc, tokenizer_decode_rejects_out_of_range_ids);
+	tcase_add_test(tc, tokenizer_load_for_model);
 	suite_add_tcase(s, tc);
 	return tu_run(s);
 }
