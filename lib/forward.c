@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "pool.h"
 
 /* Rows per block: bounds the scratch memory, whatever the prompt length. */
 #define BLOCK_ROWS 256
@@ -44,6 +45,7 @@ struct sb_ctx {
 	float *scores;        // (W+1) one query's attention weights
 	float *ws;            // matmul widening scratch
 	float *kbuf;          // (Z) one rotated key
+	sb_pool *pool;        // decode's matrix-vector threads
 };
 
 static void *xcalloc(size_t n, size_t size, bool *ok)
@@ -106,6 +108,11 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 	}
 	x->n_threads = n_threads;
 	openblas_set_num_threads(n_threads);
+	if (!(x->pool = sb_pool_new(n_threads))) {
+		sb_ctx_free(x);
+		sb_error_set(err, SB_ERR_NOMEM, "cannot start %d threads", n_threads);
+		return NULL;
+	}
 	return x;
 }
 
@@ -131,6 +138,7 @@ void sb_ctx_free(sb_ctx *x)
 	free(x->scores);
 	free(x->ws);
 	free(x->kbuf);
+	sb_pool_free(x->pool);
 	free(x);
 }
 
@@ -263,7 +271,7 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 	for (int i = 0; i < Ta; i++)
 		memcpy(x->mxa + (size_t)i * D, x->mx + (size_t)x->aidx[i] * D,
 		       (size_t)D * sizeof(float));
-	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws);
+	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws, x->pool);
 	sb_activate(c->activation, x->zgv, (size_t)Ta * ZH);
 	for (int i = 0; i < Ta; i++) {
 		const int t = x->aidx[i];
@@ -281,7 +289,7 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 		ring_push(c, x->rs[t], l, k, z + Z + H, x->pos[t]);
 		attend(x, ly, l, x->rs[t], q, x->pos[t], z + Z, x->og + (size_t)i * H);
 	}
-	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws);
+	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws, x->pool);
 	for (int i = 0; i < Ta; i++) {
 		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];
 		for (int d = 0; d < D; d++)
@@ -304,7 +312,7 @@ static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t ro
 			memcpy(xn, xi, (size_t)D * sizeof(float));
 	}
 	ema_rows(x, ly, l, T);
-	sb_matmul(x->hxu, x->mx, T, &ly->hx, ly->hx_b, x->ws);
+	sb_matmul(x->hxu, x->mx, T, &ly->hx, ly->hx_b, x->ws, x->pool);
 
 	/* Router: pr1 = softmax([u0 + act_bias, u1] / tau)[1]; a tie is
 	 * not activated. */
@@ -352,9 +360,9 @@ static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t ro
 			else
 				memcpy(xn, xi, (size_t)D * sizeof(float));
 		}
-		sb_matmul(x->ffn, x->xn, T, &ly->fc1, ly->fc1_b, x->ws);
+		sb_matmul(x->ffn, x->xn, T, &ly->fc1, ly->fc1_b, x->ws, x->pool);
 		sb_activate(c->activation, x->ffn, (size_t)T * F);
-		sb_matmul(x->att, x->ffn, T, &ly->fc2, ly->fc2_b, x->ws);
+		sb_matmul(x->att, x->ffn, T, &ly->fc2, ly->fc2_b, x->ws, x->pool);
 		for (int t = 0; t < T; t++) {
 			float *xi = x->x + (size_t)t * D, *f = x->att + (size_t)t * D;
 			for (int d = 0; d < D; d++)
@@ -402,11 +410,11 @@ static void block_rows(sb_ctx *x, const int32_t *tokens, int T, const sb_outputs
 		}
 	if (all) {
 		float *dst = out->logits + (out->offset + row0) * (size_t)V;
-		sb_matmul(dst, x->x, T, &m->out, NULL, x->ws);
+		sb_matmul(dst, x->x, T, &m->out, NULL, x->ws, x->pool);
 		if (last_block && last_logits)
 			memcpy(last_logits, dst + (size_t)(T - 1) * V, (size_t)V * sizeof(float));
 	} else {
-		sb_matmul(last_logits, x->x + (size_t)(T - 1) * D, 1, &m->out, NULL, x->ws);
+		sb_matmul(last_logits, x->x + (size_t)(T - 1) * D, 1, &m->out, NULL, x->ws, x->pool);
 	}
 }
 

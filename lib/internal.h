@@ -98,9 +98,12 @@ static inline float *st_ring_v(sb_state *s) { return (float *)(s->block + s->lay
 /* ---- ops.c: kernels on float* ---- */
 
 /* Y (T, W.rows) = X (T, W.cols) W^T (+ bias). ws: scratch of
- * sb_matmul_ws_floats(W) floats, used when W is not F32. */
+ * sb_matmul_ws_floats(W) floats, used when W is not F32. One row (decode)
+ * is a matrix-vector product split over the pool's threads; more rows go
+ * to OpenBLAS's sgemm. */
+typedef struct sb_pool sb_pool;
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W,
-               const float *bias, float *ws);
+               const float *bias, float *ws, sb_pool *pool);
 size_t sb_matmul_ws_floats(int max_cols);
 /* One row of W widened to float32. */
 void sb_mat_row(const sb_mat *W, int r, float *out);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "pool.h"
 
 static inline float bf16_to_f32(uint16_t h)
 {
@@ -41,22 +42,122 @@ static inline float f16_to_f32(uint16_t h)
 	return f;
 }
 
+/* ---- x86 kernels (AVX2 + FMA + F16C), chosen at run time ---- */
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define SB_X86 1
+
+static bool have_avx2(void)
+{
+	static int cached = -1;
+	if (cached < 0) {
+		__builtin_cpu_init();
+		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+		         __builtin_cpu_supports("f16c");
+	}
+	return cached;
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(sb_dtype dt, const void *p)
+{
+	switch (dt) {
+	case SB_DTYPE_F16:
+		return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+	case SB_DTYPE_BF16:
+		return _mm256_castsi256_ps(_mm256_slli_epi32(
+			_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+	default:
+		return _mm256_loadu_ps((const float *)p);
+	}
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 v)
+{
+	__m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+	lo = _mm_add_ps(lo, hi);
+	lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+	lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+	return _mm_cvtss_f32(lo);
+}
+
+/* y[r] = W[r] . x for rows r0..r1-1, each weight read once. One copy per
+ * dtype so that the load is a constant inside the loop. */
+#define ROWS_AVX2(NAME, DT)                                                          \
+	__attribute__((target("avx2,fma,f16c"))) static void NAME(                   \
+		const sb_mat *W, int r0, int r1, const float *x, float *y)           \
+	{                                                                            \
+		const int n = W->cols;                                               \
+		const size_t esz = sb_dtype_size(DT);                                \
+		for (int r = r0; r < r1; r++) {                                      \
+			const char *w = (const char *)W->data + (size_t)r * n * esz; \
+			__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();   \
+			int i = 0;                                                   \
+			for (; i + 16 <= n; i += 16) {                               \
+				a0 = _mm256_fmadd_ps(load8(DT, w + i * esz),          \
+				                     _mm256_loadu_ps(x + i), a0);      \
+				a1 = _mm256_fmadd_ps(load8(DT, w + (i + 8) * esz),    \
+				                     _mm256_loadu_ps(x + i + 8), a1);  \
+			}                                                            \
+			for (; i + 8 <= n; i += 8)                                   \
+				a0 = _mm256_fmadd_ps(load8(DT, w + i * esz),          \
+				                     _mm256_loadu_ps(x + i), a0);      \
+			float acc = hsum8(_mm256_add_ps(a0, a1));                    \
+			if (i < n) {                                                 \
+				float tail[8];                                       \
+				sb_widen(DT, w + i * esz, tail, (size_t)(n - i));    \
+				for (int j = 0; j < n - i; j++)                      \
+					acc += tail[j] * x[i + j];                   \
+			}                                                            \
+			y[r] = acc;                                                  \
+		}                                                                    \
+	}
+
+ROWS_AVX2(rows_avx2_f32, SB_DTYPE_F32)
+ROWS_AVX2(rows_avx2_f16, SB_DTYPE_F16)
+ROWS_AVX2(rows_avx2_bf16, SB_DTYPE_BF16)
+
+static void rows_avx2(const sb_mat *W, int r0, int r1, const float *x, float *y)
+{
+	switch (W->dtype) {
+	case SB_DTYPE_F16: rows_avx2_f16(W, r0, r1, x, y); break;
+	case SB_DTYPE_BF16: rows_avx2_bf16(W, r0, r1, x, y); break;
+	default: rows_avx2_f32(W, r0, r1, x, y); break;
+	}
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void widen_avx2(sb_dtype dt, const void *src,
+                                                              float *dst, size_t n)
+{
+	const size_t esz = sb_dtype_size(dt);
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(dst + i, load8(dt, (const char *)src + i * esz));
+	for (; i < n; i++) {
+		uint16_t h;
+		memcpy(&h, (const char *)src + i * esz, 2);
+		dst[i] = dt == SB_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+	}
+}
+#endif
+
 void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n)
 {
 	switch (dt) {
 	case SB_DTYPE_F32:
 		memcpy(dst, src, n * sizeof(float));
 		break;
-	case SB_DTYPE_F16: {
-		const uint16_t *s = src;
-		for (size_t i = 0; i < n; i++)
-			dst[i] = f16_to_f32(s[i]);
-		break;
-	}
+	case SB_DTYPE_F16:
 	case SB_DTYPE_BF16: {
+#ifdef SB_X86
+		if (have_avx2() && n >= 8) {
+			widen_avx2(dt, src, dst, n);
+			break;
+		}
+#endif
 		const uint16_t *s = src;
 		for (size_t i = 0; i < n; i++)
-			dst[i] = bf16_to_f32(s[i]);
+			dst[i] = dt == SB_DTYPE_F16 ? f16_to_f32(s[i]) : bf16_to_f32(s[i]);
 		break;
 	}
 	default:
@@ -72,6 +173,48 @@ void sb_mat_row(const sb_mat *W, int r, float *out)
 	         (size_t)W->cols);
 }
 
+static void rows_scalar(const sb_mat *W, int r0, int r1, const float *x, float *y)
+{
+	const int n = W->cols;
+	float buf[256];
+	for (int r = r0; r < r1; r++) {
+		const char *w = (const char *)W->data + (size_t)r * n * sb_dtype_size(W->dtype);
+		float acc = 0.0f;
+		for (int i0 = 0; i0 < n; i0 += 256) {
+			int m = n - i0 < 256 ? n - i0 : 256;
+			sb_widen(W->dtype, w + (size_t)i0 * sb_dtype_size(W->dtype), buf, (size_t)m);
+			for (int i = 0; i < m; i++)
+				acc += buf[i] * x[i0 + i];
+		}
+		y[r] = acc;
+	}
+}
+
+typedef struct matvec_job {
+	const sb_mat *W;
+	const float *x;
+	float *y;
+} matvec_job;
+
+/* Rows are split in blocks of 16 so that threads do not share cache lines
+ * of y and each reads its own contiguous slab of W. */
+static void matvec_part(void *arg, int ith, int nth)
+{
+	const matvec_job *j = arg;
+	const int rows = j->W->rows, blocks = (rows + 15) / 16;
+	int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
+	int r0 = b0 * 16, r1 = b1 * 16 < rows ? b1 * 16 : rows;
+	if (r0 >= r1)
+		return;
+#ifdef SB_X86
+	if (have_avx2()) {
+		rows_avx2(j->W, r0, r1, j->x, j->y);
+		return;
+	}
+#endif
+	rows_scalar(j->W, r0, r1, j->x, j->y);
+}
+
 /* Rows of a 16-bit matrix widened per block, so that the float32 product
  * runs at BLAS speed without a float32 copy of the whole model. */
 #define WIDEN_ROWS 64
@@ -82,31 +225,15 @@ size_t sb_matmul_ws_floats(int max_cols)
 }
 
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W, const float *bias,
-               float *ws)
+               float *ws, sb_pool *pool)
 {
 	const int NO = W->rows, NI = W->cols;
-	if (W->dtype == SB_DTYPE_F32) {
-		if (T == 1)
-			cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W->data, NI, X, 1,
-			            0.0f, Y, 1);
-		else
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, NO, NI, 1.0f, X, NI,
-			            W->data, NI, 0.0f, Y, NO);
-	} else if (T == 1) {
-		/* One token: widen each row on the fly and dot it, reading
-		 * every weight once. */
-		const uint16_t *w = W->data;
-		for (int o = 0; o < NO; o++) {
-			const uint16_t *row = w + (size_t)o * NI;
-			float acc = 0.0f;
-			if (W->dtype == SB_DTYPE_BF16)
-				for (int i = 0; i < NI; i++)
-					acc += bf16_to_f32(row[i]) * X[i];
-			else
-				for (int i = 0; i < NI; i++)
-					acc += f16_to_f32(row[i]) * X[i];
-			Y[o] = acc;
-		}
+	if (T == 1) {
+		matvec_job j = {W, X, Y};
+		sb_pool_run(pool, matvec_part, &j);
+	} else if (W->dtype == SB_DTYPE_F32) {
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, NO, NI, 1.0f, X, NI,
+		            W->data, NI, 0.0f, Y, NO);
 	} else {
 		for (int o0 = 0; o0 < NO; o0 += WIDEN_ROWS) {
 			int n = NO - o0 < WIDEN_ROWS ? NO - o0 : WIDEN_ROWS;
