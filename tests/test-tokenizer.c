@@ -219,22 +219,11 @@ START_TEST(tokenizer_spm_unseen_characters_become_byte_pieces)
 }
 END_TEST
 
-START_TEST(tokenizer_spm_stream_matches_decode)
+/* Sequences no encoder makes: leading bare spaces, byte runs cut by a
+ * control piece or a word, lone continuation bytes, unknown pieces; then
+ * random id sequences over the whole vocabulary. */
+static void stream_matches_decode_on_odd_sequences(const sb_tokenizer *t)
 {
-	sb_tokenizer *t = load_spm();
-	int32_t *ids;
-	size_t n;
-	encode(t, multilingual, true, &ids, &n);
-	char *whole = decode(t, ids, n);
-	char *streamed = stream(t, ids, n, true);
-	ck_assert_str_eq(streamed, whole);
-	ck_assert_str_eq(streamed, multilingual);
-	free(streamed);
-	free(whole);
-	free(ids);
-
-	/* Sequences no encoder makes: leading bare spaces, byte runs cut by a
-	 * control piece or a word, lone continuation bytes, unknown pieces. */
 	int32_t sp = spm_id_of(t, "\xE2\x96\x81");
 	int32_t w = -1;
 	for (int32_t id = 0; id < sb_tokenizer_vocab_size(t) && w < 0; id++) {
@@ -263,7 +252,6 @@ START_TEST(tokenizer_spm_stream_matches_decode)
 		expect_stream_equals_decode(t, cases[c], k, "case", (int)c);
 	}
 
-	/* Random id sequences over the whole vocabulary. */
 	uint64_t rng = 12345;
 	int32_t seq[40];
 	for (int trial = 0; trial < 300; trial++) {
@@ -275,6 +263,61 @@ START_TEST(tokenizer_spm_stream_matches_decode)
 		}
 		expect_stream_equals_decode(t, seq, k, "trial", trial);
 	}
+}
+
+START_TEST(tokenizer_spm_stream_matches_decode)
+{
+	sb_tokenizer *t = load_spm();
+	int32_t *ids;
+	size_t n;
+	encode(t, multilingual, true, &ids, &n);
+	char *whole = decode(t, ids, n);
+	char *streamed = stream(t, ids, n, true);
+	ck_assert_str_eq(streamed, whole);
+	ck_assert_str_eq(streamed, multilingual);
+	free(streamed);
+	free(whole);
+	free(ids);
+
+	stream_matches_decode_on_odd_sequences(t);
+	sb_tokenizer_free(t);
+}
+END_TEST
+
+START_TEST(tokenizer_spm_stream_follows_whitespace_options)
+{
+	sb_error err = {0};
+	sb_tokenizer *t = sb_tokenizer_load(SB_TOK_SENTENCEPIECE,
+	                                    tu_src("tests/data/spm-tiny-spaces.model"),
+	                                    SB_BYTES_AUTO, &err);
+	ck_assert_msg(t != NULL, "%s", err.msg);
+	const char *text = "two  spaces   kept";
+	int32_t *ids;
+	size_t n;
+	encode(t, text, true, &ids, &n);
+	char *back = decode(t, ids, n);
+	ck_assert_str_eq(back, text);
+	free(back);
+	back = stream(t, ids, n, true);
+	ck_assert_str_eq(back, text);
+	free(back);
+	free(ids);
+	/* Only the first leading space goes: "_" "_" "_x" reads "  x"... */
+	int32_t sp = spm_id_of(t, "\xE2\x96\x81");
+	const int32_t three[] = {sp, sp, sp};
+	back = stream(t, three, 3, true);
+	ck_assert_str_eq(back, "  ");
+	free(back);
+	stream_matches_decode_on_odd_sequences(t);
+	sb_tokenizer_free(t);
+
+	/* ...where the default model drops every leading one. */
+	t = load_spm();
+	sp = spm_id_of(t, "\xE2\x96\x81");
+	const int32_t three2[] = {sp, sp, sp};
+	back = stream(t, three2, 3, true);
+	ck_assert_str_eq(back, "");
+	free(back);
 	sb_tokenizer_free(t);
 }
 END_TEST
@@ -783,6 +826,7 @@ int main(void)
 	tcase_add_test(tc, tokenizer_spm_round_trip_multilingual);
 	tcase_add_test(tc, tokenizer_spm_unseen_characters_become_byte_pieces);
 	tcase_add_test(tc, tokenizer_spm_stream_matches_decode);
+	tcase_add_test(tc, tokenizer_spm_stream_follows_whitespace_options);
 	tcase_add_test(tc, tokenizer_spm_stream_keeps_space_mid_text);
 	tcase_add_test(tc, tokenizer_stream_never_splits_code_point);
 	tcase_add_test(tc, tokenizer_spm_rejects_bad_model);

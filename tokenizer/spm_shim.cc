@@ -82,16 +82,14 @@ struct Wire {
 	}
 };
 
-// Reads ModelProto.trainer_spec (2).unk_surface (44), normalizer_spec (3)
-// add_dummy_prefix (3) / remove_extra_whitespaces (4), and whether
-// denormalizer_spec (5) has a precompiled_charsmap (2), with the proto's
-// defaults for absent fields.
+// Reads ModelProto.trainer_spec (2).unk_surface (44) and normalizer_spec
+// (3) add_dummy_prefix (3) / remove_extra_whitespaces (4), with the
+// proto's defaults for absent fields.
 void read_decode_opts(const std::string &proto, sb_spm *s)
 {
 	s->unk_surface = " \xE2\x81\x87 ";
 	s->opts.add_dummy_prefix = true;
 	s->opts.remove_extra_whitespaces = true;
-	s->opts.has_denormalizer = false;
 	Wire top{reinterpret_cast<const unsigned char *>(proto.data()),
 	         reinterpret_cast<const unsigned char *>(proto.data()) + proto.size()};
 	uint32_t f, t;
@@ -99,7 +97,7 @@ void read_decode_opts(const std::string &proto, sb_spm *s)
 	const unsigned char *d = nullptr;
 	size_t n = 0;
 	while (top.next(&f, &t, &v, &d, &n)) {
-		if (t != 2 || (f != 2 && f != 3 && f != 5))
+		if (t != 2 || (f != 2 && f != 3))
 			continue;
 		Wire sub{d, d + n};
 		uint32_t sf, st;
@@ -113,8 +111,6 @@ void read_decode_opts(const std::string &proto, sb_spm *s)
 				s->opts.add_dummy_prefix = sv != 0;
 			else if (f == 3 && sf == 4 && st == 0)
 				s->opts.remove_extra_whitespaces = sv != 0;
-			else if (f == 5 && sf == 2 && st == 2 && sn > 0)
-				s->opts.has_denormalizer = true;
 		}
 	}
 	s->opts.unk_surface = s->unk_surface.c_str();

@@ -29,7 +29,6 @@ typedef enum sb_spm_type {
 typedef struct sb_spm_decode_opts {
 	bool add_dummy_prefix;
 	bool remove_extra_whitespaces;
-	bool has_denormalizer;
 	const char *unk_surface;   /* owned by the sb_spm */
 } sb_spm_decode_opts;
 
