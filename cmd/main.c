@@ -15,6 +15,7 @@ static const struct command {
 	{"tokenize", cmd_tokenize, "turn text into token ids, or ids into text"},
 	{"logits", cmd_logits, "write logits and router decisions for token ids"},
 	{"complete", cmd_complete, "complete prompts from flags, a file or stdin (text or JSONL)"},
+	{"bench", cmd_bench, "measure prefill and generation speed and memory at any depth"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
