@@ -16,6 +16,7 @@ static const struct command {
 	{"logits", cmd_logits, "write logits and router decisions for token ids"},
 	{"complete", cmd_complete, "complete prompts from flags, a file or stdin (text or JSONL)"},
 	{"bench", cmd_bench, "measure prefill and generation speed and memory at any depth"},
+	{"perplexity", cmd_perplexity, "score a text: mean NLL, perplexity, bits per token and per byte"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
