@@ -13,8 +13,10 @@ static const struct command {
 } commands[] = {
 	{"info", cmd_info, "show a model's architecture, sizes and state bytes"},
 	{"tokenize", cmd_tokenize, "turn text into token ids, or ids into text"},
+	{"quantize", cmd_quantize, "store a model's weights as q8, f16, bf16 or f32"},
 	{"logits", cmd_logits, "write logits and router decisions for token ids"},
 	{"complete", cmd_complete, "complete prompts from flags, a file or stdin (text or JSONL)"},
+	{"chat", cmd_chat, "talk with a model (line editing, /undo, /save, /load)"},
 	{"bench", cmd_bench, "measure prefill and generation speed and memory at any depth"},
 	{"perplexity", cmd_perplexity, "score a text: mean NLL, perplexity, bits per token and per byte"},
 };

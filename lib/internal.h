@@ -7,11 +7,19 @@
 
 #include "seqboat.h"
 
+/* 8-bit block weights ("q8"): a matrix stored as I8 [rows, cols] plus an
+ * F16 tensor named <name>.q8_scale [rows, ceil(cols/32)]; weight (r, c) is
+ * q[r][c] * scale[r][c/32]. */
+#define SB_Q8_BLOCK 32
+#define SB_Q8_SCALE_SUFFIX ".q8_scale"
+
 /* A weight matrix y = W x, stored out x in, row-major, in its file dtype
- * (F32, F16 or BF16), usually pointing into the mmapped file. */
+ * (F32, F16, BF16, or I8 with scales), usually pointing into the mmapped
+ * file. */
 typedef struct sb_mat {
 	sb_dtype dtype;
 	const void *data;  // (rows, cols)
+	const void *scales; // (rows, ceil(cols/32)) F16, for I8 only
 	int rows;          // outputs
 	int cols;          // inputs
 } sb_mat;
@@ -105,6 +113,10 @@ typedef struct sb_pool sb_pool;
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W,
                const float *bias, float *ws, sb_pool *pool);
 size_t sb_matmul_ws_floats(int max_cols);
+/* Rounding to nearest even, as torch's .half() and .bfloat16(). */
+uint16_t sb_f32_to_f16(float f);
+uint16_t sb_f32_to_bf16(float f);
+float sb_f16_to_f32(uint16_t h);
 /* One row of W widened to float32. */
 void sb_mat_row(const sb_mat *W, int r, float *out);
 /* Widen n elements of dtype dt at src to float32. */

@@ -34,8 +34,8 @@ static int shape_str(char *buf, size_t cap, const uint64_t *shape, int ndim)
 }
 
 /* Finds `name` with exactly `ndim` dims of `shape` in F32/F16/BF16. */
-static const sb_tensor *bind(binder *b, const char *name, int ndim,
-                             const uint64_t *shape)
+static const sb_tensor *bind_any(binder *b, const char *name, int ndim,
+                                 const uint64_t *shape, bool allow_q8)
 {
 	const sb_tensor *t = sb_st_find(b->st, name);
 	char want[128], got[128];
@@ -55,10 +55,11 @@ static const sb_tensor *bind(binder *b, const char *name, int ndim,
 		             ST_NAME ": tensor '%s' has shape %s, expected %s", name, got, want);
 		return NULL;
 	}
-	if (t->dtype != SB_DTYPE_F32 && t->dtype != SB_DTYPE_F16 && t->dtype != SB_DTYPE_BF16) {
+	if (t->dtype != SB_DTYPE_F32 && t->dtype != SB_DTYPE_F16 && t->dtype != SB_DTYPE_BF16 &&
+	    !(allow_q8 && t->dtype == SB_DTYPE_I8)) {
 		sb_error_set(b->err, SB_ERR_FORMAT,
-		             ST_NAME ": tensor '%s' has dtype %s, expected F32, F16 or BF16",
-		             name, sb_dtype_name(t->dtype));
+		             ST_NAME ": tensor '%s' has dtype %s, expected F32, F16 or BF16%s",
+		             name, sb_dtype_name(t->dtype), allow_q8 ? " (or I8 with a q8_scale)" : "");
 		return NULL;
 	}
 	size_t idx = (size_t)(t - sb_st_tensor_at(b->st, 0));
@@ -67,6 +68,11 @@ static const sb_tensor *bind(binder *b, const char *name, int ndim,
 		b->n_params += t->numel;
 	}
 	return t;
+}
+
+static const sb_tensor *bind(binder *b, const char *name, int ndim, const uint64_t *shape)
+{
+	return bind_any(b, name, ndim, shape, false);
 }
 
 /* A float32 copy of a (small) tensor in the arena. */
@@ -88,13 +94,31 @@ static const float *bind_vec(binder *b, const char *name, int ndim, const uint64
 static bool bind_mat(binder *b, const char *name, int rows, int cols, sb_mat *out)
 {
 	uint64_t shape[2] = {(uint64_t)rows, (uint64_t)cols};
-	const sb_tensor *t = bind(b, name, 2, shape);
+	const sb_tensor *t = bind_any(b, name, 2, shape, true);
 	if (!t)
 		return false;
 	out->dtype = t->dtype;
 	out->data = t->data;
 	out->rows = rows;
 	out->cols = cols;
+	out->scales = NULL;
+	if (t->dtype == SB_DTYPE_I8) {
+		/* 8-bit blocks: one F16 scale per SB_Q8_BLOCK weights of a row. */
+		char sname[300];
+		snprintf(sname, sizeof sname, "%s" SB_Q8_SCALE_SUFFIX, name);
+		uint64_t sshape[2] = {(uint64_t)rows, (uint64_t)((cols + SB_Q8_BLOCK - 1) / SB_Q8_BLOCK)};
+		const sb_tensor *sc = bind(b, sname, 2, sshape);
+		if (!sc)
+			return false;
+		if (sc->dtype != SB_DTYPE_F16) {
+			sb_error_set(b->err, SB_ERR_FORMAT, ST_NAME ": tensor '%s' has dtype %s, expected F16",
+			             sname, sb_dtype_name(sc->dtype));
+			return false;
+		}
+		b->n_params -= sc->numel; /* scales are not parameters */
+		out->scales = sc->data;
+		b->count_by_dtype[SB_DTYPE_I8] += sc->nbytes;
+	}
 	b->count_by_dtype[t->dtype] += t->nbytes;
 	return true;
 }

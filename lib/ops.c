@@ -117,9 +117,42 @@ ROWS_AVX2(rows_avx2_f32, SB_DTYPE_F32)
 ROWS_AVX2(rows_avx2_f16, SB_DTYPE_F16)
 ROWS_AVX2(rows_avx2_bf16, SB_DTYPE_BF16)
 
+/* 8-bit blocks: per block of 32, the sum of q*x in float, times the
+ * block's scale. */
+__attribute__((target("avx2,fma,f16c"))) static void rows_avx2_q8(const sb_mat *W, int r0, int r1,
+                                                                const float *x, float *y)
+{
+	const int n = W->cols, nb = (n + SB_Q8_BLOCK - 1) / SB_Q8_BLOCK, full = n / SB_Q8_BLOCK;
+	for (int r = r0; r < r1; r++) {
+		const int8_t *q = (const int8_t *)W->data + (size_t)r * n;
+		const uint16_t *sc = (const uint16_t *)W->scales + (size_t)r * nb;
+		__m256 acc = _mm256_setzero_ps();
+		for (int b = 0; b < full; b++) {
+			const int8_t *qb = q + b * SB_Q8_BLOCK;
+			const float *xb = x + b * SB_Q8_BLOCK;
+			__m256 part = _mm256_setzero_ps();
+			for (int k = 0; k < SB_Q8_BLOCK; k += 8) {
+				__m256 w = _mm256_cvtepi32_ps(
+					_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qb + k))));
+				part = _mm256_fmadd_ps(w, _mm256_loadu_ps(xb + k), part);
+			}
+			acc = _mm256_fmadd_ps(part, _mm256_set1_ps(f16_to_f32(sc[b])), acc);
+		}
+		float total = hsum8(acc);
+		if (full < nb) {
+			float part = 0.0f;
+			for (int i = full * SB_Q8_BLOCK; i < n; i++)
+				part += (float)q[i] * x[i];
+			total += part * f16_to_f32(sc[full]);
+		}
+		y[r] = total;
+	}
+}
+
 static void rows_avx2(const sb_mat *W, int r0, int r1, const float *x, float *y)
 {
 	switch (W->dtype) {
+	case SB_DTYPE_I8: rows_avx2_q8(W, r0, r1, x, y); break;
 	case SB_DTYPE_F16: rows_avx2_f16(W, r0, r1, x, y); break;
 	case SB_DTYPE_BF16: rows_avx2_bf16(W, r0, r1, x, y); break;
 	default: rows_avx2_f32(W, r0, r1, x, y); break;
@@ -140,6 +173,46 @@ __attribute__((target("avx2,fma,f16c"))) static void widen_avx2(sb_dtype dt, con
 	}
 }
 #endif
+
+uint16_t sb_f32_to_f16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xff, man = u & 0x7fffff;
+	if (exp == 0xff) /* inf or nan */
+		return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+	int e = (int)exp - 127 + 15;
+	if (e >= 31)
+		return (uint16_t)(sign | 0x7c00);
+	if (e <= 0) { /* subnormal or zero */
+		if (e < -10)
+			return (uint16_t)sign;
+		man |= 0x800000;
+		int shift = 14 - e;
+		uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+		if (rem > mid || (rem == mid && (half & 1)))
+			half++;
+		return (uint16_t)(sign | half);
+	}
+	uint32_t h = sign | (uint32_t)e << 10 | man >> 13, rem = man & 0x1fff;
+	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+		h++; /* may carry into the exponent, which is right */
+	return (uint16_t)h;
+}
+
+uint16_t sb_f32_to_bf16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffff) > 0x7f800000)
+		return (uint16_t)((u >> 16) | 0x40);
+	return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+float sb_f16_to_f32(uint16_t h)
+{
+	return f16_to_f32(h);
+}
 
 void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n)
 {
@@ -166,8 +239,26 @@ void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n)
 	}
 }
 
+/* One row of 8-bit blocks widened: q * scale of its block. */
+static void q8_row(const sb_mat *W, int r, float *out)
+{
+	const int n = W->cols, nb = (n + SB_Q8_BLOCK - 1) / SB_Q8_BLOCK;
+	const int8_t *q = (const int8_t *)W->data + (size_t)r * n;
+	const uint16_t *sc = (const uint16_t *)W->scales + (size_t)r * nb;
+	for (int b = 0; b < nb; b++) {
+		float d = f16_to_f32(sc[b]);
+		int end = (b + 1) * SB_Q8_BLOCK < n ? (b + 1) * SB_Q8_BLOCK : n;
+		for (int i = b * SB_Q8_BLOCK; i < end; i++)
+			out[i] = (float)q[i] * d;
+	}
+}
+
 void sb_mat_row(const sb_mat *W, int r, float *out)
 {
+	if (W->dtype == SB_DTYPE_I8) {
+		q8_row(W, r, out);
+		return;
+	}
 	size_t esz = sb_dtype_size(W->dtype);
 	sb_widen(W->dtype, (const char *)W->data + (size_t)r * (size_t)W->cols * esz, out,
 	         (size_t)W->cols);
@@ -176,6 +267,23 @@ void sb_mat_row(const sb_mat *W, int r, float *out)
 static void rows_scalar(const sb_mat *W, int r0, int r1, const float *x, float *y)
 {
 	const int n = W->cols;
+	if (W->dtype == SB_DTYPE_I8) {
+		const int nb = (n + SB_Q8_BLOCK - 1) / SB_Q8_BLOCK;
+		for (int r = r0; r < r1; r++) {
+			const int8_t *q = (const int8_t *)W->data + (size_t)r * n;
+			const uint16_t *sc = (const uint16_t *)W->scales + (size_t)r * nb;
+			float acc = 0.0f;
+			for (int b = 0; b < nb; b++) {
+				int end = (b + 1) * SB_Q8_BLOCK < n ? (b + 1) * SB_Q8_BLOCK : n;
+				float part = 0.0f;
+				for (int i = b * SB_Q8_BLOCK; i < end; i++)
+					part += (float)q[i] * x[i];
+				acc += part * f16_to_f32(sc[b]);
+			}
+			y[r] = acc;
+		}
+		return;
+	}
 	float buf[256];
 	for (int r = r0; r < r1; r++) {
 		const char *w = (const char *)W->data + (size_t)r * n * sb_dtype_size(W->dtype);
