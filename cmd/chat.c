@@ -1,0 +1,933 @@
+/* chat.c - `seqboat chat`: an interactive conversation.
+ *
+ * The conversation lives in one constant-size state: each user turn is
+ * read into it once and each reply is generated from it, so a turn costs
+ * the same however long the conversation is. /undo and /regen restore a
+ * per-turn snapshot (a copy of the state, not of the text), and /save
+ * writes the state plus the transcript, so the file grows only with the
+ * transcript's text.
+ *
+ * Turns are laid out with the chat template of config.yaml. Base models
+ * (no chat: mapping) get this default:
+ *
+ *     <system>\n
+ *     User: <text>\n
+ *     Assistant: <reply>\n
+ *
+ * with the reply also ending where the model writes "\nUser:". In general
+ * a reply ends at the end-of-sequence token, at a --stop string, or at
+ * assistant_suffix + user_prefix (without its trailing space); in the last
+ * case that text is already in the state and the next turn continues it.
+ *
+ * Every reply's seed is derived from the base seed and the turn number (and
+ * how often it was regenerated), and the sampler's penalty window is
+ * refilled from the conversation's last tokens; so a turn redone after
+ * /undo or continued after /load gives the same reply. */
+#include <errno.h>
+#include <histedit.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "gen.h"
+
+/* The one global the conventions allow: Ctrl-C was pressed. */
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+#define MAX_SNAPSHOTS 64
+#define SAVE_MAGIC "SBCHAT 1\n"
+
+typedef struct turn {
+	char *user;
+	char *reply;
+} turn;
+
+/* What /undo restores: the conversation just before a user turn. */
+typedef struct snapshot {
+	sb_state *st;
+	int32_t *recent;         /* (repeat_last_n) */
+	size_t n_recent;
+	size_t n_turns;
+	bool open_user;
+} snapshot;
+
+typedef struct chat {
+	cli_gen g;
+	const char *system;
+	sb_model *m;
+	sb_tokenizer *tok;
+	sb_ctx *ctx;
+	sb_state *st;
+	sb_sampler *smp;
+	sb_detok *dt;
+	sb_stop *stop;
+	float *logits;           /* (V) prediction after the state's last token */
+	bool have_logits;
+	int V;
+	int32_t eos;
+	/* template */
+	char sys_prefix[SB_CONFIG_STR], sys_suffix[SB_CONFIG_STR];
+	char user_prefix[SB_CONFIG_STR], user_suffix[SB_CONFIG_STR];
+	char asst_prefix[SB_CONFIG_STR], asst_suffix[SB_CONFIG_STR];
+	char tpl_stop[2 * SB_CONFIG_STR]; /* "" if none */
+	bool open_user;          /* the state ends with tpl_stop */
+	/* the last tokens, for the penalties: (cap_recent) */
+	int32_t *recent;
+	size_t n_recent, cap_recent;
+	turn *turns;
+	size_t n_turns, cap_turns;
+	snapshot snaps[MAX_SNAPSHOTS];
+	size_t n_snaps;
+	uint64_t regen;          /* /regen count of the current turn */
+	char *raw;               /* the reply's text before stop matching */
+	size_t raw_len, raw_cap;
+	/* statistics */
+	uint64_t gen_tokens;
+	double gen_seconds;
+	size_t last_tokens;
+	double last_seconds;
+	bool tty;
+	cli_escaper esc;
+} chat;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: seqboat chat [options]\n\n"
+	        "Talks with a model. On a terminal: line editing and history; Ctrl-C stops\n"
+	        "a reply, Ctrl-C on an empty line or Ctrl-D leaves. Otherwise every line of\n"
+	        "standard input is a user turn and every reply is printed on its own line.\n\n"
+	        "options:\n"
+	        "  -s, --system TEXT        system prompt\n"
+	        "%s\n"
+	        "commands (a line starting with '/'; '//' sends a literal '/'):\n"
+	        "  /help             this list\n"
+	        "  /reset            start over (keeps the system prompt)\n"
+	        "  /regen            a new reply to the last turn\n"
+	        "  /undo             remove the last turn and its reply\n"
+	        "  /save FILE        save the conversation (state and transcript)\n"
+	        "  /load FILE        continue a saved conversation\n"
+	        "  /stats            tokens, speed, state size, attention activation per layer\n\n"
+	        "Base models without a chat template in config.yaml read\n"
+	        "\"<system>\\nUser: <text>\\nAssistant:\" and stop at \"\\nUser:\".\n"
+	        "Without --seed the seed is random; with it, replies repeat.\n",
+	        cli_gen_help);
+}
+
+static const char help_text[] =
+	"/help             this list\n"
+	"/reset            start over (keeps the system prompt)\n"
+	"/regen            a new reply to the last turn\n"
+	"/undo             remove the last turn and its reply\n"
+	"/save FILE        save the conversation (state and transcript)\n"
+	"/load FILE        continue a saved conversation\n"
+	"/stats            tokens, speed, state size, attention activation per layer\n"
+	"//text            send text that starts with '/'\n";
+
+static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note(const char *fmt, ...)
+{
+	va_list ap;
+	fflush(stdout);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static char *dupn(const char *s, size_t n)
+{
+	char *p = malloc(n + 1);
+	if (p) {
+		memcpy(p, s, n);
+		p[n] = 0;
+	}
+	return p;
+}
+
+static void set_template(chat *c)
+{
+	const sb_config *cfg = sb_model_config(c->m);
+	if (cfg->has_chat_template) {
+		memcpy(c->sys_prefix, cfg->chat_system_prefix, SB_CONFIG_STR);
+		memcpy(c->sys_suffix, cfg->chat_system_suffix, SB_CONFIG_STR);
+		memcpy(c->user_prefix, cfg->chat_user_prefix, SB_CONFIG_STR);
+		memcpy(c->user_suffix, cfg->chat_user_suffix, SB_CONFIG_STR);
+		memcpy(c->asst_prefix, cfg->chat_assistant_prefix, SB_CONFIG_STR);
+		memcpy(c->asst_suffix, cfg->chat_assistant_suffix, SB_CONFIG_STR);
+	} else {
+		snprintf(c->sys_prefix, SB_CONFIG_STR, "%s", "");
+		snprintf(c->sys_suffix, SB_CONFIG_STR, "%s", "\n");
+		snprintf(c->user_prefix, SB_CONFIG_STR, "%s", "User: ");
+		snprintf(c->user_suffix, SB_CONFIG_STR, "%s", "\n");
+		snprintf(c->asst_prefix, SB_CONFIG_STR, "%s", "Assistant:");
+		snprintf(c->asst_suffix, SB_CONFIG_STR, "%s", "\n");
+	}
+	/* The text with which the model would start the next user turn. */
+	size_t up = strlen(c->user_prefix);
+	while (up && (c->user_prefix[up - 1] == ' ' || c->user_prefix[up - 1] == '\t'))
+		up--;
+	snprintf(c->tpl_stop, sizeof c->tpl_stop, "%s%.*s", c->asst_suffix, (int)up, c->user_prefix);
+	bool blank = true;
+	for (const char *p = c->tpl_stop; *p; p++)
+		if (*p != ' ' && *p != '\n' && *p != '\t')
+			blank = false;
+	if (blank || !up)
+		c->tpl_stop[0] = 0;
+}
+
+static void recent_push(chat *c, const int32_t *ids, size_t n)
+{
+	if (!c->cap_recent)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		if (c->n_recent == c->cap_recent) {
+			memmove(c->recent, c->recent + 1, (c->cap_recent - 1) * sizeof *c->recent);
+			c->n_recent--;
+		}
+		c->recent[c->n_recent++] = ids[i];
+	}
+}
+
+/* Encodes text and reads it into the state. */
+static int feed(chat *c, const char *text, bool add_bos, sb_error *err)
+{
+	int32_t *ids = NULL;
+	size_t n = 0;
+	int rc = sb_tokenizer_encode(c->tok, text, strlen(text), add_bos, &ids, &n, err);
+	if (rc < 0)
+		return rc;
+	if (n) {
+		sb_outputs o = {.last_logits = c->logits};
+		rc = sb_prefill(c->ctx, c->st, ids, n, &o, err);
+		if (rc == 0) {
+			c->have_logits = true;
+			recent_push(c, ids, n);
+		}
+	}
+	free(ids);
+	return rc;
+}
+
+static void drop_snapshots(chat *c)
+{
+	for (size_t i = 0; i < c->n_snaps; i++) {
+		sb_state_free(c->snaps[i].st);
+		free(c->snaps[i].recent);
+	}
+	c->n_snaps = 0;
+}
+
+static void drop_turns(chat *c, size_t keep)
+{
+	for (size_t i = keep; i < c->n_turns; i++) {
+		free(c->turns[i].user);
+		free(c->turns[i].reply);
+	}
+	c->n_turns = keep;
+}
+
+/* The start of a conversation: BOS and the system prompt. */
+static int start(chat *c, sb_error *err)
+{
+	sb_state_reset(c->st);
+	c->n_recent = 0;
+	c->have_logits = false;
+	c->open_user = false;
+	c->regen = 0;
+	drop_turns(c, 0);
+	drop_snapshots(c);
+	if (c->system && *c->system) {
+		size_t n = strlen(c->sys_prefix) + strlen(c->system) + strlen(c->sys_suffix) + 1;
+		char *text = malloc(n);
+		if (!text)
+			return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+		snprintf(text, n, "%s%s%s", c->sys_prefix, c->system, c->sys_suffix);
+		int rc = feed(c, text, true, err);
+		free(text);
+		return rc;
+	}
+	return feed(c, "", true, err);
+}
+
+static int snapshot_push(chat *c, sb_error *err)
+{
+	if (c->n_snaps == MAX_SNAPSHOTS) {
+		/* The oldest turn can no longer be undone. */
+		sb_state_free(c->snaps[0].st);
+		free(c->snaps[0].recent);
+		memmove(c->snaps, c->snaps + 1, (MAX_SNAPSHOTS - 1) * sizeof *c->snaps);
+		c->n_snaps--;
+	}
+	snapshot *s = &c->snaps[c->n_snaps];
+	memset(s, 0, sizeof *s);
+	if (!(s->st = sb_state_clone(c->st, err)))
+		return err ? err->code : SB_ERR_NOMEM;
+	if (c->cap_recent && !(s->recent = malloc(c->cap_recent * sizeof *s->recent))) {
+		sb_state_free(s->st);
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+	}
+	if (c->n_recent)
+		memcpy(s->recent, c->recent, c->n_recent * sizeof *s->recent);
+	s->n_recent = c->n_recent;
+	s->n_turns = c->n_turns;
+	s->open_user = c->open_user;
+	c->n_snaps++;
+	return 0;
+}
+
+/* Back to the last snapshot; the logits are recomputed by the next turn. */
+static void snapshot_pop(chat *c)
+{
+	snapshot *s = &c->snaps[--c->n_snaps];
+	sb_state_copy(c->st, s->st);
+	if (s->n_recent)
+		memcpy(c->recent, s->recent, s->n_recent * sizeof *c->recent);
+	c->n_recent = s->n_recent;
+	drop_turns(c, s->n_turns);
+	c->open_user = s->open_user;
+	c->have_logits = false;
+	sb_state_free(s->st);
+	free(s->recent);
+}
+
+static int raw_add(chat *c, const char *s, size_t n)
+{
+	if (c->raw_len + n + 1 > c->raw_cap) {
+		size_t cap = c->raw_cap ? c->raw_cap : 256;
+		while (cap < c->raw_len + n + 1)
+			cap *= 2;
+		char *p = realloc(c->raw, cap);
+		if (!p)
+			return -1;
+		c->raw = p;
+		c->raw_cap = cap;
+	}
+	memcpy(c->raw + c->raw_len, s, n);
+	c->raw_len += n;
+	c->raw[c->raw_len] = 0;
+	return 0;
+}
+
+typedef struct reply {
+	char *text;
+	size_t len, cap;
+} reply;
+
+static int reply_add(reply *r, const char *s, size_t n)
+{
+	if (r->len + n + 1 > r->cap) {
+		size_t cap = r->cap ? r->cap : 256;
+		while (cap < r->len + n + 1)
+			cap *= 2;
+		char *p = realloc(r->text, cap);
+		if (!p)
+			return -1;
+		r->text = p;
+		r->cap = cap;
+	}
+	memcpy(r->text + r->len, s, n);
+	r->len += n;
+	r->text[r->len] = 0;
+	return 0;
+}
+
+static void show(chat *c, reply *r, const char *s, size_t n)
+{
+	if (!n)
+		return;
+	cli_write_escaped(stdout, &c->esc, s, n);
+	fflush(stdout);
+	/* Out of memory only shortens the transcript; the reply was shown. */
+	(void)reply_add(r, s, n);
+}
+
+/* Generates the reply to the text already read; prints it as it comes. */
+static int generate(chat *c, reply *r, sb_error *err)
+{
+	uint64_t seed;
+	char key[64];
+	int kn = snprintf(key, sizeof key, "turn %zu regen %llu", c->n_turns,
+	                  (unsigned long long)c->regen);
+	seed = cli_seed_derive(c->g.sp.seed, key, (size_t)kn);
+	sb_sampler_reset(c->smp, seed);
+	for (size_t i = 0; i < c->n_recent; i++)
+		sb_sampler_accept(c->smp, c->recent[i]);
+	sb_detok_reset(c->dt, true);
+	sb_stop_reset(c->stop);
+	c->raw_len = 0;
+	c->esc.pending_c2 = false;
+
+	double t0 = cli_now();
+	size_t n = 0;
+	bool stopped = false, eos = false;
+	int rc = 0;
+	const char *o;
+	size_t ol;
+	while (!interrupted && (c->g.max_tokens < 0 || n < (size_t)c->g.max_tokens)) {
+		if (!c->have_logits) {
+			rc = sb_error_set(err, SB_ERR_ARG, "nothing to reply to");
+			break;
+		}
+		int32_t t = sb_sampler_sample(c->smp, c->logits);
+		if (t == c->eos) {
+			eos = true;
+			break;
+		}
+		sb_sampler_accept(c->smp, t);
+		recent_push(c, &t, 1);
+		n++;
+		if ((rc = sb_detok_push(c->dt, t, &o, &ol, err)) < 0)
+			break;
+		raw_add(c, o, ol);
+		bool m = false;
+		if ((rc = sb_stop_push(c->stop, o, ol, &o, &ol, &m)) < 0)
+			break;
+		show(c, r, o, ol);
+		/* The token is read even when it completed a stop string: the
+		 * state holds everything the model wrote. */
+		if ((rc = sb_decode(c->ctx, c->st, t, c->logits, err)) < 0)
+			break;
+		if (m) {
+			stopped = true;
+			break;
+		}
+	}
+	if (!stopped) {
+		sb_detok_flush(c->dt, &o, &ol);
+		raw_add(c, o, ol);
+		bool m = false;
+		sb_stop_push(c->stop, o, ol, &o, &ol, &m);
+		show(c, r, o, ol);
+		if (!m) {
+			sb_stop_flush(c->stop, &o, &ol);
+			show(c, r, o, ol);
+		} else {
+			stopped = true;
+		}
+	}
+	cli_escaper_finish(stdout, &c->esc);
+	double dt = cli_now() - t0;
+	c->last_tokens = n;
+	c->last_seconds = dt;
+	c->gen_tokens += n;
+	c->gen_seconds += dt;
+	(void)eos;
+	if (rc < 0)
+		return rc;
+	/* Stopped at the template's own stop: the next user turn is begun. */
+	c->open_user = stopped && c->tpl_stop[0] && r->len < c->raw_len &&
+	               !strncmp(c->raw + r->len, c->tpl_stop, strlen(c->tpl_stop));
+	if (!c->open_user && c->asst_suffix[0])
+		rc = feed(c, c->asst_suffix, false, err);
+	return rc;
+}
+
+static int add_turn(chat *c, const char *user, char *reply_text)
+{
+	if (c->n_turns == c->cap_turns) {
+		size_t cap = c->cap_turns ? 2 * c->cap_turns : 16;
+		turn *t = realloc(c->turns, cap * sizeof *t);
+		if (!t)
+			return -1;
+		c->turns = t;
+		c->cap_turns = cap;
+	}
+	char *u = dupn(user, strlen(user));
+	if (!u)
+		return -1;
+	c->turns[c->n_turns].user = u;
+	c->turns[c->n_turns].reply = reply_text;
+	c->n_turns++;
+	return 0;
+}
+
+/* One user turn: snapshot, the turn's text, the reply. */
+static int user_turn(chat *c, const char *text, sb_error *err)
+{
+	int rc = snapshot_push(c, err);
+	if (rc < 0)
+		return rc;
+	const char *up = c->user_prefix;
+	if (c->open_user) {
+		/* The model already wrote the prefix but for its trailing blanks. */
+		size_t n = strlen(up);
+		while (n && (up[n - 1] == ' ' || up[n - 1] == '\t'))
+			n--;
+		up += n;
+	}
+	size_t len = strlen(up) + strlen(text) + strlen(c->user_suffix) + strlen(c->asst_prefix) + 1;
+	char *t = malloc(len);
+	if (!t)
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+	snprintf(t, len, "%s%s%s%s", up, text, c->user_suffix, c->asst_prefix);
+	rc = feed(c, t, false, err);
+	free(t);
+	if (rc < 0)
+		return rc;
+	reply r = {0};
+	rc = generate(c, &r, err);
+	fputc('\n', stdout);
+	fflush(stdout);
+	if (rc == 0 && add_turn(c, text, r.text ? r.text : dupn("", 0)) < 0)
+		rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+	else if (rc != 0)
+		free(r.text);
+	return rc;
+}
+
+static void stats(chat *c)
+{
+	uint64_t n = sb_state_n_tokens(c->st);
+	printf("tokens in the state: %llu\n", (unsigned long long)n);
+	printf("last reply: %zu tokens, %.1f tokens/s\n", c->last_tokens,
+	       c->last_seconds > 0 ? (double)c->last_tokens / c->last_seconds : 0.0);
+	printf("all replies: %llu tokens, %.1f tokens/s\n", (unsigned long long)c->gen_tokens,
+	       c->gen_seconds > 0 ? (double)c->gen_tokens / c->gen_seconds : 0.0);
+	printf("state: %zu bytes (constant), %zu turn snapshots\n", sb_state_bytes(c->m), c->n_snaps);
+	printf("attention activation rate per layer:");
+	int L = sb_model_config(c->m)->layers;
+	for (int l = 0; l < L; l++)
+		printf(" %.3f", n ? (double)sb_state_n_activated(c->st, l) / (double)n : 0.0);
+	printf("\n");
+	fflush(stdout);
+}
+
+static int save(chat *c, const char *path, sb_error *err)
+{
+	int rc = 0;
+	char *js = NULL, *blob = NULL, tmp[4096];
+	FILE *f = NULL;
+	json_t *o = json_object(), *turns = json_array(), *recent = json_array();
+	if (!o || !turns || !recent)
+		goto nomem;
+	for (size_t i = 0; i < c->n_turns; i++)
+		json_array_append_new(turns, json_pack("{s:s,s:s}", "user", c->turns[i].user,
+		                                       "reply", c->turns[i].reply));
+	for (size_t i = 0; i < c->n_recent; i++)
+		json_array_append_new(recent, json_integer(c->recent[i]));
+	json_object_set_new(o, "seed", json_integer((json_int_t)c->g.sp.seed));
+	json_object_set_new(o, "system", json_string(c->system ? c->system : ""));
+	json_object_set_new(o, "open_user", json_boolean(c->open_user));
+	json_object_set(o, "recent", recent);
+	json_object_set(o, "turns", turns);
+	if (!(js = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+		goto nomem;
+	size_t sz = sb_state_serialized_size(c->m);
+	if (!(blob = malloc(sz)))
+		goto nomem;
+	if ((rc = sb_state_serialize(c->st, blob, sz, err)) < 0)
+		goto done;
+	snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+	if (!(f = fopen(tmp, "wb"))) {
+		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+		goto done;
+	}
+	fputs(SAVE_MAGIC, f);
+	fputs(js, f);
+	fputc('\n', f);
+	fwrite(blob, 1, sz, f);
+	if (ferror(f) | (fclose(f) == EOF)) {
+		f = NULL;
+		remove(tmp);
+		rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+		goto done;
+	}
+	f = NULL;
+	if (rename(tmp, path) < 0) {
+		remove(tmp);
+		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
+	}
+	goto done;
+nomem:
+	rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory saving the conversation");
+done:
+	json_decref(o);
+	json_decref(turns);
+	json_decref(recent);
+	free(js);
+	free(blob);
+	return rc;
+}
+
+/* Reads a saved conversation; the current one is kept if anything fails. */
+static int load(chat *c, const char *path, char **system_out, sb_error *err)
+{
+	int rc = 0;
+	char *text = NULL;
+	size_t len = 0;
+	json_t *o = NULL;
+	sb_state *st = NULL;
+	int frc = cli_read_file(path, &text, &len);
+	if (frc)
+		return sb_error_set(err, SB_ERR_IO, "%s: cannot read the conversation", path);
+	size_t ml = strlen(SAVE_MAGIC);
+	const char *nl = len > ml ? memchr(text + ml, '\n', len - ml) : NULL;
+	if (len < ml || memcmp(text, SAVE_MAGIC, ml) || !nl) {
+		rc = sb_error_set(err, SB_ERR_FORMAT, "%s: not a conversation saved by seqboat chat", path);
+		goto done;
+	}
+	json_error_t je;
+	o = json_loadb(text + ml, (size_t)(nl - text) - ml, 0, &je);
+	json_t *turns = o ? json_object_get(o, "turns") : NULL;
+	json_t *recent = o ? json_object_get(o, "recent") : NULL;
+	json_t *seed = o ? json_object_get(o, "seed") : NULL;
+	json_t *sys = o ? json_object_get(o, "system") : NULL;
+	if (!json_is_array(turns) || !json_is_array(recent) || !json_is_integer(seed) ||
+	    !json_is_string(sys) || !json_is_boolean(json_object_get(o, "open_user"))) {
+		rc = sb_error_set(err, SB_ERR_FORMAT, "%s: the header is not the expected JSON object", path);
+		goto done;
+	}
+	size_t nr = json_array_size(recent);
+	if (nr > c->cap_recent)
+		nr = c->cap_recent;
+	for (size_t i = json_array_size(recent) - nr, k = 0; k < nr; i++, k++) {
+		json_t *v = json_array_get(recent, i);
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= c->V) {
+			rc = sb_error_set(err, SB_ERR_FORMAT, "%s: field 'recent': token %zu is not an id below %d",
+			                  path, i, c->V);
+			goto done;
+		}
+	}
+	for (size_t i = 0; i < json_array_size(turns); i++) {
+		json_t *t = json_array_get(turns, i);
+		if (!json_is_string(json_object_get(t, "user")) || !json_is_string(json_object_get(t, "reply"))) {
+			rc = sb_error_set(err, SB_ERR_FORMAT, "%s: turn %zu lacks 'user' or 'reply'", path, i + 1);
+			goto done;
+		}
+	}
+	if (!(st = sb_state_new(c->m, err))) {
+		rc = err->code;
+		goto done;
+	}
+	const char *blob = nl + 1;
+	if ((rc = sb_state_deserialize(st, blob, len - (size_t)(blob - text), path, err)) < 0)
+		goto done;
+	char *s = dupn(json_string_value(sys), strlen(json_string_value(sys)));
+	if (!s) {
+		rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+		goto done;
+	}
+
+	/* Everything checked: replace the conversation. */
+	drop_snapshots(c);
+	drop_turns(c, 0);
+	sb_state_copy(c->st, st);
+	c->have_logits = false;
+	c->regen = 0;
+	c->g.sp.seed = (uint64_t)json_integer_value(seed);
+	c->open_user = json_is_true(json_object_get(o, "open_user"));
+	c->n_recent = 0;
+	for (size_t i = json_array_size(recent) - nr; i < json_array_size(recent); i++)
+		c->recent[c->n_recent++] = (int32_t)json_integer_value(json_array_get(recent, i));
+	for (size_t i = 0; i < json_array_size(turns); i++) {
+		json_t *t = json_array_get(turns, i);
+		const char *r = json_string_value(json_object_get(t, "reply"));
+		char *rd = dupn(r, strlen(r));
+		if (!rd || add_turn(c, json_string_value(json_object_get(t, "user")), rd) < 0) {
+			free(rd);
+			free(s);
+			rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+			goto done;
+		}
+	}
+	free(*system_out);
+	*system_out = s;
+	c->system = s;
+done:
+	sb_state_free(st);
+	json_decref(o);
+	free(text);
+	return rc;
+}
+
+static const char *skip_space(const char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	return s;
+}
+
+/* Runs a /command. Returns 1 to quit, 0 to go on, or a negative status
+ * for a failure that ends the session. */
+static int command(chat *c, const char *line, char **loaded_system)
+{
+	sb_error err = {0};
+	const char *arg = line;
+	while (*arg && *arg != ' ' && *arg != '\t')
+		arg++;
+	size_t n = (size_t)(arg - line);
+	arg = skip_space(arg);
+#define IS(name) (n == strlen(name) && !strncmp(line, name, n))
+	if (IS("/help") || IS("/?")) {
+		fputs(help_text, stdout);
+		fflush(stdout);
+	} else if (IS("/reset")) {
+		if (start(c, &err) < 0) {
+			cli_fail(&err);
+			return -1;
+		}
+		note("conversation reset");
+	} else if (IS("/undo")) {
+		if (!c->n_snaps) {
+			note("nothing to undo");
+			return 0;
+		}
+		snapshot_pop(c);
+		c->regen = 0;
+		note("undone: %zu turns left", c->n_turns);
+	} else if (IS("/regen")) {
+		if (!c->n_snaps || !c->n_turns || c->snaps[c->n_snaps - 1].n_turns != c->n_turns - 1) {
+			note("no reply to regenerate");
+			return 0;
+		}
+		char *user = c->turns[c->n_turns - 1].user;
+		c->turns[c->n_turns - 1].user = NULL;
+		uint64_t r = c->regen + 1;
+		snapshot_pop(c);
+		c->regen = r;
+		int rc = user_turn(c, user ? user : "", &err);
+		free(user);
+		if (rc < 0)
+			cli_error("%s", err.msg);
+	} else if (IS("/save")) {
+		if (!*arg) {
+			note("usage: /save FILE");
+			return 0;
+		}
+		if (save(c, arg, &err) < 0)
+			cli_error("%s", err.msg);
+		else
+			note("saved %zu turns to %s", c->n_turns, arg);
+	} else if (IS("/load")) {
+		if (!*arg) {
+			note("usage: /load FILE");
+			return 0;
+		}
+		if (load(c, arg, loaded_system, &err) < 0)
+			cli_error("%s", err.msg);
+		else
+			note("loaded %zu turns from %s", c->n_turns, arg);
+	} else if (IS("/stats")) {
+		stats(c);
+	} else if (IS("/quit") || IS("/exit")) {
+		return 1;
+	} else {
+		note("unknown command '%.*s' (/help lists them)", (int)n, line);
+	}
+#undef IS
+	return 0;
+}
+
+static char *prompt_fn(EditLine *el)
+{
+	(void)el;
+	return (char *)"> ";
+}
+
+/* One line from the terminal (libedit) or the pipe. Returns NULL at the
+ * end; *interrupted_empty is set when Ctrl-C was pressed on an empty line. */
+static const char *read_line(chat *c, EditLine *el, History *hist, char **buf, size_t *cap,
+                             bool *quit_130)
+{
+	*quit_130 = false;
+	if (!c->tty) {
+		ssize_t n = getline(buf, cap, stdin);
+		if (n < 0)
+			return NULL;
+		while (n && ((*buf)[n - 1] == '\n' || (*buf)[n - 1] == '\r'))
+			(*buf)[--n] = 0;
+		return *buf;
+	}
+	for (;;) {
+		interrupted = 0;
+		int count = 0;
+		const char *line = el_gets(el, &count);
+		if (line && count > 0) {
+			size_t n = strlen(line);
+			char *copy = realloc(*buf, n + 1);
+			if (!copy)
+				return NULL;
+			*buf = copy;
+			memcpy(copy, line, n + 1);
+			while (n && (copy[n - 1] == '\n' || copy[n - 1] == '\r'))
+				copy[--n] = 0;
+			if (n) {
+				HistEvent ev;
+				history(hist, &ev, H_ENTER, copy);
+			}
+			return copy;
+		}
+		if (interrupted) {
+			/* Ctrl-C: on an empty line it leaves, otherwise it drops the line. */
+			const LineInfo *li = el_line(el);
+			bool empty = !li || li->lastchar == li->buffer;
+			fputc('\n', stdout);
+			fflush(stdout);
+			if (empty) {
+				*quit_130 = true;
+				return NULL;
+			}
+			el_reset(el);
+			continue;
+		}
+		/* Ctrl-D or a read error: leave the shell's prompt on a new line. */
+		fputc('\n', stdout);
+		fflush(stdout);
+		return NULL;
+	}
+}
+
+int cmd_chat(int argc, char **argv)
+{
+	chat c;
+	memset(&c, 0, sizeof c);
+	cli_gen_init(&c.g, 512);
+	int rc = 0;
+	char *loaded_system = NULL, *line_buf = NULL;
+	size_t line_cap = 0;
+	EditLine *el = NULL;
+	History *hist = NULL;
+	sb_error err = {0};
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = NULL;
+		int st = 0;
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			goto done;
+		}
+		int g = cli_gen_parse(&c.g, argc, argv, &i);
+		if (g < 0) {
+			rc = -g;
+			goto done;
+		}
+		if (g > 0)
+			continue;
+		if (cli_flag_value(argc, argv, &i, "-s", "--system", &v, &st)) {
+			if ((rc = st))
+				goto done;
+			c.system = v;
+			continue;
+		}
+		cli_error("chat: unknown option '%s' (see 'seqboat chat --help')", a);
+		rc = CLI_EXIT_USAGE;
+		goto done;
+	}
+	if (!c.g.seed_set)
+		c.g.sp.seed = cli_random_seed();
+	if ((rc = cli_gen_open(&c.g, &c.m, &c.tok, &c.ctx)))
+		goto done;
+	c.V = sb_model_config(c.m)->vocab_size;
+	c.eos = cli_gen_eos(c.m, c.tok);
+	c.tty = cli_isatty(stdin);
+	set_template(&c);
+	const char *stops[64];
+	size_t ns = 0;
+	for (size_t i = 0; i < c.g.n_stops && ns < 63; i++)
+		stops[ns++] = c.g.stops[i];
+	if (c.tpl_stop[0])
+		stops[ns++] = c.tpl_stop;
+	c.cap_recent = (size_t)c.g.sp.repeat_last_n;
+	if (!(c.st = sb_state_new(c.m, &err)) || !(c.smp = sb_sampler_new(&c.g.sp, c.V, &err)) ||
+	    !(c.dt = sb_detok_new(c.tok, &err)) || !(c.stop = sb_stop_new(stops, ns, &err))) {
+		rc = cli_fail(&err);
+		goto done;
+	}
+	if (!(c.logits = malloc((size_t)c.V * sizeof *c.logits)) ||
+	    (c.cap_recent && !(c.recent = malloc(c.cap_recent * sizeof *c.recent)))) {
+		cli_error("out of memory");
+		rc = CLI_EXIT_SOFTWARE;
+		goto done;
+	}
+	if (start(&c, &err) < 0) {
+		rc = cli_fail(&err);
+		goto done;
+	}
+
+	struct sigaction sa, old;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_sigint;
+	sigemptyset(&sa.sa_mask);
+	/* No SA_RESTART: Ctrl-C must interrupt the line editor's read. */
+	sa.sa_flags = 0;
+	sigaction(SIGINT, &sa, &old);
+	if (c.tty) {
+		el = el_init("seqboat", stdin, stdout, stderr);
+		hist = history_init();
+		if (!el || !hist) {
+			cli_error("cannot start the line editor");
+			rc = CLI_EXIT_SOFTWARE;
+			goto restore;
+		}
+		HistEvent ev;
+		history(hist, &ev, H_SETSIZE, 1000);
+		el_set(el, EL_PROMPT, prompt_fn);
+		el_set(el, EL_EDITOR, "emacs");
+		el_set(el, EL_HIST, history, hist);
+		el_source(el, NULL);
+		fprintf(stderr, "seqboat chat: /help lists the commands; Ctrl-D leaves.\n");
+	}
+	for (;;) {
+		bool quit_130 = false;
+		const char *line = read_line(&c, el, hist, &line_buf, &line_cap, &quit_130);
+		if (!line) {
+			if (quit_130)
+				rc = CLI_EXIT_INTERRUPTED;
+			break;
+		}
+		interrupted = 0;
+		if (line[0] == '/' && line[1] != '/') {
+			int r = command(&c, line, &loaded_system);
+			if (r < 0) {
+				rc = CLI_EXIT_SOFTWARE;
+				break;
+			}
+			if (r > 0)
+				break;
+			continue;
+		}
+		if (line[0] == '/')
+			line++;
+		c.regen = 0;
+		if (user_turn(&c, line, &err) < 0) {
+			rc = cli_fail(&err);
+			break;
+		}
+		if (interrupted && !c.tty)
+			break;
+	}
+restore:
+	sigaction(SIGINT, &old, NULL);
+done:
+	if (el)
+		el_end(el);
+	if (hist)
+		history_end(hist);
+	free(line_buf);
+	drop_snapshots(&c);
+	drop_turns(&c, 0);
+	free(c.turns);
+	free(c.raw);
+	free(c.recent);
+	free(c.logits);
+	free(loaded_system);
+	sb_stop_free(c.stop);
+	sb_detok_free(c.dt);
+	sb_sampler_free(c.smp);
+	sb_state_free(c.st);
+	sb_ctx_free(c.ctx);
+	sb_tokenizer_free(c.tok);
+	sb_model_free(c.m);
+	cli_gen_free(&c.g);
+	return rc;
+}
