@@ -11,6 +11,7 @@ int cmd_complete(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_activations(int argc, char **argv);
 
 int cmd_quantize(int argc, char **argv);
 

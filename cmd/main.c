@@ -19,6 +19,7 @@ static const struct command {
 	{"chat", cmd_chat, "talk with a model (line editing, /undo, /save, /load)"},
 	{"bench", cmd_bench, "measure prefill and generation speed and memory at any depth"},
 	{"perplexity", cmd_perplexity, "score a text: mean NLL, perplexity, bits per token and per byte"},
+	{"activations", cmd_activations, "draw which tokens each layer's router activated (HTML or SVG)"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
