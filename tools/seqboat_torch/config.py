@@ -49,6 +49,8 @@ def _check_str(where, v):
         raise ConfigError("%s: expected a string, got %r" % (where, v))
     if len(v.encode("utf-8")) > MAX_STR:
         raise ConfigError("%s: longer than %d bytes" % (where, MAX_STR))
+    if "\0" in v:
+        raise ConfigError("%s: contains a NUL character" % where)
 
 
 def validate(cfg):
@@ -143,6 +145,10 @@ def to_yaml(cfg):
         sec = cfg.get(section)
         if sec is None:
             continue
+        if not sec:
+            # An empty block mapping would read back as null.
+            out.append(section + ": {}")
+            continue
         out.append(section + ":")
         for k in keys:
             if k in sec:
@@ -151,6 +157,8 @@ def to_yaml(cfg):
 
 
 def _parse_scalar(where, text):
+    if text == "{}":
+        return {}
     if text in ("true", "false"):
         return text == "true"
     if text.startswith('"'):

@@ -147,11 +147,13 @@ class _no_autocast(object):
     """Disables autocast in a region (the EMA's FFT runs in float32)."""
 
     def __init__(self, device):
-        self.ctx = None
-        if device.type == "cuda":
-            self.ctx = torch.cuda.amp.autocast(enabled=False)
-        elif hasattr(torch, "cpu") and hasattr(torch.cpu, "amp"):
-            self.ctx = torch.cpu.amp.autocast(enabled=False)
+        if hasattr(torch, "autocast") and device.type in ("cuda", "cpu"):
+            try:
+                self.ctx = torch.autocast(device_type=device.type, enabled=False)
+            except (TypeError, RuntimeError):
+                self.ctx = None
+        else:
+            self.ctx = None
 
     def __enter__(self):
         if self.ctx is not None:
