@@ -210,11 +210,7 @@ static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const floa
 	float mxs = -INFINITY;
 	for (int e = 0; e < len; e++) {
 		int slot = (head + e) % W1;
-		const float *k = K + (size_t)slot * Z;
-		float dot = 0.0f;
-		for (int i = 0; i < Z; i++)
-			dot += q[i] * k[i];
-		float sc = dot * scale;
+		float sc = sb_dot(q, K + (size_t)slot * Z, Z) * scale;
 		if (ly->rel_bias) {
 			int64_t idx = (int64_t)M - 1 + P[slot] - pos;
 			if (idx < 0)
@@ -251,12 +247,8 @@ static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const floa
 	}
 	}
 	memset(og, 0, (size_t)H * sizeof(float));
-	for (int e = 0; e < len; e++) {
-		const float *v = Vv + (size_t)((head + e) % W1) * H;
-		const float w = a[e];
-		for (int i = 0; i < H; i++)
-			og[i] += w * v[i];
-	}
+	for (int e = 0; e < len; e++)
+		sb_axpy(og, a[e], Vv + (size_t)((head + e) % W1) * H, H);
 	for (int i = 0; i < H; i++)
 		og[i] *= g[i];
 }

@@ -122,6 +122,10 @@ void sb_mat_row(const sb_mat *W, int r, float *out);
 /* Widen n elements of dtype dt at src to float32. */
 void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n);
 
+/* a . b, and y += a x, over n floats (vectorized where the CPU allows). */
+float sb_dot(const float *a, const float *b, int n);
+void sb_axpy(float *y, float a, const float *x, int n);
+
 void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D);
 void sb_activate(sb_act_kind k, float *x, size_t n);
 float sb_silu(float x);

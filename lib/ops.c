@@ -172,6 +172,31 @@ __attribute__((target("avx2,fma,f16c"))) static void widen_avx2(sb_dtype dt, con
 		dst[i] = dt == SB_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
 	}
 }
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 16 <= n; i += 16) {
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+	}
+	for (; i + 8 <= n; i += 8)
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+	float acc = hsum8(_mm256_add_ps(s0, s1));
+	for (; i < n; i++)
+		acc += a[i] * b[i];
+	return acc;
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int n)
+{
+	__m256 va = _mm256_set1_ps(a);
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
 #endif
 
 uint16_t sb_f32_to_f16(float f)
@@ -355,6 +380,30 @@ void sb_matmul(float *Y, const float *X, int T, const sb_mat *W, const float *bi
 		for (int t = 0; t < T; t++)
 			for (int o = 0; o < NO; o++)
 				Y[(size_t)t * NO + o] += bias[o];
+}
+
+float sb_dot(const float *a, const float *b, int n)
+{
+#ifdef SB_X86
+	if (have_avx2())
+		return dot_avx2(a, b, n);
+#endif
+	float acc = 0.0f;
+	for (int i = 0; i < n; i++)
+		acc += a[i] * b[i];
+	return acc;
+}
+
+void sb_axpy(float *y, float a, const float *x, int n)
+{
+#ifdef SB_X86
+	if (have_avx2()) {
+		axpy_avx2(y, a, x, n);
+		return;
+	}
+#endif
+	for (int i = 0; i < n; i++)
+		y[i] += a * x[i];
 }
 
 #define NORM_EPS 1e-5f
