@@ -49,43 +49,64 @@ __attribute__((target("avx2"))) static void *sum_part(void *arg)
 	return NULL;
 }
 
-int main(int argc, char **argv)
+static double read_bandwidth(int threads, size_t mib, double *check)
 {
-	int threads = argc > 1 ? atoi(argv[1]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
-	size_t mib = argc > 2 ? (size_t)atol(argv[2]) : 1024;
-	if (threads < 1 || threads > 256 || mib < 64) {
-		fprintf(stderr, "usage: bench-machine [THREADS 1..256] [MiB >= 64]\n");
-		return 2;
-	}
 	size_t n = mib * 1024 * 1024 / sizeof(float);
 	float *buf = aligned_alloc(64, n * sizeof(float));
-	if (!buf) {
-		fprintf(stderr, "bench-machine: cannot allocate %zu MiB\n", mib);
-		return 1;
-	}
+	if (!buf)
+		return -1;
 	for (size_t i = 0; i < n; i++)
 		buf[i] = (float)(i & 7);
-	double best = 0, check = 0;
+	double best = 0;
 	for (int rep = 0; rep < 5; rep++) {
 		pthread_t th[256];
 		part w[256];
 		double t0 = now();
 		for (int i = 0; i < threads; i++) {
-			size_t a = n * (size_t)i / threads, b = n * (size_t)(i + 1) / threads;
+			/* slices of whole 32-float groups, so aligned loads stay aligned */
+			size_t g = n / 32, a = g * (size_t)i / threads * 32,
+			       b = g * (size_t)(i + 1) / threads * 32;
 			w[i] = (part){buf + a, b - a, 0};
 			pthread_create(&th[i], NULL, sum_part, &w[i]);
 		}
 		for (int i = 0; i < threads; i++) {
 			pthread_join(th[i], NULL);
-			check += w[i].sum;
+			*check += w[i].sum;
 		}
 		double gbs = (double)n * sizeof(float) / (now() - t0) / 1e9;
 		if (gbs > best)
 			best = gbs;
 	}
-	printf("memory read bandwidth: %.1f GB/s (%d threads, %zu MiB, best of 5; checksum %.0f)\n",
-	       best, threads, mib, check);
 	free(buf);
+	return best;
+}
+
+int main(int argc, char **argv)
+{
+	int threads = argc > 1 ? atoi(argv[1]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (threads < 1 || threads > 256) {
+		fprintf(stderr, "usage: bench-machine [THREADS 1..256] [MiB ...]\n");
+		return 2;
+	}
+	/* Default sizes: inside L2, about a model's weights, past any L3. */
+	size_t def[] = {2, 64, 160, 2048}, sizes[16];
+	int ns = 0;
+	for (int i = 2; i < argc && ns < 16; i++)
+		sizes[ns++] = (size_t)atol(argv[i]);
+	if (ns == 0)
+		for (; ns < 4; ns++)
+			sizes[ns] = def[ns];
+	double check = 0;
+	for (int i = 0; i < ns; i++) {
+		double gbs = sizes[i] ? read_bandwidth(threads, sizes[i], &check) : -1;
+		if (gbs < 0) {
+			fprintf(stderr, "bench-machine: cannot allocate %zu MiB\n", sizes[i]);
+			return 1;
+		}
+		printf("memory read bandwidth, %5zu MiB buffer: %6.1f GB/s (%d threads, best of 5)\n",
+		       sizes[i], gbs, threads);
+	}
+	printf("(checksum %.0f)\n", check);
 
 	openblas_set_num_threads(threads);
 	int shapes[][3] = {{256, 2592, 616}, {256, 618, 616}, {256, 616, 1232}, {512, 512, 512}};
