@@ -27,7 +27,8 @@ from seqboat_torch import safetensors_io  # noqa: E402
 def official(case):
     """The fixture checkpoint, loaded by plain torch.load: the fixtures are
     trusted and this path shares no code with the converter's loader."""
-    return torch.load(os.path.join(FIXTURES, case, "checkpoint.pt"), map_location="cpu")
+    return torch.load(os.path.join(FIXTURES, case, "checkpoint.pt"), map_location="cpu",
+                      weights_only=False)
 
 
 def convert(ckpt, dict_path, out, *extra):

@@ -12,6 +12,7 @@ raw storage records. Either way a checkpoint cannot run code of its choosing.
 
 import argparse
 import collections
+import importlib
 import io
 import pickle
 import struct
@@ -137,7 +138,12 @@ def _allowed_global(module, name):
     # rebuilding them only copies bytes.
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
             "scalar", "_reconstruct"):
-        return getattr(np.core.multiarray, name)
+        for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+            try:
+                return getattr(importlib.import_module(mod), name)
+            except (ImportError, AttributeError):
+                continue
+        return None
     if module == "numpy" and name in ("dtype", "ndarray"):
         return getattr(np, name)
     return None

@@ -97,6 +97,9 @@ def parse_args(argv=None):
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (torch 2)")
     g.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    g.add_argument("--init-from", help="start from this checkpoint's weights (best.pt or "
+                   "last.pt of an earlier run, same architecture) with a fresh optimizer "
+                   "and schedule: a second phase on other data")
     g = ap.add_argument_group("logging and checkpoints")
     g.add_argument("--log-every", type=int, default=50)
     g.add_argument("--eval-every", type=int, default=500)
@@ -153,7 +156,10 @@ class Dist(object):
 
     def barrier(self):
         if self.world > 1:
-            torch.distributed.barrier()
+            if self.device.type == "cuda":
+                torch.distributed.barrier(device_ids=[self.local_rank])
+            else:
+                torch.distributed.barrier()
 
     def close(self):
         if self.world > 1:
@@ -382,7 +388,8 @@ def main(argv=None):
     last_path = os.path.join(a.out, "last.pt")
     best_path = os.path.join(a.out, "best.pt")
     resume = load_own(last_path) if a.resume and os.path.exists(last_path) else None
-    arch = resume["arch"] if resume else build_arch(a, int(vocab))
+    init = load_own(a.init_from) if a.init_from and not resume else None
+    arch = resume["arch"] if resume else init["arch"] if init else build_arch(a, int(vocab))
     cfgmod.validate({"format": 1, "architecture": arch,
                      "tokenizer": {"type": "sentencepiece", "file": "x", "bos_id": -1,
                                    "eos_id": -1, "pad_id": -1, "unk_id": -1}})
@@ -391,6 +398,10 @@ def main(argv=None):
                       init_temp_scale=a.init_temp_scale).to(dist.device)
     opt = make_optimizer(model, a, dist.device)
     step, elapsed, best = 0, 0.0, float("inf")
+    if init:
+        model.load_state_dict(init["model"])
+        if dist.main:
+            log("weights from %s (its step %s)" % (a.init_from, init.get("step")))
     if resume:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -501,8 +512,9 @@ def main(argv=None):
                             "grad_norm": gnorm, "tokens_per_s": rate, "act": acts,
                             "minutes": elapsed / 60})
             t_last, tokens_since, loss_sum, loss_n = now, 0, 0.0, 0
-        if not math.isfinite(float(loss)):
-            raise SystemExit("train: loss is %s at step %d" % (float(loss), step))
+        last_loss = float(loss.detach())
+        if not math.isfinite(last_loss):
+            raise SystemExit("train: loss is %s at step %d" % (last_loss, step))
         stop = dist.broadcast_flag((budget > 0 and elapsed >= budget)
                                    or (a.stop_at_step > 0 and step >= a.stop_at_step))
         if step % a.eval_every == 0 or step == a.max_steps or stop:
