@@ -370,7 +370,7 @@ static int generate(chat *c, reply *r, sb_error *err)
 
 	double t0 = cli_now();
 	size_t n = 0;
-	bool stopped = false, eos = false;
+	bool stopped = false;
 	int rc = 0;
 	const char *o;
 	size_t ol;
@@ -380,10 +380,8 @@ static int generate(chat *c, reply *r, sb_error *err)
 			break;
 		}
 		int32_t t = sb_sampler_sample(c->smp, c->logits);
-		if (t == c->eos) {
-			eos = true;
+		if (t == c->eos)
 			break;
-		}
 		sb_sampler_accept(c->smp, t);
 		recent_push(c, &t, 1);
 		n++;
@@ -422,7 +420,6 @@ static int generate(chat *c, reply *r, sb_error *err)
 	c->last_seconds = dt;
 	c->gen_tokens += n;
 	c->gen_seconds += dt;
-	(void)eos;
 	if (rc < 0)
 		return rc;
 	/* Stopped at the template's own stop: the next user turn is begun. */

@@ -146,14 +146,14 @@ static void usage(FILE *f)
 
 static void item_free(item *it)
 {
-	json_decref(it->id);
+	if (it->stop_json)
+		free(it->stops);
 	json_decref(it->stop_json);
+	json_decref(it->id);
 	free(it->key);
 	free(it->prompt);
 	free(it->error);
 	free(it->record);
-	if (it->stop_json)
-		free(it->stops);
 }
 
 static char *xstrdup(const char *s)
@@ -339,7 +339,7 @@ static bool blank(const char *s, size_t n)
 }
 
 /* Splits the input into items. Returns 0 or an exit status. */
-static int load_items(run *r, const char *text, size_t len, const char *label)
+static int load_items(run *r, const char *text, size_t len)
 {
 	size_t cap = 0;
 	fmt f = r->in_fmt;
@@ -377,7 +377,6 @@ static int load_items(run *r, const char *text, size_t len, const char *label)
 			it->prompt[n] = 0;
 		}
 	}
-	(void)label;
 	return 0;
 nomem:
 	cli_error("out of memory reading the prompts");
@@ -408,18 +407,12 @@ static int finish_items(run *r)
  * (a run killed while writing), and marks their ids done. */
 static int resume_from(run *r)
 {
-	FILE *f = fopen(r->out_path, "r+b");
-	if (!f) {
-		if (errno == ENOENT)
-			return 0;
-		cli_error("%s: cannot open: %s", r->out_path, strerror(errno));
-		return CLI_EXIT_IO;
-	}
-	int rc = 0;
+	struct stat sb;
+	if (stat(r->out_path, &sb) < 0 && errno == ENOENT)
+		return 0; /* nothing written yet: start from the beginning */
 	char *text = NULL;
 	size_t len = 0;
-	fclose(f);
-	rc = cli_read_file(r->out_path, &text, &len);
+	int rc = cli_read_file(r->out_path, &text, &len);
 	if (rc)
 		return rc;
 	size_t keep = len;
@@ -1061,7 +1054,7 @@ static int read_input(run *r)
 	int rc = cli_read_file(path, &text, &len);
 	if (rc)
 		return rc;
-	rc = load_items(r, text, len, path);
+	rc = load_items(r, text, len);
 	free(text);
 	return rc;
 }

@@ -123,7 +123,7 @@ long=(complete -m "$MODEL" -f "$TMP/long.jsonl" -n 40000 --temp 1 --seed 11 --lo
 "$SEQBOAT" "${long[@]}" -o "$TMP/full.out" || fail "uninterrupted run failed"
 "$SEQBOAT" "${long[@]}" -o "$TMP/killed.out" &
 pid=$!
-for _ in $(seq 1 2000); do
+for _ in $(seq 1 12000); do
 	[ -s "$TMP/killed.out" ] && break
 	sleep 0.01
 done
