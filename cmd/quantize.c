@@ -83,6 +83,13 @@ static int copy_file(const char *from, const char *to)
 	return 0;
 }
 
+/* dir/name into buf; false if it does not fit. */
+static bool join(char *buf, size_t cap, const char *dir, const char *name)
+{
+	int n = snprintf(buf, cap, "%s/%s", dir, name);
+	return n >= 0 && (size_t)n < cap;
+}
+
 typedef struct out_tensor {
 	char *name;
 	sb_dtype dtype;
@@ -248,17 +255,29 @@ int cmd_quantize(int argc, char **argv)
 	umask(mask);
 	chmod(tmp, 0777 & ~mask);
 	const char *meta[] = {"format", "pt", "seqboat_quantized", type, NULL};
-	snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+	if (!join(path, sizeof path, tmp, "model.safetensors")) {
+		cli_error("%s: path too long", outdir);
+		rc = CLI_EXIT_USAGE;
+		goto out;
+	}
 	if (sb_st_write(path, entries, n_out, meta, &err) < 0) {
 		rc = cli_fail(&err);
 		goto out;
 	}
-	snprintf(src, sizeof src, "%s/config.yaml", sb_model_dir(m));
-	snprintf(path, sizeof path, "%s/config.yaml", tmp);
+	if (!join(src, sizeof src, sb_model_dir(m), "config.yaml") ||
+	    !join(path, sizeof path, tmp, "config.yaml")) {
+		cli_error("%s: path too long", outdir);
+		rc = CLI_EXIT_USAGE;
+		goto out;
+	}
 	if ((rc = copy_file(src, path)))
 		goto out;
-	snprintf(src, sizeof src, "%s/%s", sb_model_dir(m), c->tokenizer_file);
-	snprintf(path, sizeof path, "%s/%s", tmp, c->tokenizer_file);
+	if (!join(src, sizeof src, sb_model_dir(m), c->tokenizer_file) ||
+	    !join(path, sizeof path, tmp, c->tokenizer_file)) {
+		cli_error("%s: path too long", outdir);
+		rc = CLI_EXIT_USAGE;
+		goto out;
+	}
 	if (access(src, R_OK) == 0 && (rc = copy_file(src, path)))
 		goto out;
 	/* The result must load before it takes the final name. */
@@ -281,10 +300,9 @@ out:
 	if (tmp[0]) {
 		/* remove what was written of the temporary directory */
 		const char *names[] = {"model.safetensors", "config.yaml", c->tokenizer_file};
-		for (size_t i = 0; i < 3; i++) {
-			snprintf(path, sizeof path, "%s/%s", tmp, names[i]);
-			unlink(path);
-		}
+		for (size_t i = 0; i < 3; i++)
+			if (join(path, sizeof path, tmp, names[i]))
+				unlink(path);
 		rmdir(tmp);
 	}
 	for (size_t i = 0; outs && i < n_out; i++) {

@@ -416,7 +416,7 @@ START_TEST(tokenizer_fairseq_word_dict)
 	/* What the test expects comes from the file itself. */
 	FILE *f = fopen(path, "r");
 	ck_assert(f != NULL);
-	char line[256], first[64] = "", last[64] = "";
+	char line[1024], first[64] = "", last[64] = "";
 	int n_lines = 0;
 	while (fgets(line, sizeof line, f)) {
 		char *sp = strrchr(line, ' ');
@@ -442,7 +442,7 @@ START_TEST(tokenizer_fairseq_word_dict)
 	ck_assert_str_eq(sb_tokenizer_piece(t, 3 + n_lines), last);
 	ck_assert(sb_tokenizer_piece(t, 4 + n_lines) == NULL);
 
-	char text[256];
+	char text[512];
 	snprintf(text, sizeof text, "%s  %s\t%s\nnosuchword %s", first, last, first, last);
 	int32_t *ids;
 	size_t n;
