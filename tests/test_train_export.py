@@ -116,6 +116,22 @@ class TrainExport(unittest.TestCase):
         for k in a["model"]:
             self.assertTrue(torch.equal(a["model"][k], b["model"][k]), k)
 
+    def test_time_budget_stops_and_exports(self):
+        run_c = os.path.join(self.tmp.name, "run-c")
+        args = [a for a in self.common]
+        args[args.index("--max-steps") + 1] = "1000000"
+        r = run([TRAIN, "--out", run_c, "--max-minutes", "0.03", "--time-schedule"] + args,
+                timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        last = torch.load(os.path.join(run_c, "last.pt"))
+        self.assertLess(last["step"], 1000000)
+        self.assertGreaterEqual(last["elapsed"], 0.03 * 60)
+        with open(os.path.join(run_c, "log.jsonl")) as f:
+            recs = [json.loads(l) for l in f]
+        self.assertEqual(recs[-1]["type"], "valid")
+        self.assertEqual(recs[-1]["step"], last["step"])
+        self.assertTrue(os.path.exists(os.path.join(run_c, "model", "model.safetensors")))
+
     def exported(self, dtype):
         out = os.path.join(self.tmp.name, "export-" + dtype)
         if not os.path.exists(out):

@@ -83,7 +83,9 @@ def parse_args(argv=None):
                    help="end this invocation at this step (checkpointed; resume later) "
                         "without changing the schedule")
     g.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop after this much training time (0: no limit)")
+                   help="stop after this many wall-clock minutes of the training loop "
+                        "(steps, validations, checkpoints; summed over resumed runs; "
+                        "0: no limit), then validate, checkpoint and export")
     g.add_argument("--time-schedule", action="store_true",
                    help="cosine decay over --max-minutes instead of --max-steps")
     g.add_argument("--weight-decay", type=float, default=0.1)
@@ -470,8 +472,8 @@ def main(argv=None):
     loss_sum, loss_n = 0.0, 0
     stop = False
     budget = a.max_minutes * 60.0
+    base_elapsed, t_start = elapsed, time.time()
     while step < a.max_steps and not stop:
-        t0 = time.time()
         lr = lr_at(a, step, elapsed / 60.0)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
@@ -499,7 +501,7 @@ def main(argv=None):
         step += 1
         if dist.device.type == "cuda":
             torch.cuda.synchronize(dist.device)
-        elapsed += time.time() - t0
+        elapsed = base_elapsed + time.time() - t_start
         if step % a.log_every == 0 or step == 1:
             mean_loss = dist.all_sum([loss_sum / max(loss_n, 1)])[0] / dist.world
             now = time.time()
