@@ -17,6 +17,9 @@ everything after it is rebuilt each time):
 5. encode:   spm_encode each split; OUT/{train,valid,test}.npy (uint16), each
              address as <s> pieces </s>. OUT/stats.json records for each split
              its documents, years, UTF-8 bytes and tokens.
+6. modern:   OUT/modern/, a data directory for a second training phase: the
+             training addresses from --modern-from on (train.npy), the same
+             valid.npy, tokenizer and stats.
 
 Bits per byte of a split = total NLL in bits of every token after each <s>
 (the pieces and the closing </s>) divided by the split file's UTF-8 bytes
@@ -181,23 +184,41 @@ def train_tokenizer(out, vocab_size, model_type):
     return prefix + ".model"
 
 
-def encode(out, model, name, src, vocab_size):
+def encode(model, path):
+    """[ids of each line of path as <s> pieces </s>]."""
     res = subprocess.run(["spm_encode", "--model=" + model, "--output_format=id",
-                          "--input=" + os.path.join(out, src)],
-                         check=True, stdout=subprocess.PIPE)
+                          "--input=" + path], check=True, stdout=subprocess.PIPE)
     lines = res.stdout.decode().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    ids = []
-    for ln in lines:
-        ids.append(BOS_ID)
-        ids.extend(int(x) for x in ln.split())
-        ids.append(EOS_ID)
-    arr = np.asarray(ids, dtype=np.int64)
+    return [[BOS_ID] + [int(x) for x in ln.split()] + [EOS_ID] for ln in lines]
+
+
+def save_stream(path, docs, vocab_size):
+    arr = np.asarray([i for d in docs for i in d], dtype=np.int64)
     if arr.max() >= vocab_size or arr.min() < 0 or vocab_size > 65536:
-        sys.exit("prepare_sotu: %s: ids out of range for uint16" % name)
-    np.save(os.path.join(out, name + ".npy"), arr.astype(np.uint16))
-    return len(lines), int(arr.size)
+        sys.exit("prepare_sotu: %s: ids out of range for uint16" % path)
+    np.save(path, arr.astype(np.uint16))
+    return int(arr.size)
+
+
+def write_modern(out, stats, encoded, from_year, vocab_size):
+    """OUT/modern: the same valid split and tokenizer, and as train.npy only
+    the training addresses from from_year on, for a second training phase
+    that moves the model towards recent English."""
+    d = os.path.join(out, "modern")
+    os.makedirs(d, exist_ok=True)
+    years = [int(f[:4]) for f in stats["train"]["files"]]
+    docs = [ids for y, ids in zip(years, encoded["train"]) if y >= from_year]
+    n = save_stream(os.path.join(d, "train.npy"), docs, vocab_size)
+    for f in ("valid.npy", "tokenizer.model"):
+        shutil.copyfile(os.path.join(out, f), os.path.join(d, f))
+    sub = {k: stats[k] for k in ("valid", "tokenizer", "source")}
+    sub["train"] = {"documents": len(docs), "from_year": from_year, "tokens": n}
+    with open(os.path.join(d, "stats.json"), "w") as f:
+        json.dump(sub, f, indent=1)
+        f.write("\n")
+    log("modern: %d training addresses from %d on, %d tokens" % (len(docs), from_year, n))
 
 
 def main():
@@ -205,6 +226,8 @@ def main():
     ap.add_argument("--out", default="data/sotu", help="data directory (git-ignored)")
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
+    ap.add_argument("--modern-from", type=int, default=1961,
+                    help="first year of the training addresses in OUT/modern")
     ap.add_argument("--force", action="store_true", help="download and rebuild everything")
     a = ap.parse_args()
 
@@ -213,11 +236,14 @@ def main():
     docs = read_addresses(tgz)
     stats = split(a.out, docs)
     model = train_tokenizer(a.out, a.vocab_size, a.model_type)
+    encoded = {}
     for name, src in (("train", "train_typo.txt"), ("valid", "valid.txt"), ("test", "test.txt")):
-        n, t = encode(a.out, model, name, src, a.vocab_size)
-        if n != stats[name]["documents"]:
+        docs = encode(model, os.path.join(a.out, src))
+        if len(docs) != stats[name]["documents"]:
             sys.exit("prepare_sotu: %s: spm_encode gave %d lines for %d addresses"
-                     % (name, n, stats[name]["documents"]))
+                     % (name, len(docs), stats[name]["documents"]))
+        t = save_stream(os.path.join(a.out, name + ".npy"), docs, a.vocab_size)
+        encoded[name] = docs
         stats[name]["tokens"] = t
         log("%s: %d tokens (%.3f bytes/token)" % (name, t, stats[name]["bytes"] / t))
     stats["train"]["note"] = ("tokens are of train_typo.txt (half the addresses in "
@@ -229,6 +255,7 @@ def main():
     with open(os.path.join(a.out, "stats.json"), "w") as f:
         json.dump(stats, f, indent=1)
         f.write("\n")
+    write_modern(a.out, stats, encoded, a.modern_from, a.vocab_size)
 
 
 if __name__ == "__main__":
