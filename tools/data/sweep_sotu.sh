@@ -1,6 +1,6 @@
 #!/bin/sh
-# Trains several presets of scripts/build-model at once on one GPU (each its
-# own process), then copies the one with the lowest valid bits per byte into
+# Trains several presets of scripts/build-model at once (each its own
+# process, the GPUs shared out in turn), then copies the one with the lowest valid bits per byte into
 # OUTDIR: its config.yaml, its f16 weights (in parts of at most 15 MiB, to
 # be joined with cat), every preset's eval.json in summary.json, and all
 # logs in logs.tar.gz. This is the sweep that chose the bundled model.
@@ -9,8 +9,14 @@ set -u
 cd "$(dirname "$0")/../.."
 out=$1; minutes=$2; shift 2
 mkdir -p "$out" runs
+# presets take the GPUs in turn
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+[ "$ngpu" -gt 0 ] || ngpu=1
+i=0
 for p in "$@"; do
-	scripts/build-model train --preset "$p" --minutes "$minutes" >"runs/$p.out" 2>&1 &
+	CUDA_VISIBLE_DEVICES=$((i % ngpu)) scripts/build-model train --preset "$p" --minutes "$minutes" \
+		>"runs/$p.out" 2>&1 &
+	i=$((i + 1))
 done
 wait
 for p in "$@"; do echo "== $p"; tail -12 "runs/$p.out"; done
