@@ -338,35 +338,86 @@ static bool blank(const char *s, size_t n)
 	return true;
 }
 
-/* Splits the input into items. Returns 0 or an exit status. */
-static int load_items(run *r, const char *text, size_t len)
+/* The longest input line. A longer one becomes an error record without
+ * ever being held whole, so a hostile prompt file cannot exhaust memory. */
+#define LINE_MAX_BYTES ((size_t)8 << 20)
+
+/* Reads the input in blocks and hands out lines. */
+typedef struct reader {
+	FILE *f;
+	size_t at, end;
+	char blk[1 << 16];
+} reader;
+
+/* Reads one line without its '\n' into line (NUL-terminated), keeping at
+ * most LINE_MAX_BYTES; the rest of a longer line is read and dropped and
+ * *too_long is set. Returns 1 for a line, 0 at the end of the input, -1 on
+ * a read error, -2 when out of memory. */
+static int read_line(reader *rd, buf *line, bool *too_long)
+{
+	bool any = false;
+	line->len = 0;
+	*too_long = false;
+	for (;;) {
+		if (rd->at == rd->end) {
+			rd->at = 0;
+			rd->end = fread(rd->blk, 1, sizeof rd->blk, rd->f);
+			if (!rd->end)
+				return ferror(rd->f) ? -1 : any;
+		}
+		any = true;
+		const char *s = rd->blk + rd->at;
+		size_t avail = rd->end - rd->at;
+		const char *nl = memchr(s, '\n', avail);
+		size_t n = nl ? (size_t)(nl - s) : avail;
+		rd->at += n + (nl != NULL);
+		if (*too_long || n > LINE_MAX_BYTES - line->len)
+			*too_long = true;
+		else if (buf_add(line, s, n) < 0)
+			return -2;
+		if (nl)
+			return 1;
+	}
+}
+
+/* Splits the input into items, one per non-blank line. Returns 0 or an
+ * exit status. */
+static int load_items(run *r, FILE *in, const char *path)
 {
 	size_t cap = 0;
 	fmt f = r->in_fmt;
-	if (f == FMT_AUTO) {
-		size_t i = 0;
-		while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
-			i++;
-		f = i < len && text[i] == '{' ? FMT_JSONL : FMT_TEXT;
-	}
+	int rc = 0, got;
+	reader *rd = malloc(sizeof *rd);
+	buf b = {0};
+	bool too_long;
 	size_t lineno = 0;
-	for (size_t at = 0; at < len;) {
-		const char *nl = memchr(text + at, '\n', len - at);
-		size_t end = nl ? (size_t)(nl - text) : len;
-		size_t n = end - at;
-		const char *line = text + at;
-		at = end + 1;
+	if (!rd)
+		goto nomem;
+	rd->f = in;
+	rd->at = rd->end = 0;
+	while ((got = read_line(rd, &b, &too_long)) > 0) {
+		const char *line = b.p;
+		size_t n = b.len;
 		lineno++;
 		if (n && line[n - 1] == '\r')
 			n--;
-		if (blank(line, n))
+		if (!too_long && blank(line, n))
 			continue;
+		if (f == FMT_AUTO) {
+			size_t i = 0;
+			while (i < n && (line[i] == ' ' || line[i] == '\t'))
+				i++;
+			f = i < n && line[i] == '{' ? FMT_JSONL : FMT_TEXT;
+		}
 		if (add_item(r, &cap) < 0)
 			goto nomem;
 		item *it = &r->items[r->n_items - 1];
 		json_decref(it->id);
 		it->id = json_integer((json_int_t)lineno);
-		if (f == FMT_JSONL) {
+		if (too_long) {
+			it->error = xprintf("line %zu: longer than %zu bytes (the limit for one input line)",
+			                    lineno, LINE_MAX_BYTES);
+		} else if (f == FMT_JSONL) {
 			item_from_json(it, line, n, lineno);
 		} else if (memchr(line, 0, n)) {
 			it->error = xprintf("line %zu: contains a NUL byte", lineno);
@@ -377,10 +428,20 @@ static int load_items(run *r, const char *text, size_t len)
 			it->prompt[n] = 0;
 		}
 	}
-	return 0;
+	if (got == -1) {
+		cli_error("%s: read error: %s", path, strerror(errno));
+		rc = CLI_EXIT_IO;
+	} else if (got == -2) {
+		goto nomem;
+	}
+	goto done;
 nomem:
 	cli_error("out of memory reading the prompts");
-	return CLI_EXIT_SOFTWARE;
+	rc = CLI_EXIT_SOFTWARE;
+done:
+	free(b.p);
+	free(rd);
+	return rc;
 }
 
 /* Keys, duplicate ids, seeds. */
@@ -1049,13 +1110,14 @@ static int read_input(run *r)
 		cli_error("complete: no prompts (use -p TEXT, -f FILE, or pipe them in)");
 		return CLI_EXIT_USAGE;
 	}
-	char *text = NULL;
-	size_t len = 0;
-	int rc = cli_read_file(path, &text, &len);
-	if (rc)
-		return rc;
-	rc = load_items(r, text, len);
-	free(text);
+	FILE *in = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+	if (!in) {
+		cli_error("%s: cannot open: %s", path, strerror(errno));
+		return CLI_EXIT_IO;
+	}
+	int rc = load_items(r, in, path);
+	if (in != stdin)
+		fclose(in);
 	return rc;
 }
 
