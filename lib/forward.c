@@ -20,6 +20,11 @@
 
 /* Rows per block: bounds the scratch memory, whatever the prompt length. */
 #define BLOCK_ROWS 256
+/* From this ring size on, a prefill block's attention runs as two matrix
+ * products over the ring plus the block (a band of the score matrix is
+ * wasted, but sgemm is several times faster than row-by-row dot products). */
+#define BATCHED_ATTN_MIN_W1 64
+#define BATCHED_ATTN_MIN_ROWS 16
 
 struct sb_ctx {
 	const sb_model *m;
@@ -46,6 +51,11 @@ struct sb_ctx {
 	float *ws;            // matmul widening scratch
 	float *kbuf;          // (Z) one rotated key
 	sb_pool *pool;        // decode's matrix-vector threads
+	/* prefill attention as matrix products (windows of >= 64 only): */
+	float *ck;            // (W+1+R, Z) ring keys then the block's new keys
+	float *cv;            // (W+1+R, H) likewise values
+	int64_t *cpos;        // (W+1+R) their positions
+	float *sc;            // (R, W+1+R) scores, then weights
 };
 
 static void *xcalloc(size_t n, size_t size, bool *ok)
@@ -95,6 +105,12 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 		maxc = F;
 	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc), sizeof(float), &ok);
 	x->kbuf = xcalloc(Z, sizeof(float), &ok);
+	if (W1 >= BATCHED_ATTN_MIN_W1) {
+		x->ck = xcalloc((W1 + R) * Z, sizeof(float), &ok);
+		x->cv = xcalloc((W1 + R) * H, sizeof(float), &ok);
+		x->cpos = xcalloc(W1 + R, sizeof(int64_t), &ok);
+		x->sc = xcalloc(R * (W1 + R), sizeof(float), &ok);
+	}
 	if (!ok) {
 		sb_ctx_free(x);
 		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
@@ -138,6 +154,10 @@ void sb_ctx_free(sb_ctx *x)
 	free(x->scores);
 	free(x->ws);
 	free(x->kbuf);
+	free(x->ck);
+	free(x->cv);
+	free(x->cpos);
+	free(x->sc);
 	sb_pool_free(x->pool);
 	free(x);
 }
@@ -193,6 +213,45 @@ static void ring_push(const sb_config *c, sb_state *s, int l, const float *k,
 	st_ring_pos(s)[e] = pos;
 }
 
+/* Turns one query's scores a[0..n) (max mxs) into attention weights. */
+static void attn_weights(sb_attn_kind kind, float *a, int n, float mxs)
+{
+	switch (kind) {
+	case SB_ATTN_SOFTMAX: {
+		float sum = 0.0f;
+		for (int e = 0; e < n; e++) {
+			a[e] = expf(a[e] - mxs);
+			sum += a[e];
+		}
+		for (int e = 0; e < n; e++)
+			a[e] /= sum;
+		break;
+	}
+	case SB_ATTN_RELU2:
+		for (int e = 0; e < n; e++)
+			a[e] = a[e] > 0.0f ? a[e] * a[e] : 0.0f;
+		break;
+	case SB_ATTN_LAPLACE: {
+		/* fairseq's laplace with mu = 0.707107, sigma = 0.282095. */
+		const float mu = 0.707107f, inv = 1.0f / (0.282095f * sqrtf(2.0f));
+		for (int e = 0; e < n; e++)
+			a[e] = 0.5f * (1.0f + erff((a[e] - mu) * inv));
+		break;
+	}
+	}
+}
+
+/* The learned relative bias b(t, t_j) of SPEC section 2, raw distance. */
+static inline float rel_bias(const sb_layer *ly, int M, int64_t pos_k, int64_t pos_q)
+{
+	int64_t idx = (int64_t)M - 1 + pos_k - pos_q;
+	if (idx < 0)
+		idx = 0;
+	if (idx > 2 * (int64_t)M - 2)
+		idx = 2 * (int64_t)M - 2;
+	return ly->rel_bias[idx];
+}
+
 /* One activated row's attention over its ring (which already holds the
  * row itself): o = sum_j a_j v_j, written into og (H) times the gate g. */
 static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const float *q,
@@ -211,46 +270,78 @@ static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const floa
 	for (int e = 0; e < len; e++) {
 		int slot = (head + e) % W1;
 		float sc = sb_dot(q, K + (size_t)slot * Z, Z) * scale;
-		if (ly->rel_bias) {
-			int64_t idx = (int64_t)M - 1 + P[slot] - pos;
-			if (idx < 0)
-				idx = 0;
-			if (idx > 2 * (int64_t)M - 2)
-				idx = 2 * (int64_t)M - 2;
-			sc += ly->rel_bias[idx];
-		}
+		if (ly->rel_bias)
+			sc += rel_bias(ly, M, P[slot], pos);
 		a[e] = sc;
 		if (sc > mxs)
 			mxs = sc;
 	}
-	switch (c->attention) {
-	case SB_ATTN_SOFTMAX: {
-		float sum = 0.0f;
-		for (int e = 0; e < len; e++) {
-			a[e] = expf(a[e] - mxs);
-			sum += a[e];
-		}
-		for (int e = 0; e < len; e++)
-			a[e] /= sum;
-		break;
-	}
-	case SB_ATTN_RELU2:
-		for (int e = 0; e < len; e++)
-			a[e] = a[e] > 0.0f ? a[e] * a[e] : 0.0f;
-		break;
-	case SB_ATTN_LAPLACE: {
-		/* fairseq's laplace with mu = 0.707107, sigma = 0.282095. */
-		const float mu = 0.707107f, inv = 1.0f / (0.282095f * sqrtf(2.0f));
-		for (int e = 0; e < len; e++)
-			a[e] = 0.5f * (1.0f + erff((a[e] - mu) * inv));
-		break;
-	}
-	}
+	attn_weights(c->attention, a, len, mxs);
 	memset(og, 0, (size_t)H * sizeof(float));
 	for (int e = 0; e < len; e++)
 		sb_axpy(og, a[e], Vv + (size_t)((head + e) % W1) * H, H);
 	for (int i = 0; i < H; i++)
 		og[i] *= g[i];
+}
+
+/* Attention for Ta >= BATCHED_ATTN_MIN_ROWS activated rows of ONE state
+ * (a prefill block): the ring (oldest first) and the block's new keys and
+ * values are laid end to end, entry R+i being row i's own. Row i attends to
+ * entries R+i-W .. R+i, exactly the ring it would see token by token. The
+ * scores of all rows against that span are one sgemm, the weighted values a
+ * second; then the ring keeps the last W+1 entries. q (Ta, Z) is in x->qv,
+ * new keys and values already in ck/cv at R.. */
+static void attend_block(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, int Ta)
+{
+	const sb_config *c = &x->m->cfg;
+	const int W = c->window, W1 = W + 1, Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H,
+	          M = c->max_positions;
+	const int R = st_ring_len(s)[l], head = st_ring_head(s)[l];
+	const float *K = st_ring_k(s) + (size_t)l * W1 * Z;
+	const float *Vv = st_ring_v(s) + (size_t)l * W1 * H;
+	const int64_t *P = st_ring_pos(s) + (size_t)l * W1;
+	const int lo = R - W > 0 ? R - W : 0;  /* first entry any row needs */
+	for (int e = lo; e < R; e++) {
+		int slot = (head + e) % W1;
+		memcpy(x->ck + (size_t)e * Z, K + (size_t)slot * Z, (size_t)Z * sizeof(float));
+		memcpy(x->cv + (size_t)e * H, Vv + (size_t)slot * H, (size_t)H * sizeof(float));
+		x->cpos[e] = P[slot];
+	}
+	const int cols = R + Ta - lo;
+	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
+	                                                    : 1.0f / (float)W;
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Ta, cols, Z, scale, x->qv, Z,
+	            x->ck + (size_t)lo * Z, Z, 0.0f, x->sc, cols);
+	for (int i = 0; i < Ta; i++) {
+		float *row = x->sc + (size_t)i * cols;
+		const int e0 = R + i - W > lo ? R + i - W : lo, e1 = R + i; /* inclusive */
+		const int64_t pos = x->cpos[R + i];
+		float mxs = -INFINITY;
+		for (int e = e0; e <= e1; e++) {
+			float v = row[e - lo];
+			if (ly->rel_bias)
+				v += rel_bias(ly, M, x->cpos[e], pos);
+			row[e - lo] = v;
+			if (v > mxs)
+				mxs = v;
+		}
+		attn_weights(c->attention, row + (e0 - lo), e1 - e0 + 1, mxs);
+		for (int e = lo; e < e0; e++)
+			row[e - lo] = 0.0f;
+		for (int e = e1 + 1; e < R + Ta; e++)
+			row[e - lo] = 0.0f;
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Ta, H, cols, 1.0f, x->sc, cols,
+	            x->cv + (size_t)lo * H, H, 0.0f, x->og, H);
+	for (int i = 0; i < Ta; i++) {
+		const float *g = x->zgv + (size_t)i * ZH + Z;
+		float *og = x->og + (size_t)i * H;
+		for (int j = 0; j < H; j++)
+			og[j] *= g[j];
+	}
+	for (int i = Ta > W1 ? Ta - W1 : 0; i < Ta; i++)
+		ring_push(c, s, l, x->ck + (size_t)(R + i) * Z, x->cv + (size_t)(R + i) * H,
+		          x->cpos[R + i]);
 }
 
 /* The gated attention unit for the activated rows of one layer: their
@@ -265,11 +356,17 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 		       (size_t)D * sizeof(float));
 	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws, x->pool);
 	sb_activate(c->activation, x->zgv, (size_t)Ta * ZH);
+	/* One state for every row (a prefill block) and a wide window: the
+	 * matrix-product path. Otherwise row by row through the ring. */
+	bool block = x->ck && Ta >= BATCHED_ATTN_MIN_ROWS;
+	for (int i = 1; block && i < Ta; i++)
+		block = x->rs[x->aidx[i]] == x->rs[x->aidx[0]];
+	const int R = block ? st_ring_len(x->rs[x->aidx[0]])[l] : 0;
 	for (int i = 0; i < Ta; i++) {
 		const int t = x->aidx[i];
 		float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
 		float *q = x->qv + (size_t)i * Z;
-		float *k = x->kbuf;
+		float *k = block ? x->ck + (size_t)(R + i) * Z : x->kbuf;
 		for (int j = 0; j < Z; j++) {
 			q[j] = z[j] * ly->gq[j] + ly->bq[j];
 			k[j] = z[j] * ly->gk[j] + ly->bk[j];
@@ -278,9 +375,16 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 			sb_rotary(q, Z, x->pos[t], x->inv_freq);
 			sb_rotary(k, Z, x->pos[t], x->inv_freq);
 		}
+		if (block) {
+			memcpy(x->cv + (size_t)(R + i) * H, z + Z + H, (size_t)H * sizeof(float));
+			x->cpos[R + i] = x->pos[t];
+			continue;
+		}
 		ring_push(c, x->rs[t], l, k, z + Z + H, x->pos[t]);
 		attend(x, ly, l, x->rs[t], q, x->pos[t], z + Z, x->og + (size_t)i * H);
 	}
+	if (block)
+		attend_block(x, ly, l, x->rs[x->aidx[0]], Ta);
 	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws, x->pool);
 	for (int i = 0; i < Ta; i++) {
 		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];

@@ -42,6 +42,13 @@ VARIANTS = {
                                           ffn_dim=24), 60),
     "window1": (dict(window=1, layers=1), 50),
     "scalenorm_prenorm_no_affine": (dict(norm="scalenorm", affine_final_norm=False), 50),
+    # Windows of 64 and more take the prefill path that computes a block's
+    # attention as matrix products over the ring: wrap it several times.
+    "window64_softmax_rotary_long": (dict(window=64), 700),
+    "window100_relu2_simple_long": (dict(window=100, attention="relu2", rel_pos_bias="simple",
+                                         max_positions=40), 600),
+    "window70_laplace_postnorm_long": (dict(window=70, attention="laplace",
+                                            normalize_before=False, ffn_dim=16), 500),
 }
 
 
@@ -61,6 +68,15 @@ class Variants(unittest.TestCase):
     def run_variant(self, name, overrides, T, seed):
         arch = base_arch(**overrides)
         m = random_model(arch, seed)
+        with torch.no_grad():
+            # Queries and keys large enough that the attention weights depend
+            # on the scores (a scale or bias error must show in the logits).
+            for layer in m.layers:
+                layer.slag_layer.gamma.normal_(0.0, 1.5)
+                layer.slag_layer.beta.normal_(0.0, 0.5)
+                rp = getattr(layer.slag_layer, "rel_pos_bias", None)
+                if isinstance(rp, torch.nn.Module):
+                    rp.rel_pos_bias.normal_(0.0, 1.0)
         outdir = os.path.join(self.tmp.name, name)
         tok = {"type": "fairseq", "file": "dict.txt", "bos_id": 2, "eos_id": 2, "pad_id": 1,
                "unk_id": 3}
