@@ -262,21 +262,29 @@ static int start(chat *c, sb_error *err)
 
 static int snapshot_push(chat *c, sb_error *err)
 {
+	sb_state *st = NULL;
+	int32_t *recent = NULL;
 	if (c->n_snaps == MAX_SNAPSHOTS) {
-		/* The oldest turn can no longer be undone. */
-		sb_state_free(c->snaps[0].st);
-		free(c->snaps[0].recent);
+		/* The oldest turn can no longer be undone. Its buffers are
+		 * reused: freeing one state and allocating another every turn
+		 * fragments the heap, and resident memory grew with the turns. */
+		st = c->snaps[0].st;
+		recent = c->snaps[0].recent;
 		memmove(c->snaps, c->snaps + 1, (MAX_SNAPSHOTS - 1) * sizeof *c->snaps);
 		c->n_snaps--;
 	}
 	snapshot *s = &c->snaps[c->n_snaps];
 	memset(s, 0, sizeof *s);
-	if (!(s->st = sb_state_clone(c->st, err)))
+	if (st)
+		sb_state_copy(st, c->st);
+	else if (!(st = sb_state_clone(c->st, err)))
 		return err ? err->code : SB_ERR_NOMEM;
-	if (c->cap_recent && !(s->recent = malloc(c->cap_recent * sizeof *s->recent))) {
-		sb_state_free(s->st);
+	if (c->cap_recent && !recent && !(recent = malloc(c->cap_recent * sizeof *recent))) {
+		sb_state_free(st);
 		return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
 	}
+	s->st = st;
+	s->recent = recent;
 	if (c->n_recent)
 		memcpy(s->recent, c->recent, c->n_recent * sizeof *s->recent);
 	s->n_recent = c->n_recent;
