@@ -4,6 +4,16 @@
 
 #include "seqboat.h"
 
+/* Messages quote names and bytes from untrusted files: a control byte
+ * (a newline in a tensor name, an escape sequence) becomes '?', so that a
+ * message stays one line and cannot drive the terminal it is printed on. */
+static void one_line(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = '?';
+}
+
 int sb_error_set(sb_error *err, int code, const char *fmt, ...)
 {
 	if (err) {
@@ -11,6 +21,7 @@ int sb_error_set(sb_error *err, int code, const char *fmt, ...)
 		va_start(ap, fmt);
 		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
 		va_end(ap);
+		one_line(err->msg);
 		err->code = code;
 	}
 	return code;
@@ -31,6 +42,7 @@ int sb_error_prefix(sb_error *err, const char *prefix)
 	size_t m = strnlen(tmp, room - 1);
 	memcpy(err->msg + n + 2, tmp, m);
 	err->msg[n + 2 + m] = 0;
+	one_line(err->msg);
 	return err->code;
 }
 
