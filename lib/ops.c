@@ -45,6 +45,7 @@ static inline float f16_to_f32(uint16_t h)
 /* ---- x86 kernels (AVX2 + FMA + F16C), chosen at run time ---- */
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SB_X86 1
 
@@ -52,9 +53,12 @@ static bool have_avx2(void)
 {
 	static int cached = -1;
 	if (cached < 0) {
+		/* F16C through cpuid: clang 14's __builtin_cpu_supports does not
+		 * know "f16c". */
+		unsigned a, b, c, d;
+		bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 		__builtin_cpu_init();
-		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-		         __builtin_cpu_supports("f16c");
+		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 	}
 	return cached;
 }
