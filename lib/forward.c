@@ -25,6 +25,8 @@
  * wasted, but sgemm is several times faster than row-by-row dot products). */
 #define BATCHED_ATTN_MIN_W1 64
 #define BATCHED_ATTN_MIN_ROWS 16
+/* A decoded token's attention over a ring this long is split over threads. */
+#define PARALLEL_ATTN_MIN 128
 
 struct sb_ctx {
 	const sb_model *m;
@@ -56,6 +58,7 @@ struct sb_ctx {
 	float *cv;            // (W+1+R, H) likewise values
 	int64_t *cpos;        // (W+1+R) their positions
 	float *sc;            // (R, W+1+R) scores, then weights
+	float *part_og;       // (threads, H) per-thread attention partial sums
 };
 
 static void *xcalloc(size_t n, size_t size, bool *ok)
@@ -122,7 +125,14 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		n_threads = n > 0 ? (int)n : 1;
 	}
+	if (n_threads > SB_MAX_THREADS)
+		n_threads = SB_MAX_THREADS;
 	x->n_threads = n_threads;
+	if (!(x->part_og = xcalloc((size_t)n_threads * H, sizeof(float), &ok))) {
+		sb_ctx_free(x);
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
+		return NULL;
+	}
 	openblas_set_num_threads(n_threads);
 	if (!(x->pool = sb_pool_new(n_threads))) {
 		sb_ctx_free(x);
@@ -158,6 +168,7 @@ void sb_ctx_free(sb_ctx *x)
 	free(x->cv);
 	free(x->cpos);
 	free(x->sc);
+	free(x->part_og);
 	sb_pool_free(x->pool);
 	free(x);
 }
@@ -252,36 +263,97 @@ static inline float rel_bias(const sb_layer *ly, int M, int64_t pos_k, int64_t p
 	return ly->rel_bias[idx];
 }
 
+/* One query against ring entries [e0, e1): unnormalized softmax weights
+ * (exp(s - local max)) or final relu2/laplace weights, accumulated into
+ * og (H). Returns the local max and *sum the weights' sum, so that parts
+ * computed by different threads merge exactly as flash-decoding does. */
+typedef struct attn_job {
+	sb_ctx *x;
+	const sb_layer *ly;
+	int l;
+	sb_state *s;
+	const float *q;
+	int64_t pos;
+	float part_max[SB_MAX_THREADS];
+	float part_sum[SB_MAX_THREADS];
+} attn_job;
+
+static void attend_range(attn_job *j, int e0, int e1, float *a, float *og, float *mx_out,
+                         float *sum_out)
+{
+	const sb_config *c = &j->x->m->cfg;
+	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim, M = c->max_positions;
+	const int l = j->l, head = st_ring_head(j->s)[l];
+	const float *K = st_ring_k(j->s) + (size_t)l * W1 * Z;   // (W+1, Z)
+	const float *Vv = st_ring_v(j->s) + (size_t)l * W1 * H;  // (W+1, H)
+	const int64_t *P = st_ring_pos(j->s) + (size_t)l * W1;   // (W+1)
+	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
+	                                                    : 1.0f / (float)c->window;
+	float mxs = -INFINITY, sum = 0.0f;
+	memset(og, 0, (size_t)H * sizeof(float));
+	for (int e = e0; e < e1; e++) {
+		int slot = (head + e) % W1;
+		float sc = sb_dot(j->q, K + (size_t)slot * Z, Z) * scale;
+		if (j->ly->rel_bias)
+			sc += rel_bias(j->ly, M, P[slot], j->pos);
+		a[e - e0] = sc;
+		if (sc > mxs)
+			mxs = sc;
+	}
+	if (c->attention == SB_ATTN_SOFTMAX) {
+		for (int e = 0; e < e1 - e0; e++) {
+			a[e] = expf(a[e] - mxs);
+			sum += a[e];
+		}
+	} else {
+		attn_weights(c->attention, a, e1 - e0, mxs);
+	}
+	for (int e = e0; e < e1; e++)
+		sb_axpy(og, a[e - e0], Vv + (size_t)((head + e) % W1) * H, H);
+	*mx_out = mxs;
+	*sum_out = sum;
+}
+
+static void attend_part(void *arg, int ith, int nth)
+{
+	attn_job *j = arg;
+	const int len = st_ring_len(j->s)[j->l], H = j->x->m->cfg.hidden_dim;
+	int e0 = (int)((long)len * ith / nth), e1 = (int)((long)len * (ith + 1) / nth);
+	attend_range(j, e0, e1, j->x->scores + e0, j->x->part_og + (size_t)ith * H,
+	             &j->part_max[ith], &j->part_sum[ith]);
+}
+
 /* One activated row's attention over its ring (which already holds the
- * row itself): o = sum_j a_j v_j, written into og (H) times the gate g. */
+ * row itself): o = sum_j a_j v_j, written into og (H) times the gate g.
+ * A long ring is split over the pool's threads. */
 static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const float *q,
                    int64_t pos, const float *g, float *og)
 {
 	const sb_config *c = &x->m->cfg;
-	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim, M = c->max_positions;
-	const int len = st_ring_len(s)[l], head = st_ring_head(s)[l];
-	const float *K = st_ring_k(s) + (size_t)l * W1 * Z;   // (W+1, Z)
-	const float *Vv = st_ring_v(s) + (size_t)l * W1 * H;  // (W+1, H)
-	const int64_t *P = st_ring_pos(s) + (size_t)l * W1;   // (W+1)
-	float *a = x->scores;
-	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
-	                                                    : 1.0f / (float)c->window;
-	float mxs = -INFINITY;
-	for (int e = 0; e < len; e++) {
-		int slot = (head + e) % W1;
-		float sc = sb_dot(q, K + (size_t)slot * Z, Z) * scale;
-		if (ly->rel_bias)
-			sc += rel_bias(ly, M, P[slot], pos);
-		a[e] = sc;
-		if (sc > mxs)
-			mxs = sc;
+	const int H = c->hidden_dim, len = st_ring_len(s)[l];
+	attn_job j = {x, ly, l, s, q, pos, {0}, {0}};
+	int nth = len >= PARALLEL_ATTN_MIN ? sb_pool_threads(x->pool) : 1;
+	if (nth > 1) {
+		sb_pool_run(x->pool, attend_part, &j);
+	} else {
+		nth = 1;
+		attend_range(&j, 0, len, x->scores, x->part_og, &j.part_max[0], &j.part_sum[0]);
 	}
-	attn_weights(c->attention, a, len, mxs);
+	float gmax = -INFINITY, sum = 0.0f;
+	for (int t = 0; t < nth; t++)
+		gmax = fmaxf(gmax, j.part_max[t]);
 	memset(og, 0, (size_t)H * sizeof(float));
-	for (int e = 0; e < len; e++)
-		sb_axpy(og, a[e], Vv + (size_t)((head + e) % W1) * H, H);
+	for (int t = 0; t < nth; t++) {
+		/* softmax parts rescale to the global max; other weights are final */
+		float w = c->attention == SB_ATTN_SOFTMAX
+		          ? (j.part_max[t] == -INFINITY ? 0.0f : expf(j.part_max[t] - gmax))
+		          : 1.0f;
+		sum += w * j.part_sum[t];
+		sb_axpy(og, w, x->part_og + (size_t)t * H, H);
+	}
+	float norm = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sum : 1.0f;
 	for (int i = 0; i < H; i++)
-		og[i] *= g[i];
+		og[i] *= g[i] * norm;
 }
 
 /* Attention for Ta >= BATCHED_ATTN_MIN_ROWS activated rows of ONE state

@@ -103,6 +103,9 @@ static inline float *st_h(sb_state *s) { return (float *)(s->block + s->lay.h); 
 static inline float *st_ring_k(sb_state *s) { return (float *)(s->block + s->lay.ring_k); }
 static inline float *st_ring_v(sb_state *s) { return (float *)(s->block + s->lay.ring_v); }
 
+/* Threads of one context at most (the pool and the per-thread buffers). */
+#define SB_MAX_THREADS 256
+
 /* ---- ops.c: kernels on float* ---- */
 
 /* Y (T, W.rows) = X (T, W.cols) W^T (+ bias). ws: scratch of

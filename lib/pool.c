@@ -1,12 +1,14 @@
 /* pool.c - see pool.h. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
 #include "pool.h"
 
-#define SPIN_ITERS 200000
+/* Polls of the job counter before a worker sleeps (a few milliseconds). */
+#define SPIN_ITERS 20000
 
 struct sb_pool {
 	int n;
@@ -38,7 +40,10 @@ static void *worker_main(void *arg)
 		int spins = 0;
 		while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
 		       !atomic_load(&p->stop) && spins < SPIN_ITERS) {
-			cpu_relax();
+			if (spins < 2000)
+				cpu_relax();
+			else
+				sched_yield();
 			spins++;
 		}
 		if (g == seen && !atomic_load(&p->stop)) {
@@ -123,6 +128,12 @@ void sb_pool_run(sb_pool *p, sb_pool_fn fn, void *arg)
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 	fn(arg, 0, p->n);
-	while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-		cpu_relax();
+	/* Spin briefly, then yield: with more threads than free cores a
+	 * worker may be waiting for this very core. */
+	for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+		if (spins < 2000)
+			cpu_relax();
+		else
+			sched_yield();
+	}
 }

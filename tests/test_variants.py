@@ -49,6 +49,10 @@ VARIANTS = {
                                          max_positions=40), 600),
     "window70_laplace_postnorm_long": (dict(window=70, attention="laplace",
                                             normalize_before=False, ffn_dim=16), 500),
+    # Rings of 128 entries and more are split over threads when decoding.
+    "window200_softmax_long": (dict(window=200), 700),
+    "window150_relu2_simple_long": (dict(window=150, attention="relu2", rel_pos_bias="simple",
+                                         max_positions=300), 600),
 }
 
 
@@ -93,7 +97,8 @@ class Variants(unittest.TestCase):
         frac = want_act.mean()
         self.assertTrue(0.05 < frac < 0.95, "%s: routers fire on %.2f of tokens" % (name, frac))
         ids = " ".join(str(int(t)) for t in tokens)
-        for mode in ([], ["--prefill"], ["--split", str(T // 3)]):
+        # Three threads, so that the threaded paths run on any machine.
+        for mode in (["-t", "3"], ["--prefill"], ["--split", str(T // 3), "-t", "3"]):
             out = os.path.join(self.tmp.name, name + ".st")
             r = subprocess.run([SEQBOAT, "logits", "-m", outdir, "--ids", ids, "-o", out] + mode,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
