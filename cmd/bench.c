@@ -804,7 +804,7 @@ int cmd_bench(int argc, char **argv)
 			break;
 		case OPT_NO_WARMUP: b.warmup = false; break;
 		case 'h': fputs(usage_text, stdout); goto out;
-		default: fputs(usage_text, stderr); rc = CLI_EXIT_USAGE; break;
+		default: rc = cli_bad_option("bench", argv); break;
 		}
 	}
 	if (rc)

@@ -1,5 +1,6 @@
 /* common.c - see common.h. */
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -245,6 +246,21 @@ int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n)
 	*ids = v;
 	*n = k;
 	return 0;
+}
+
+int cli_bad_option(const char *cmd, char **argv)
+{
+	/* A long option is the argument just consumed; a short one is in
+	 * optopt (getopt also sets optopt for a long option lacking its value,
+	 * to the option's code, so the argument text is preferred). */
+	const char *arg = optind > 0 ? argv[optind - 1] : "";
+	if (!strncmp(arg, "--", 2) || !optopt || optopt == '?')
+		cli_error("%s: unknown option '%s' or it lacks its value (see 'seqboat %s --help')",
+		          cmd, arg, cmd);
+	else
+		cli_error("%s: unknown option '-%c' or it lacks its value (see 'seqboat %s --help')",
+		          cmd, optopt, cmd);
+	return CLI_EXIT_USAGE;
 }
 
 bool cli_isatty(FILE *f)

@@ -56,6 +56,10 @@ int cli_read_file(const char *path, char **buf, size_t *len);
  * flag; returns 0 or an exit status. */
 int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n);
 
+/* After getopt_long returned '?' (opterr is 0): one line naming the bad
+ * option of command `cmd`; returns the usage exit status. */
+int cli_bad_option(const char *cmd, char **argv);
+
 /* True when the stream is a terminal. */
 bool cli_isatty(FILE *f);
 

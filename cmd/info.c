@@ -33,7 +33,7 @@ int cmd_info(int argc, char **argv)
 		case 'm': dir = optarg; break;
 		case 'j': json = true; break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: fputs(usage_text, stderr); return CLI_EXIT_USAGE;
+		default: return cli_bad_option("info", argv);
 		}
 	}
 	if (optind < argc) {

@@ -62,7 +62,7 @@ int cmd_logits(int argc, char **argv)
 				return CLI_EXIT_USAGE;
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: fputs(usage_text, stderr); return CLI_EXIT_USAGE;
+		default: return cli_bad_option("logits", argv);
 		}
 	}
 	if (optind < argc) {

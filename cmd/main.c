@@ -1,4 +1,5 @@
 /* main.c - global flags, the command table and dispatch. */
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,6 +42,7 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
 	cli_init(argc, argv);
+	opterr = 0; /* commands report bad options in one line of their own */
 	if (argc < 2) {
 		usage(stderr);
 		return CLI_EXIT_USAGE;

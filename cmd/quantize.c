@@ -185,7 +185,7 @@ int cmd_quantize(int argc, char **argv)
 		case 'o': outdir = optarg; break;
 		case 'T': type = optarg; break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: fputs(usage_text, stderr); return CLI_EXIT_USAGE;
+		default: return cli_bad_option("quantize", argv);
 		}
 	}
 	if (optind < argc) {

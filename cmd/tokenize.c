@@ -162,7 +162,7 @@ int cmd_tokenize(int argc, char **argv)
 			}
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: fputs(usage_text, stderr); return CLI_EXIT_USAGE;
+		default: return cli_bad_option("tokenize", argv);
 		}
 	}
 	if (file && optind < argc) {

@@ -4,6 +4,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "internal.h"
@@ -51,7 +52,8 @@ static inline float f16_to_f32(uint16_t h)
 
 static bool have_avx2(void)
 {
-	static int cached = -1;
+	/* Threads may race to fill it; they all store the same value. */
+	static _Atomic int cached = -1;
 	if (cached < 0) {
 		/* F16C through cpuid: clang 14's __builtin_cpu_supports does not
 		 * know "f16c". */
