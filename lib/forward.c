@@ -19,7 +19,7 @@
 #include "pool.h"
 
 /* Rows per block: bounds the scratch memory, whatever the prompt length. */
-#define BLOCK_ROWS 256
+#define BLOCK_ROWS 512
 /* From this ring size on, a prefill block's attention runs as two matrix
  * products over the ring plus the block (a band of the score matrix is
  * wasted, but sgemm is several times faster than row-by-row dot products). */
@@ -61,6 +61,9 @@ struct sb_ctx {
 	float *part_og;       // (threads, H) per-thread attention partial sums
 };
 
+/* Zeroed scratch whose pages are touched now (calloc of a large block maps
+ * zero pages lazily): the context's memory is all resident from the start,
+ * so RSS does not creep up the first time a long ring is attended. */
 static void *xcalloc(size_t n, size_t size, bool *ok)
 {
 	size_t bytes;
@@ -68,9 +71,11 @@ static void *xcalloc(size_t n, size_t size, bool *ok)
 		*ok = false;
 		return NULL;
 	}
-	void *p = calloc(1, bytes);
+	void *p = malloc(bytes);
 	if (!p)
 		*ok = false;
+	else
+		memset(p, 0, bytes);
 	return p;
 }
 
