@@ -52,7 +52,8 @@ struct sb_ctx {
 	float *scores;        // (W+1) one query's attention weights
 	float *ws;            // matmul widening scratch
 	float *kbuf;          // (Z) one rotated key
-	sb_pool *pool;        // decode's matrix-vector threads
+	sb_pool *pool;        // the threads of every product and attention
+	bool rows_distinct;   // each row of the current block has its own state
 	/* prefill attention as matrix products (windows of >= 64 only): */
 	float *ck;            // (W+1+R, Z) ring keys then the block's new keys
 	float *cv;            // (W+1+R, H) likewise values
@@ -92,6 +93,15 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 	}
 	bool ok = true;
 	x->m = m;
+	if (n_threads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		n_threads = n > 0 ? (int)n : 1;
+	}
+	if (n_threads > SB_MAX_THREADS)
+		n_threads = SB_MAX_THREADS;
+	x->n_threads = n_threads;
+	const size_t NT = (size_t)n_threads;
+	x->part_og = xcalloc(NT * H, sizeof(float), &ok);
 	x->inv_freq = xcalloc(Z / 2, sizeof(double), &ok);
 	x->rs = xcalloc(R, sizeof(sb_state *), &ok);
 	x->pos = xcalloc(R, sizeof(int64_t), &ok);
@@ -107,11 +117,11 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 	x->og = xcalloc(R * H, sizeof(float), &ok);
 	x->att = xcalloc(R * D, sizeof(float), &ok);
 	x->ffn = xcalloc(R * F, sizeof(float), &ok);
-	x->scores = xcalloc(W1, sizeof(float), &ok);
+	x->scores = xcalloc(NT * W1, sizeof(float), &ok);
 	size_t maxc = D > H ? D : H;
 	if (F > maxc)
 		maxc = F;
-	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc), sizeof(float), &ok);
+	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc, n_threads), sizeof(float), &ok);
 	x->kbuf = xcalloc(Z, sizeof(float), &ok);
 	if (W1 >= BATCHED_ATTN_MIN_W1) {
 		x->ck = xcalloc((W1 + R) * Z, sizeof(float), &ok);
@@ -126,19 +136,9 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 	}
 	for (size_t i = 0; i < Z / 2; i++)
 		x->inv_freq[i] = pow(10000.0, -2.0 * (double)i / (double)Z);
-	if (n_threads <= 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		n_threads = n > 0 ? (int)n : 1;
-	}
-	if (n_threads > SB_MAX_THREADS)
-		n_threads = SB_MAX_THREADS;
-	x->n_threads = n_threads;
-	if (!(x->part_og = xcalloc((size_t)n_threads * H, sizeof(float), &ok))) {
-		sb_ctx_free(x);
-		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
-		return NULL;
-	}
-	openblas_set_num_threads(n_threads);
+	/* The pool splits every product; OpenBLAS's own threads would only
+	 * compete with it for the cores. */
+	openblas_set_num_threads(1);
 	if (!(x->pool = sb_pool_new(n_threads))) {
 		sb_ctx_free(x);
 		sb_error_set(err, SB_ERR_NOMEM, "cannot start %d threads", n_threads);
@@ -368,11 +368,62 @@ static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const floa
  * scores of all rows against that span are one sgemm, the weighted values a
  * second; then the ring keeps the last W+1 entries. q (Ta, Z) is in x->qv,
  * new keys and values already in ck/cv at R.. */
+typedef struct block_job {
+	sb_ctx *x;
+	const sb_layer *ly;
+	int Ta, R, lo, cols;
+} block_job;
+
+/* One thread's rows of the block: scores against the span, weights inside
+ * each row's window (zero outside), weighted values, gate. */
+static void attend_block_part(void *arg, int ith, int nth)
+{
+	const block_job *j = arg;
+	sb_ctx *x = j->x;
+	const sb_config *c = &x->m->cfg;
+	const int W = c->window, Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H,
+	          M = c->max_positions, R = j->R, lo = j->lo, cols = j->cols;
+	const int i0 = (int)((long)j->Ta * ith / nth), i1 = (int)((long)j->Ta * (ith + 1) / nth);
+	if (i0 >= i1)
+		return;
+	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
+	                                                    : 1.0f / (float)W;
+	float *sc = x->sc + (size_t)i0 * cols;
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, cols, Z, scale,
+	            x->qv + (size_t)i0 * Z, Z, x->ck + (size_t)lo * Z, Z, 0.0f, sc, cols);
+	for (int i = i0; i < i1; i++) {
+		float *row = x->sc + (size_t)i * cols;
+		const int e0 = R + i - W > lo ? R + i - W : lo, e1 = R + i; /* inclusive */
+		const int64_t pos = x->cpos[R + i];
+		float mxs = -INFINITY;
+		for (int e = e0; e <= e1; e++) {
+			float v = row[e - lo];
+			if (j->ly->rel_bias)
+				v += rel_bias(j->ly, M, x->cpos[e], pos);
+			row[e - lo] = v;
+			if (v > mxs)
+				mxs = v;
+		}
+		attn_weights(c->attention, row + (e0 - lo), e1 - e0 + 1, mxs);
+		for (int e = lo; e < e0; e++)
+			row[e - lo] = 0.0f;
+		for (int e = e1 + 1; e < R + j->Ta; e++)
+			row[e - lo] = 0.0f;
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, H, cols, 1.0f, sc, cols,
+	            x->cv + (size_t)lo * H, H, 0.0f, x->og + (size_t)i0 * H, H);
+	for (int i = i0; i < i1; i++) {
+		const float *g = x->zgv + (size_t)i * ZH + Z;
+		float *og = x->og + (size_t)i * H;
+		for (int k = 0; k < H; k++)
+			og[k] *= g[k];
+	}
+}
+
 static void attend_block(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, int Ta)
 {
 	const sb_config *c = &x->m->cfg;
-	const int W = c->window, W1 = W + 1, Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H,
-	          M = c->max_positions;
+	const int W = c->window, W1 = W + 1, Z = c->z_dim, H = c->hidden_dim;
 	const int R = st_ring_len(s)[l], head = st_ring_head(s)[l];
 	const float *K = st_ring_k(s) + (size_t)l * W1 * Z;
 	const float *Vv = st_ring_v(s) + (size_t)l * W1 * H;
@@ -384,41 +435,38 @@ static void attend_block(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, int 
 		memcpy(x->cv + (size_t)e * H, Vv + (size_t)slot * H, (size_t)H * sizeof(float));
 		x->cpos[e] = P[slot];
 	}
-	const int cols = R + Ta - lo;
-	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
-	                                                    : 1.0f / (float)W;
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Ta, cols, Z, scale, x->qv, Z,
-	            x->ck + (size_t)lo * Z, Z, 0.0f, x->sc, cols);
-	for (int i = 0; i < Ta; i++) {
-		float *row = x->sc + (size_t)i * cols;
-		const int e0 = R + i - W > lo ? R + i - W : lo, e1 = R + i; /* inclusive */
-		const int64_t pos = x->cpos[R + i];
-		float mxs = -INFINITY;
-		for (int e = e0; e <= e1; e++) {
-			float v = row[e - lo];
-			if (ly->rel_bias)
-				v += rel_bias(ly, M, x->cpos[e], pos);
-			row[e - lo] = v;
-			if (v > mxs)
-				mxs = v;
-		}
-		attn_weights(c->attention, row + (e0 - lo), e1 - e0 + 1, mxs);
-		for (int e = lo; e < e0; e++)
-			row[e - lo] = 0.0f;
-		for (int e = e1 + 1; e < R + Ta; e++)
-			row[e - lo] = 0.0f;
-	}
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Ta, H, cols, 1.0f, x->sc, cols,
-	            x->cv + (size_t)lo * H, H, 0.0f, x->og, H);
-	for (int i = 0; i < Ta; i++) {
-		const float *g = x->zgv + (size_t)i * ZH + Z;
-		float *og = x->og + (size_t)i * H;
-		for (int j = 0; j < H; j++)
-			og[j] *= g[j];
-	}
+	block_job j = {x, ly, Ta, R, lo, R + Ta - lo};
+	sb_pool_run(x->pool, attend_block_part, &j);
 	for (int i = Ta > W1 ? Ta - W1 : 0; i < Ta; i++)
 		ring_push(c, s, l, x->ck + (size_t)(R + i) * Z, x->cv + (size_t)(R + i) * H,
 		          x->cpos[R + i]);
+}
+
+typedef struct rows_job {
+	sb_ctx *x;
+	const sb_layer *ly;
+	int l, Ta;
+} rows_job;
+
+/* Batched decode: rows of different states attend in parallel, one whole
+ * row per thread at a time, each with its own score buffer. */
+static void attend_rows_part(void *arg, int ith, int nth)
+{
+	const rows_job *j = arg;
+	sb_ctx *x = j->x;
+	const sb_config *c = &x->m->cfg;
+	const int Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H, W1 = c->window + 1;
+	for (int i = ith; i < j->Ta; i += nth) {
+		const int t = x->aidx[i];
+		attn_job aj = {x, j->ly, j->l, x->rs[t], x->qv + (size_t)i * Z, x->pos[t], {0}, {0}};
+		float sum, mxs, *og = x->og + (size_t)i * H;
+		int len = st_ring_len(x->rs[t])[j->l];
+		attend_range(&aj, 0, len, x->scores + (size_t)ith * W1, og, &mxs, &sum);
+		const float *g = x->zgv + (size_t)i * ZH + Z;
+		float norm = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sum : 1.0f;
+		for (int k = 0; k < H; k++)
+			og[k] *= g[k] * norm;
+	}
 }
 
 /* The gated attention unit for the activated rows of one layer: their
@@ -439,6 +487,9 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 	for (int i = 1; block && i < Ta; i++)
 		block = x->rs[x->aidx[i]] == x->rs[x->aidx[0]];
 	const int R = block ? st_ring_len(x->rs[x->aidx[0]])[l] : 0;
+	/* Rows of distinct states (a batched decode step) can attend in
+	 * parallel once every row's key is in its ring. */
+	bool parallel_rows = !block && Ta > 1 && sb_pool_threads(x->pool) > 1 && x->rows_distinct;
 	for (int i = 0; i < Ta; i++) {
 		const int t = x->aidx[i];
 		float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
@@ -458,10 +509,15 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 			continue;
 		}
 		ring_push(c, x->rs[t], l, k, z + Z + H, x->pos[t]);
-		attend(x, ly, l, x->rs[t], q, x->pos[t], z + Z, x->og + (size_t)i * H);
+		if (!parallel_rows)
+			attend(x, ly, l, x->rs[t], q, x->pos[t], z + Z, x->og + (size_t)i * H);
 	}
 	if (block)
 		attend_block(x, ly, l, x->rs[x->aidx[0]], Ta);
+	if (parallel_rows) {
+		rows_job j = {x, ly, l, Ta};
+		sb_pool_run(x->pool, attend_rows_part, &j);
+	}
 	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws, x->pool);
 	for (int i = 0; i < Ta; i++) {
 		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];
@@ -613,6 +669,7 @@ int sb_prefill(sb_ctx *x, sb_state *s, const int32_t *tokens, size_t T,
 		int n = T - t0 < BLOCK_ROWS ? (int)(T - t0) : BLOCK_ROWS;
 		for (int t = 0; t < n; t++)
 			x->rs[t] = s;
+		x->rows_distinct = n == 1;
 		block_rows(x, tokens + t0, n, out, t0, t0 + (size_t)n == T,
 		           out ? out->last_logits : NULL);
 	}
@@ -639,6 +696,15 @@ int sb_decode_batch(sb_ctx *x, sb_state *const *states, const int32_t *tokens, s
 			return sb_error_set(err, SB_ERR_ARG, "state %zu belongs to another model", b);
 		x->rs[b] = states[b];
 	}
+	/* The same state twice in a batch is allowed (its rows then apply in
+	 * order, as a prefill); only distinct states attend in parallel. */
+	x->rows_distinct = true;
+	for (size_t a = 0; a < B && x->rows_distinct; a++)
+		for (size_t b = a + 1; b < B; b++)
+			if (states[a] == states[b]) {
+				x->rows_distinct = false;
+				break;
+			}
 	sb_outputs out = {.logits = logits};
 	if (B)
 		block_rows(x, tokens, (int)B, logits ? &out : NULL, 0, true, NULL);

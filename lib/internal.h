@@ -109,13 +109,13 @@ static inline float *st_ring_v(sb_state *s) { return (float *)(s->block + s->lay
 /* ---- ops.c: kernels on float* ---- */
 
 /* Y (T, W.rows) = X (T, W.cols) W^T (+ bias). ws: scratch of
- * sb_matmul_ws_floats(W) floats, used when W is not F32. One row (decode)
- * is a matrix-vector product split over the pool's threads; more rows go
- * to OpenBLAS's sgemm. */
+ * sb_matmul_ws_floats(cols, threads) floats. One row (decode) is a
+ * matrix-vector product, more rows single-threaded OpenBLAS sgemm calls;
+ * either way the output columns are split over the pool's threads. */
 typedef struct sb_pool sb_pool;
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W,
                const float *bias, float *ws, sb_pool *pool);
-size_t sb_matmul_ws_floats(int max_cols);
+size_t sb_matmul_ws_floats(int max_cols, int n_threads);
 /* Rounding to nearest even, as torch's .half() and .bfloat16(). */
 uint16_t sb_f32_to_f16(float f);
 uint16_t sb_f32_to_bf16(float f);

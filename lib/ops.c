@@ -392,34 +392,69 @@ static void matvec_part(void *arg, int ith, int nth)
  * runs at BLAS speed without a float32 copy of the whole model. */
 #define WIDEN_ROWS 64
 
-size_t sb_matmul_ws_floats(int max_cols)
+size_t sb_matmul_ws_floats(int max_cols, int n_threads)
 {
-	return (size_t)WIDEN_ROWS * (size_t)max_cols;
+	return (size_t)WIDEN_ROWS * (size_t)max_cols * (size_t)n_threads;
+}
+
+typedef struct matmul_job {
+	float *Y;
+	const float *X;
+	int T;
+	const sb_mat *W;
+	const float *bias;
+	float *ws;
+} matmul_job;
+
+/* One thread's share of Y = X W^T: a contiguous range of output columns
+ * (rows of W), in slabs of WIDEN_ROWS, so each thread reads its own part
+ * of W once. OpenBLAS runs single-threaded inside; the pool is the only
+ * set of threads, so the two never compete for the cores. */
+static void matmul_part(void *arg, int ith, int nth)
+{
+	const matmul_job *j = arg;
+	const sb_mat *W = j->W;
+	const int NO = W->rows, NI = W->cols, T = j->T;
+	const int slabs = (NO + WIDEN_ROWS - 1) / WIDEN_ROWS;
+	const int o_begin = (int)((long)slabs * ith / nth) * WIDEN_ROWS;
+	const int o_end_raw = (int)((long)slabs * (ith + 1) / nth) * WIDEN_ROWS;
+	const int o_end = o_end_raw < NO ? o_end_raw : NO;
+	float *ws = j->ws + (size_t)ith * WIDEN_ROWS * NI;
+	for (int o0 = o_begin; o0 < o_end; o0 += WIDEN_ROWS) {
+		int n = o_end - o0 < WIDEN_ROWS ? o_end - o0 : WIDEN_ROWS;
+		const float *w;
+		if (W->dtype == SB_DTYPE_F32) {
+			w = (const float *)W->data + (size_t)o0 * NI;
+		} else {
+			for (int r = 0; r < n; r++)
+				sb_mat_row(W, o0 + r, ws + (size_t)r * NI);
+			w = ws;
+		}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, NI, 1.0f, j->X, NI, w,
+		            NI, 0.0f, j->Y + o0, NO);
+		if (j->bias)
+			for (int t = 0; t < T; t++) {
+				float *y = j->Y + (size_t)t * NO + o0;
+				for (int o = 0; o < n; o++)
+					y[o] += j->bias[o0 + o];
+			}
+	}
 }
 
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W, const float *bias,
                float *ws, sb_pool *pool)
 {
-	const int NO = W->rows, NI = W->cols;
+	const int NO = W->rows;
 	if (T == 1) {
 		matvec_job j = {W, X, Y};
 		sb_pool_run(pool, matvec_part, &j);
-	} else if (W->dtype == SB_DTYPE_F32) {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, NO, NI, 1.0f, X, NI,
-		            W->data, NI, 0.0f, Y, NO);
-	} else {
-		for (int o0 = 0; o0 < NO; o0 += WIDEN_ROWS) {
-			int n = NO - o0 < WIDEN_ROWS ? NO - o0 : WIDEN_ROWS;
-			for (int r = 0; r < n; r++)
-				sb_mat_row(W, o0 + r, ws + (size_t)r * NI);
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, NI, 1.0f, X, NI,
-			            ws, NI, 0.0f, Y + o0, NO);
-		}
-	}
-	if (bias)
-		for (int t = 0; t < T; t++)
+		if (bias)
 			for (int o = 0; o < NO; o++)
-				Y[(size_t)t * NO + o] += bias[o];
+				Y[o] += bias[o];
+		return;
+	}
+	matmul_job j = {Y, X, T, W, bias, ws};
+	sb_pool_run(pool, matmul_part, &j);
 }
 
 float sb_dot(const float *a, const float *b, int n)
