@@ -340,7 +340,10 @@ START_TEST(engine_batch_matches_single)
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, B = 3, steps = 30;
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	/* The batch runs on three threads (rows attend in parallel), the
+	 * single sequences on one. */
+	sb_ctx *ctx = sb_ctx_new(m, 1, &err), *bctx = sb_ctx_new(m, 3, &err);
+	ck_assert_int_eq(sb_ctx_threads(bctx), 3);
 	sb_state *bs[3], *ss[3];
 	int32_t *tok = random_tokens(B * (steps + 20), c->vocab_size, 9);
 	for (size_t b = 0; b < B; b++) {
@@ -354,7 +357,7 @@ START_TEST(engine_batch_matches_single)
 		int32_t step_tok[3];
 		for (size_t b = 0; b < B; b++)
 			step_tok[b] = tok[B * 20 + i * B + b];
-		ck_assert_int_eq(sb_decode_batch(ctx, bs, step_tok, B, lb, &err), 0);
+		ck_assert_int_eq(sb_decode_batch(bctx, bs, step_tok, B, lb, &err), 0);
 		for (size_t b = 0; b < B; b++) {
 			ck_assert_int_eq(sb_decode(ctx, ss[b], step_tok[b], ls, &err), 0);
 			for (size_t v = 0; v < V; v++)
@@ -369,6 +372,41 @@ START_TEST(engine_batch_matches_single)
 	free(ls);
 	free(tok);
 	sb_ctx_free(ctx);
+	sb_ctx_free(bctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* Threads change nothing but the order of float sums: a prefill and a
+ * decode on three threads give the one-thread numbers within 1e-5. */
+START_TEST(engine_threads_match_one_thread)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t T = 600, V = (size_t)c->vocab_size;
+	sb_error err = {0};
+	sb_ctx *c1 = sb_ctx_new(m, 1, &err), *c3 = sb_ctx_new(m, 3, &err);
+	sb_state *a = sb_state_new(m, &err), *b = sb_state_new(m, &err);
+	int32_t *tok = random_tokens(T + 50, c->vocab_size, 13);
+	float *la = malloc(T * V * sizeof(float)), *lb = malloc(T * V * sizeof(float));
+	sb_outputs oa = {.logits = la}, ob = {.logits = lb};
+	ck_assert_int_eq(sb_prefill(c1, a, tok, T, &oa, &err), 0);
+	ck_assert_int_eq(sb_prefill(c3, b, tok, T, &ob, &err), 0);
+	for (size_t i = 0; i < T * V; i++)
+		ck_assert_float_eq_tol(la[i], lb[i], 1e-5);
+	for (size_t i = 0; i < 50; i++) {
+		ck_assert_int_eq(sb_decode(c1, a, tok[T + i], la, &err), 0);
+		ck_assert_int_eq(sb_decode(c3, b, tok[T + i], lb, &err), 0);
+		for (size_t v = 0; v < V; v++)
+			ck_assert_float_eq_tol(la[v], lb[v], 1e-5);
+	}
+	free(la);
+	free(lb);
+	free(tok);
+	sb_state_free(a);
+	sb_state_free(b);
+	sb_ctx_free(c1);
+	sb_ctx_free(c3);
 	sb_model_free(m);
 }
 END_TEST
@@ -419,6 +457,7 @@ int main(void)
 	tcase_add_test(tc, engine_state_load_rejects_bad_files);
 	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_act_bias_shifts_router, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_threads_match_one_thread, 0, N_CASES);
 	suite_add_tcase(s, tc);
 	return tu_run(s);
 }
