@@ -372,21 +372,19 @@ int cmd_activations(int argc, char **argv)
 			break;
 		case OPT_NO_BOS: bos = false; break;
 		case OPT_ACT_BIAS:
-			if (!cli_parse_float("--act-bias", optarg, -1e4, 1e4, &act_bias))
+			if (!cli_parse_act_bias(optarg, &act_bias))
 				return CLI_EXIT_USAGE;
 			break;
 		case 't':
-			if (!cli_parse_int("--threads", optarg, 1, 1024, &threads))
+			if (!cli_parse_threads(optarg, &threads))
 				return CLI_EXIT_USAGE;
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("activations", argv);
 		}
 	}
-	if (optind < argc) {
-		cli_error("activations: unexpected argument '%s'", argv[optind]);
+	if (cli_no_operands("activations", argc, argv))
 		return CLI_EXIT_USAGE;
-	}
 	if ((prompt != NULL) + (file != NULL) + (ids_arg != NULL) != 1) {
 		cli_error("activations: give exactly one of -p TEXT, -f FILE and --ids "
 		          "(see 'seqboat activations --help')");

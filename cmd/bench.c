@@ -795,7 +795,7 @@ int cmd_bench(int argc, char **argv)
 			break;
 		case OPT_PLOT: plot = optarg; break;
 		case OPT_ACT_BIAS:
-			if (!cli_parse_float("--act-bias", optarg, -1e4, 1e4, &b.act_bias))
+			if (!cli_parse_act_bias(optarg, &b.act_bias))
 				rc = CLI_EXIT_USAGE;
 			break;
 		case OPT_SEED:
@@ -809,11 +809,8 @@ int cmd_bench(int argc, char **argv)
 	}
 	if (rc)
 		goto out;
-	if (optind < argc) {
-		cli_error("bench: unexpected argument '%s'", argv[optind]);
-		rc = CLI_EXIT_USAGE;
+	if ((rc = cli_no_operands("bench", argc, argv)))
 		goto out;
-	}
 	/* xorshift must not start at 0. */
 	b.rng = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
 	if (!b.rng)

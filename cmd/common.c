@@ -124,6 +124,25 @@ bool cli_parse_u64(const char *flag, const char *s, uint64_t *out)
 	return true;
 }
 
+bool cli_parse_threads(const char *s, int *out)
+{
+	return cli_parse_int("--threads", s, 1, 1024, out);
+}
+
+bool cli_parse_act_bias(const char *s, float *out)
+{
+	return cli_parse_float("--act-bias", s, -1e4, 1e4, out);
+}
+
+int cli_no_operands(const char *cmd, int argc, char **argv)
+{
+	if (optind < argc) {
+		cli_error("%s: unexpected argument '%s'", cmd, argv[optind]);
+		return CLI_EXIT_USAGE;
+	}
+	return 0;
+}
+
 const char *cli_default_model_dir(void)
 {
 	static char buf[PATH_MAX + 64];

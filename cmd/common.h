@@ -38,6 +38,13 @@ bool cli_parse_int(const char *flag, const char *s, int min, int max, int *out);
 bool cli_parse_float(const char *flag, const char *s, double min, double max, float *out);
 bool cli_parse_u64(const char *flag, const char *s, uint64_t *out);
 
+/* The flags several commands share, with one range each. */
+bool cli_parse_threads(const char *s, int *out);      /* -t/--threads: 1..1024 */
+bool cli_parse_act_bias(const char *s, float *out);   /* --act-bias: -1e4..1e4 */
+/* After option parsing: refuses leftover arguments of `cmd` with one
+ * line; returns 0 or the usage exit status. */
+int cli_no_operands(const char *cmd, int argc, char **argv);
+
 /* The directory used when -m is not given: $SEQBOAT_MODEL, else the
  * bundled model next to the binary's source tree. */
 const char *cli_default_model_dir(void);

@@ -36,10 +36,8 @@ int cmd_info(int argc, char **argv)
 		default: return cli_bad_option("info", argv);
 		}
 	}
-	if (optind < argc) {
-		cli_error("info: unexpected argument '%s'", argv[optind]);
+	if (cli_no_operands("info", argc, argv))
 		return CLI_EXIT_USAGE;
-	}
 	sb_model *m;
 	int rc = cli_load_model(dir, &m, NULL, SB_BYTES_AUTO);
 	if (rc)

@@ -54,21 +54,19 @@ int cmd_logits(int argc, char **argv)
 			break;
 		case 'H': hidden = true; break;
 		case 'b':
-			if (!cli_parse_float("--act-bias", optarg, -1e4, 1e4, &act_bias))
+			if (!cli_parse_act_bias(optarg, &act_bias))
 				return CLI_EXIT_USAGE;
 			break;
 		case 't':
-			if (!cli_parse_int("--threads", optarg, 1, 1024, &threads))
+			if (!cli_parse_threads(optarg, &threads))
 				return CLI_EXIT_USAGE;
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("logits", argv);
 		}
 	}
-	if (optind < argc) {
-		cli_error("logits: unexpected argument '%s'", argv[optind]);
+	if (cli_no_operands("logits", argc, argv))
 		return CLI_EXIT_USAGE;
-	}
 	if (!ids_arg || !outp) {
 		cli_error("logits: --ids and -o are required (see 'seqboat logits --help')");
 		return CLI_EXIT_USAGE;

@@ -137,21 +137,19 @@ int cmd_perplexity(int argc, char **argv)
 			break;
 		case OPT_JSON: json = true; break;
 		case OPT_ACT_BIAS:
-			if (!cli_parse_float("--act-bias", optarg, -1e4, 1e4, &act_bias))
+			if (!cli_parse_act_bias(optarg, &act_bias))
 				return CLI_EXIT_USAGE;
 			break;
 		case 't':
-			if (!cli_parse_int("--threads", optarg, 1, 1024, &threads))
+			if (!cli_parse_threads(optarg, &threads))
 				return CLI_EXIT_USAGE;
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("perplexity", argv);
 		}
 	}
-	if (optind < argc) {
-		cli_error("perplexity: unexpected argument '%s'", argv[optind]);
+	if (cli_no_operands("perplexity", argc, argv))
 		return CLI_EXIT_USAGE;
-	}
 	if (!file == !ids_arg) {
 		cli_error("perplexity: give exactly one of -f FILE and --ids (see 'seqboat perplexity --help')");
 		return CLI_EXIT_USAGE;

@@ -188,10 +188,8 @@ int cmd_quantize(int argc, char **argv)
 		default: return cli_bad_option("quantize", argv);
 		}
 	}
-	if (optind < argc) {
-		cli_error("quantize: unexpected argument '%s'", argv[optind]);
+	if (cli_no_operands("quantize", argc, argv))
 		return CLI_EXIT_USAGE;
-	}
 	if (!outdir || !type) {
 		cli_error("quantize: -o and --type are required (see 'seqboat quantize --help')");
 		return CLI_EXIT_USAGE;
