@@ -37,6 +37,7 @@ struct sb_ctx {
 	sb_state **rs;        // (R) state of each row
 	int64_t *pos;         // (R) raw position of each row's token
 	int *aidx;            // (R) rows the router activated in this layer
+	int *arow;            // (R) each row's index among them, or -1
 	float *pr1;           // (R) router probability of activation
 	/* activations, R = BLOCK_ROWS rows: */
 	float *x;             // (R, D) residual stream
@@ -106,6 +107,7 @@ sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 	x->rs = xcalloc(R, sizeof(sb_state *), &ok);
 	x->pos = xcalloc(R, sizeof(int64_t), &ok);
 	x->aidx = xcalloc(R, sizeof(int), &ok);
+	x->arow = xcalloc(R, sizeof(int), &ok);
 	x->pr1 = xcalloc(R, sizeof(float), &ok);
 	x->x = xcalloc(R * D, sizeof(float), &ok);
 	x->xn = xcalloc(R * D, sizeof(float), &ok);
@@ -155,6 +157,7 @@ void sb_ctx_free(sb_ctx *x)
 	free(x->rs);
 	free(x->pos);
 	free(x->aidx);
+	free(x->arow);
 	free(x->pr1);
 	free(x->x);
 	free(x->xn);
@@ -184,17 +187,55 @@ float sb_ctx_act_bias(const sb_ctx *x) { return x->act_bias; }
 int sb_ctx_threads(const sb_ctx *x) { return x->n_threads; }
 size_t sb_ctx_max_batch(const sb_ctx *x) { (void)x; return BLOCK_ROWS; }
 
-/* Multi-head damped EMA over the rows, in order (SPEC section 2):
- * h = q*h + p*beta*xn;  mx = silu(sum_n h*gamma/sqrt(N) + omega*xn). */
-static void ema_rows(sb_ctx *x, const sb_layer *ly, int l, int T)
+/* Row-wise work (norms, EMA, activations) is split over the pool from this
+ * many rows on; below it the dispatch would cost more than it saves. */
+#define PAR_MIN_ROWS 8
+
+typedef struct rows_fn_job {
+	sb_ctx *x;
+	const sb_layer *ly;
+	int l, T;
+	void (*fn)(struct rows_fn_job *j, int begin, int end);
+	int n;                 /* items to split: rows, channels or floats */
+	float *p;              /* activate: the floats */
+	const sb_norm *norm;   /* prenorm / residual */
+	bool ffn;              /* residual: the FFN's (x += f) or the block's */
+} rows_fn_job;
+
+static void rows_fn_part(void *arg, int ith, int nth)
 {
-	const sb_config *c = &x->m->cfg;
-	const int D = c->embed_dim, N = c->n_dim;
-	for (int t = 0; t < T; t++) {
-		float *h = st_h(x->rs[t]) + (size_t)l * D * N;  // (D, N)
+	rows_fn_job *j = arg;
+	/* ranges of 16 items, so threads do not share cache lines */
+	int blocks = (j->n + 15) / 16;
+	int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
+	int e = b1 * 16 < j->n ? b1 * 16 : j->n;
+	if (b0 * 16 < e)
+		j->fn(j, b0 * 16, e);
+}
+
+/* Runs j->fn over [0, j->n), split over the pool when there are enough
+ * rows to be worth it. */
+static void run_rows(sb_ctx *x, rows_fn_job *j)
+{
+	if (j->T >= PAR_MIN_ROWS)
+		sb_pool_run(x->pool, rows_fn_part, j);
+	else
+		j->fn(j, 0, j->n);
+}
+
+/* Multi-head damped EMA over the rows, in order (SPEC section 2):
+ * h = q*h + p*beta*xn;  mx = sum_n h*gamma/sqrt(N) + omega*xn. Channels are
+ * independent, so threads take channel ranges and scan every row. */
+static void ema_channels(rows_fn_job *j, int d0, int d1)
+{
+	sb_ctx *x = j->x;
+	const sb_layer *ly = j->ly;
+	const int D = x->m->cfg.embed_dim, N = x->m->cfg.n_dim;
+	for (int t = 0; t < j->T; t++) {
+		float *h = st_h(x->rs[t]) + (size_t)j->l * D * N;  // (D, N)
 		const float *xn = x->xn + (size_t)t * D;
 		float *out = x->mx + (size_t)t * D;
-		for (int d = 0; d < D; d++) {
+		for (int d = d0; d < d1; d++) {
 			const float *q = ly->ema_q + (size_t)d * N, *pb = ly->ema_pb + (size_t)d * N,
 			            *g = ly->ema_g + (size_t)d * N;
 			float *hd = h + (size_t)d * N, acc = 0.0f, u = xn[d];
@@ -205,7 +246,68 @@ static void ema_rows(sb_ctx *x, const sb_layer *ly, int l, int T)
 			out[d] = acc + ly->omega[d] * u;
 		}
 	}
-	sb_activate(c->activation, x->mx, (size_t)T * D);
+}
+
+static void activate_range(rows_fn_job *j, int i0, int i1)
+{
+	sb_activate(j->x->m->cfg.activation, j->p + i0, (size_t)(i1 - i0));
+}
+
+/* The model's activation over n floats of T rows. */
+static void activate_rows(sb_ctx *x, float *p, int T, size_t n)
+{
+	rows_fn_job j = {.x = x, .T = T, .fn = activate_range, .n = (int)n, .p = p};
+	run_rows(x, &j);
+}
+
+static void ema_rows(sb_ctx *x, const sb_layer *ly, int l, int T)
+{
+	rows_fn_job j = {.x = x, .ly = ly, .l = l, .T = T, .fn = ema_channels,
+	                 .n = x->m->cfg.embed_dim};
+	run_rows(x, &j);
+	activate_rows(x, x->mx, T, (size_t)T * x->m->cfg.embed_dim);
+}
+
+/* xn = Norm(x) before a sublayer (pre-norm), or a copy (post-norm). */
+static void prenorm_range(rows_fn_job *j, int t0, int t1)
+{
+	const sb_config *c = &j->x->m->cfg;
+	const int D = c->embed_dim;
+	for (int t = t0; t < t1; t++) {
+		float *xi = j->x->x + (size_t)t * D, *xn = j->x->xn + (size_t)t * D;
+		if (c->normalize_before)
+			sb_norm_apply(j->norm, xn, xi, D);
+		else
+			memcpy(xn, xi, (size_t)D * sizeof(float));
+	}
+}
+
+/* The block: x = act(hx + att + x), or the FFN: x = f + x; then the
+ * post-norm. */
+static void residual_range(rows_fn_job *j, int t0, int t1)
+{
+	sb_ctx *x = j->x;
+	const sb_config *c = &x->m->cfg;
+	const int D = c->embed_dim, D2 = 2 + D;
+	for (int t = t0; t < t1; t++) {
+		float *xi = x->x + (size_t)t * D;
+		if (j->ffn) {
+			const float *f = x->att + (size_t)t * D;
+			for (int d = 0; d < D; d++)
+				xi[d] += f[d];
+		} else {
+			const float *hx = x->hxu + (size_t)t * D2 + 2;
+			const float *att = x->arow[t] >= 0 ? x->att + (size_t)x->arow[t] * D : NULL;
+			for (int d = 0; d < D; d++)
+				xi[d] = hx[d] + (att ? att[d] : 0.0f) + xi[d];
+			sb_activate(c->activation, xi, (size_t)D);
+		}
+		if (!c->normalize_before) {
+			float *tmp = x->xn + (size_t)t * D;
+			sb_norm_apply(j->norm, tmp, xi, D);
+			memcpy(xi, tmp, (size_t)D * sizeof(float));
+		}
+	}
 }
 
 /* Pushes (k, v, pos) into a layer's ring, dropping the oldest entry when
@@ -480,7 +582,7 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 		memcpy(x->mxa + (size_t)i * D, x->mx + (size_t)x->aidx[i] * D,
 		       (size_t)D * sizeof(float));
 	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws, x->pool);
-	sb_activate(c->activation, x->zgv, (size_t)Ta * ZH);
+	activate_rows(x, x->zgv, Ta, (size_t)Ta * ZH);
 	/* One state for every row (a prefill block) and a wide window: the
 	 * matrix-product path. Otherwise row by row through the ring. */
 	bool block = x->ck && Ta >= BATCHED_ATTN_MIN_ROWS;
@@ -533,13 +635,8 @@ static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t ro
 	const sb_layer *ly = &m->layers[l];
 	const int D = c->embed_dim, D2 = 2 + D;
 
-	for (int t = 0; t < T; t++) {
-		float *xi = x->x + (size_t)t * D, *xn = x->xn + (size_t)t * D;
-		if (c->normalize_before)
-			sb_norm_apply(&ly->norm, xn, xi, D);
-		else
-			memcpy(xn, xi, (size_t)D * sizeof(float));
-	}
+	rows_fn_job pre = {.x = x, .T = T, .fn = prenorm_range, .n = T, .norm = &ly->norm};
+	run_rows(x, &pre);
 	ema_rows(x, ly, l, T);
 	sb_matmul(x->hxu, x->mx, T, &ly->hx, ly->hx_b, x->ws, x->pool);
 
@@ -554,6 +651,7 @@ static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t ro
 		float p1 = e1 / (e0 + e1), p0 = e0 / (e0 + e1);
 		x->pr1[t] = p1;
 		bool act = p1 > p0;
+		x->arow[t] = act ? Ta : -1;
 		if (act) {
 			x->aidx[Ta++] = t;
 			st_n_act(x->rs[t])[l]++;
@@ -564,43 +662,19 @@ static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t ro
 	if (Ta > 0)
 		attention_rows(x, ly, l, Ta);
 
-	/* y = act(hx + att + r0), then the post-norm. */
-	for (int t = 0, i = 0; t < T; t++) {
-		float *xi = x->x + (size_t)t * D;
-		const float *hx = x->hxu + (size_t)t * D2 + 2;
-		const float *att = NULL;
-		if (i < Ta && x->aidx[i] == t)
-			att = x->att + (size_t)(i++) * D;
-		for (int d = 0; d < D; d++)
-			xi[d] = hx[d] + (att ? att[d] : 0.0f) + xi[d];
-		sb_activate(c->activation, xi, (size_t)D);
-		if (!c->normalize_before) {
-			sb_norm_apply(&ly->norm, x->xn + (size_t)t * D, xi, D);
-			memcpy(xi, x->xn + (size_t)t * D, (size_t)D * sizeof(float));
-		}
-	}
+	rows_fn_job res = {.x = x, .T = T, .fn = residual_range, .n = T, .norm = &ly->norm};
+	run_rows(x, &res);
 
 	if (c->ffn_dim > 0) {
 		const int F = c->ffn_dim;
-		for (int t = 0; t < T; t++) {
-			float *xi = x->x + (size_t)t * D, *xn = x->xn + (size_t)t * D;
-			if (c->normalize_before)
-				sb_norm_apply(&ly->ffn_norm, xn, xi, D);
-			else
-				memcpy(xn, xi, (size_t)D * sizeof(float));
-		}
+		rows_fn_job fpre = {.x = x, .T = T, .fn = prenorm_range, .n = T, .norm = &ly->ffn_norm};
+		run_rows(x, &fpre);
 		sb_matmul(x->ffn, x->xn, T, &ly->fc1, ly->fc1_b, x->ws, x->pool);
-		sb_activate(c->activation, x->ffn, (size_t)T * F);
+		activate_rows(x, x->ffn, T, (size_t)T * F);
 		sb_matmul(x->att, x->ffn, T, &ly->fc2, ly->fc2_b, x->ws, x->pool);
-		for (int t = 0; t < T; t++) {
-			float *xi = x->x + (size_t)t * D, *f = x->att + (size_t)t * D;
-			for (int d = 0; d < D; d++)
-				xi[d] += f[d];
-			if (!c->normalize_before) {
-				sb_norm_apply(&ly->ffn_norm, x->xn + (size_t)t * D, xi, D);
-				memcpy(xi, x->xn + (size_t)t * D, (size_t)D * sizeof(float));
-			}
-		}
+		rows_fn_job fres = {.x = x, .T = T, .fn = residual_range, .n = T,
+		                    .norm = &ly->ffn_norm, .ffn = true};
+		run_rows(x, &fres);
 	}
 	if (out && out->hidden)
 		for (int t = 0; t < T; t++)
