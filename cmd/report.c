@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -114,6 +115,11 @@ int cli_outfile_open(cli_outfile *o, const char *path)
 		cli_outfile_abort(o);
 		return CLI_EXIT_IO;
 	}
+	/* mkstemp makes the file private; the finished file gets the mode a
+	 * plain fopen would have given it. */
+	mode_t mask = umask(0);
+	umask(mask);
+	(void)fchmod(fd, 0666 & ~mask);
 	o->f = fdopen(fd, "w");
 	if (!o->f) {
 		cli_error("%s: cannot open: %s", o->tmp, strerror(errno));

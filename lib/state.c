@@ -205,6 +205,7 @@ int sb_state_save(const sb_state *s, const char *path, sb_error *err)
 		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
 		goto out;
 	}
+	(void)fchmod(fd, 0644); /* mkstemp's 0600 would make the file private */
 	for (size_t off = 0; off < n;) {
 		ssize_t w = write(fd, buf + off, n - off);
 		if (w < 0 && errno == EINTR)
