@@ -5,6 +5,8 @@
 #ifndef SB_INTERNAL_H
 #define SB_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "seqboat.h"
 
 /* 8-bit block weights ("q8"): a matrix stored as I8 [rows, cols] plus an
@@ -68,7 +70,8 @@ struct sb_model {
 	float embed_scale;     // sqrt(D) or 1
 	float *arena;          // every float32 vector above points in here
 	uint64_t n_params;
-	uint64_t fingerprint;
+	_Atomic uint64_t fingerprint;   // see sb_model_fingerprint()
+	atomic_bool fingerprint_ready;
 	sb_dtype weight_dtype;
 };
 

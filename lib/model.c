@@ -3,6 +3,7 @@
  * the layout of internal.h with every tensor's presence and shape checked.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -283,18 +284,31 @@ static int check_sizes(const sb_config *c, sb_error *err)
 	return 0;
 }
 
+/* A 64-bit multiply-xorshift hash; four independent lanes over the bulk so
+ * that hashing a model's weights runs at memory speed. */
 static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
 {
 	const unsigned char *s = p;
+	const uint64_t K = 0x100000001b3ULL;
+	uint64_t lane[4] = {h, h ^ 0x9e3779b97f4a7c15ULL, h ^ 0xc2b2ae3d27d4eb4fULL,
+	                    h ^ 0x165667b19e3779f9ULL};
 	size_t i = 0;
+	for (; i + 32 <= n; i += 32)
+		for (int k = 0; k < 4; k++) {
+			uint64_t w;
+			memcpy(&w, s + i + 8 * k, 8);
+			lane[k] = (lane[k] ^ w) * K;
+			lane[k] ^= lane[k] >> 29;
+		}
+	h = lane[0] ^ (lane[1] * 3) ^ (lane[2] * 5) ^ (lane[3] * 7);
 	for (; i + 8 <= n; i += 8) {
 		uint64_t w;
 		memcpy(&w, s + i, 8);
-		h = (h ^ w) * 0x100000001b3ULL;
+		h = (h ^ w) * K;
 		h ^= h >> 29;
 	}
 	for (; i < n; i++)
-		h = (h ^ s[i]) * 0x100000001b3ULL;
+		h = (h ^ s[i]) * K;
 	return h;
 }
 
@@ -406,7 +420,6 @@ sb_model *sb_model_load(const char *dir, sb_error *err)
 	for (int dt = 0; dt < SB_DTYPE_COUNT; dt++)
 		if (b.count_by_dtype[dt] > b.count_by_dtype[m->weight_dtype])
 			m->weight_dtype = (sb_dtype)dt;
-	m->fingerprint = fingerprint(m);
 	free(b.used);
 	free(cfg_path);
 	free(st_path);
@@ -438,4 +451,15 @@ const char *sb_model_dir(const sb_model *m) { return m->dir; }
 uint64_t sb_model_n_params(const sb_model *m) { return m->n_params; }
 size_t sb_model_file_bytes(const sb_model *m) { return sb_st_file_size(m->st); }
 sb_dtype sb_model_weight_dtype(const sb_model *m) { return m->weight_dtype; }
-uint64_t sb_model_fingerprint(const sb_model *m) { return m->fingerprint; }
+/* Computed on first use (saving or loading a state), not at load: most
+ * runs never need it and hashing every weight is the slowest part of
+ * loading. Threads racing here compute and store the same value. */
+uint64_t sb_model_fingerprint(const sb_model *m)
+{
+	sb_model *mm = (sb_model *)m;
+	if (!atomic_load_explicit(&mm->fingerprint_ready, memory_order_acquire)) {
+		atomic_store_explicit(&mm->fingerprint, fingerprint(m), memory_order_relaxed);
+		atomic_store_explicit(&mm->fingerprint_ready, true, memory_order_release);
+	}
+	return atomic_load_explicit(&mm->fingerprint, memory_order_relaxed);
+}

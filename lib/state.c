@@ -122,7 +122,7 @@ int sb_state_serialize(const sb_state *s, void *buf, size_t cap, sb_error *err)
 	memcpy(p, STATE_MAGIC, 8);
 	put_u32(p + 8, STATE_VERSION);
 	put_u32(p + 12, 0);
-	put_u64(p + 16, s->m->fingerprint);
+	put_u64(p + 16, sb_model_fingerprint(s->m));
 	put_u64(p + 24, s->n_tokens);
 	put_u64(p + 32, s->lay.bytes);
 	memcpy(p + STATE_HEADER, s->block, s->lay.bytes);
@@ -161,11 +161,11 @@ int sb_state_deserialize(sb_state *s, const void *buf, size_t len, const char *l
 	if (ver != STATE_VERSION)
 		return sb_error_set(err, SB_ERR_FORMAT, "%s: state format version %u, expected %u",
 		                    label, ver, STATE_VERSION);
-	if (get_u64(p + 16) != s->m->fingerprint)
+	if (get_u64(p + 16) != sb_model_fingerprint(s->m))
 		return sb_error_set(err, SB_ERR_FORMAT,
 		                    "%s: state was saved with a different model (fingerprint %016llx, this model %016llx)",
 		                    label, (unsigned long long)get_u64(p + 16),
-		                    (unsigned long long)s->m->fingerprint);
+		                    (unsigned long long)sb_model_fingerprint(s->m));
 	uint64_t bytes = get_u64(p + 32);
 	if (bytes != s->lay.bytes || len != STATE_HEADER + s->lay.bytes)
 		return sb_error_set(err, SB_ERR_FORMAT,
