@@ -26,11 +26,15 @@
 #include <errno.h>
 #include <histedit.h>
 #include <jansson.h>
+#include <limits.h>
+#include <locale.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <wchar.h>
 
 #include "commands.h"
 #include "gen.h"
@@ -740,6 +744,48 @@ static char *prompt_fn(EditLine *el)
 	return (char *)"> ";
 }
 
+/* libedit's character reader, replaced so that a Ctrl-C can never be lost:
+ * the default one blocks in read(), and a SIGINT that lands between
+ * clearing the flag and entering read() would leave the prompt deaf until
+ * the next key. This one polls in slices of 100 ms and checks the flag
+ * between them, then assembles one multibyte character. */
+static int chat_getc(EditLine *el, wchar_t *wc)
+{
+	(void)el;
+	char buf[MB_LEN_MAX];
+	size_t n = 0;
+	for (;;) {
+		if (interrupted) {
+			errno = EINTR;
+			return -1;
+		}
+		struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+		int r = poll(&p, 1, 100);
+		if (r < 0 && errno != EINTR)
+			return -1;
+		if (r <= 0)
+			continue;
+		unsigned char ch;
+		ssize_t k = read(STDIN_FILENO, &ch, 1);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (k == 0)
+			return n ? (*wc = (wchar_t)(unsigned char)buf[0], 1) : 0;
+		buf[n++] = (char)ch;
+		mbstate_t st;
+		memset(&st, 0, sizeof st);
+		size_t m = mbrtowc(wc, buf, n, &st);
+		if (m == (size_t)-2 && n < sizeof buf)
+			continue; /* the rest of a multibyte character follows */
+		if (m == (size_t)-1 || m == (size_t)-2)
+			*wc = (wchar_t)(unsigned char)buf[0]; /* not valid here: pass the byte */
+		return 1;
+	}
+}
+
 /* One line from the terminal (libedit) or the pipe. Returns NULL at the
  * end; *interrupted_empty is set when Ctrl-C was pressed on an empty line. */
 static const char *read_line(chat *c, EditLine *el, History *hist, char **buf, size_t *cap,
@@ -867,6 +913,10 @@ int cmd_chat(int argc, char **argv)
 	sa.sa_flags = 0;
 	sigaction(SIGINT, &sa, &old);
 	if (c.tty) {
+		/* Character classes only (numbers keep the C locale): libedit
+		 * needs a multibyte locale to edit UTF-8 text. */
+		if (!setlocale(LC_CTYPE, "") || MB_CUR_MAX == 1)
+			setlocale(LC_CTYPE, "C.UTF-8");
 		el = el_init("seqboat", stdin, stdout, stderr);
 		hist = history_init();
 		if (!el || !hist) {
@@ -877,6 +927,7 @@ int cmd_chat(int argc, char **argv)
 		HistEvent ev;
 		history(hist, &ev, H_SETSIZE, 1000);
 		el_set(el, EL_PROMPT, prompt_fn);
+		el_set(el, EL_GETCFN, chat_getc);
 		el_set(el, EL_EDITOR, "emacs");
 		el_set(el, EL_HIST, history, hist);
 		el_source(el, NULL);
