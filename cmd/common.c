@@ -157,8 +157,14 @@ const char *cli_default_model_dir(void)
 		snprintf(buf, sizeof buf, cands[i], exe_dir);
 		char probe[PATH_MAX + 80];
 		snprintf(probe, sizeof probe, "%s/config.yaml", buf);
-		if (access(probe, R_OK) == 0)
+		if (access(probe, R_OK) == 0) {
+			/* show /x/models/m, not /x/build/../models/m */
+			char *real = realpath(buf, NULL);
+			if (real && strlen(real) < sizeof buf)
+				strcpy(buf, real);
+			free(real);
 			return buf;
+		}
 	}
 	snprintf(buf, sizeof buf, "%s/models/%s", SB_SOURCE_ROOT, SB_BUNDLED_MODEL);
 	return buf;
