@@ -602,8 +602,7 @@ static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
 			k[j] = z[j] * ly->gk[j] + ly->bk[j];
 		}
 		if (c->rel_pos == SB_POS_ROTARY) {
-			sb_rotary(q, Z, x->pos[t], x->inv_freq);
-			sb_rotary(k, Z, x->pos[t], x->inv_freq);
+			sb_rotary(q, k, Z, x->pos[t], x->inv_freq);
 		}
 		if (block) {
 			memcpy(x->cv + (size_t)(R + i) * H, z + Z + H, (size_t)H * sizeof(float));

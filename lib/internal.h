@@ -135,8 +135,8 @@ void sb_axpy(float *y, float a, const float *x, int n);
 void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D);
 void sb_activate(sb_act_kind k, float *x, size_t n);
 float sb_silu(float x);
-/* Rotate interleaved pairs of x (Z) by position pos (SPEC section 3);
- * inv_freq: (Z/2) 10000^(-2i/Z) in double. */
-void sb_rotary(float *x, int Z, int64_t pos, const double *inv_freq);
+/* Rotate the interleaved pairs of a query and a key (Z each) by position
+ * pos (SPEC section 3); inv_freq: (Z/2) 10000^(-2i/Z) in double. */
+void sb_rotary(float *q, float *k, int Z, int64_t pos, const double *inv_freq);
 
 #endif /* SB_INTERNAL_H */

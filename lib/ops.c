@@ -552,14 +552,16 @@ void sb_activate(sb_act_kind k, float *x, size_t n)
 	}
 }
 
-void sb_rotary(float *x, int Z, int64_t pos, const double *inv_freq)
+void sb_rotary(float *q, float *k, int Z, int64_t pos, const double *inv_freq)
 {
 	for (int i = 0; i < Z / 2; i++) {
 		/* Double precision: positions pass 2^24 in long generations. */
 		double ang = (double)pos * inv_freq[i];
 		float c = (float)cos(ang), s = (float)sin(ang);
-		float x0 = x[2 * i], x1 = x[2 * i + 1];
-		x[2 * i] = x0 * c - x1 * s;
-		x[2 * i + 1] = x0 * s + x1 * c;
+		float q0 = q[2 * i], q1 = q[2 * i + 1], k0 = k[2 * i], k1 = k[2 * i + 1];
+		q[2 * i] = q0 * c - q1 * s;
+		q[2 * i + 1] = q0 * s + q1 * c;
+		k[2 * i] = k0 * c - k1 * s;
+		k[2 * i + 1] = k0 * s + k1 * c;
 	}
 }
