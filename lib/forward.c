@@ -231,21 +231,9 @@ static void ema_channels(rows_fn_job *j, int d0, int d1)
 	sb_ctx *x = j->x;
 	const sb_layer *ly = j->ly;
 	const int D = x->m->cfg.embed_dim, N = x->m->cfg.n_dim;
-	for (int t = 0; t < j->T; t++) {
-		float *h = st_h(x->rs[t]) + (size_t)j->l * D * N;  // (D, N)
-		const float *xn = x->xn + (size_t)t * D;
-		float *out = x->mx + (size_t)t * D;
-		for (int d = d0; d < d1; d++) {
-			const float *q = ly->ema_q + (size_t)d * N, *pb = ly->ema_pb + (size_t)d * N,
-			            *g = ly->ema_g + (size_t)d * N;
-			float *hd = h + (size_t)d * N, acc = 0.0f, u = xn[d];
-			for (int n = 0; n < N; n++) {
-				hd[n] = q[n] * hd[n] + pb[n] * u;
-				acc += hd[n] * g[n];
-			}
-			out[d] = acc + ly->omega[d] * u;
-		}
-	}
+	for (int t = 0; t < j->T; t++)
+		sb_ema_row(st_h(x->rs[t]) + (size_t)j->l * D * N, ly->ema_q, ly->ema_pb, ly->ema_g,
+		           ly->omega, x->xn + (size_t)t * D, x->mx + (size_t)t * D, d0, d1, N);
 }
 
 static void activate_range(rows_fn_job *j, int i0, int i1)

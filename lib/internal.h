@@ -128,6 +128,11 @@ void sb_mat_row(const sb_mat *W, int r, float *out);
 /* Widen n elements of dtype dt at src to float32. */
 void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n);
 
+/* The damped EMA (SPEC section 2) for channels d0..d1-1 of one row:
+ * h (D, N) = q*h + pb*xn[d] per order, out[d] = sum_n h*g + omega[d]*xn[d]. */
+void sb_ema_row(float *h, const float *q, const float *pb, const float *g, const float *omega,
+                const float *xn, float *out, int d0, int d1, int N);
+
 /* a . b, and y += a x, over n floats (vectorized where the CPU allows). */
 float sb_dot(const float *a, const float *b, int n);
 void sb_axpy(float *y, float a, const float *x, int n);

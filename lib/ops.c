@@ -237,6 +237,24 @@ __attribute__((target("avx2,fma"))) static void silu_avx2(float *x, size_t n)
 	for (; i < n; i++)
 		x[i] = x[i] / (1.0f + expf(-x[i]));
 }
+/* EMA channels d0..d1-1 of one row, N (a multiple of 8) orders at a time. */
+__attribute__((target("avx2,fma"))) static void ema_row_avx2(float *h, const float *q,
+                                                           const float *pb, const float *g,
+                                                           const float *omega, const float *xn,
+                                                           float *out, int d0, int d1, int N)
+{
+	for (int d = d0; d < d1; d++) {
+		const size_t o = (size_t)d * N;
+		__m256 vu = _mm256_set1_ps(xn[d]), acc = _mm256_setzero_ps();
+		for (int n = 0; n < N; n += 8) {
+			__m256 hv = _mm256_fmadd_ps(_mm256_loadu_ps(q + o + n), _mm256_loadu_ps(h + o + n),
+			                            _mm256_mul_ps(_mm256_loadu_ps(pb + o + n), vu));
+			_mm256_storeu_ps(h + o + n, hv);
+			acc = _mm256_fmadd_ps(hv, _mm256_loadu_ps(g + o + n), acc);
+		}
+		out[d] = hsum8(acc) + omega[d] * xn[d];
+	}
+}
 #endif
 
 uint16_t sb_f32_to_f16(float f)
@@ -455,6 +473,26 @@ void sb_matmul(float *Y, const float *X, int T, const sb_mat *W, const float *bi
 	}
 	matmul_job j = {Y, X, T, W, bias, ws};
 	sb_pool_run(pool, matmul_part, &j);
+}
+
+void sb_ema_row(float *h, const float *q, const float *pb, const float *g, const float *omega,
+                const float *xn, float *out, int d0, int d1, int N)
+{
+#ifdef SB_X86
+	if (N % 8 == 0 && have_avx2()) {
+		ema_row_avx2(h, q, pb, g, omega, xn, out, d0, d1, N);
+		return;
+	}
+#endif
+	for (int d = d0; d < d1; d++) {
+		const size_t o = (size_t)d * N;
+		float acc = 0.0f, u = xn[d];
+		for (int n = 0; n < N; n++) {
+			h[o + n] = q[o + n] * h[o + n] + pb[o + n] * u;
+			acc += h[o + n] * g[o + n];
+		}
+		out[d] = acc + omega[d] * u;
+	}
 }
 
 float sb_dot(const float *a, const float *b, int n)
