@@ -386,12 +386,11 @@ static void attend_range(attn_job *j, int e0, int e1, float *a, float *og, float
 	                                                    : 1.0f / (float)c->window;
 	float mxs = -INFINITY, sum = 0.0f;
 	memset(og, 0, (size_t)H * sizeof(float));
+	sb_ring_dots(j->q, K, Z, W1, head, e0, e1, scale, a);
 	for (int e = e0; e < e1; e++) {
-		int slot = (head + e) % W1;
-		float sc = sb_dot(j->q, K + (size_t)slot * Z, Z) * scale;
+		float sc = a[e - e0];
 		if (j->ly->rel_bias)
-			sc += rel_bias(j->ly, M, P[slot], j->pos);
-		a[e - e0] = sc;
+			a[e - e0] = sc += rel_bias(j->ly, M, P[(head + e) % W1], j->pos);
 		if (sc > mxs)
 			mxs = sc;
 	}
@@ -403,8 +402,7 @@ static void attend_range(attn_job *j, int e0, int e1, float *a, float *og, float
 	} else {
 		attn_weights(c->attention, a, e1 - e0, mxs);
 	}
-	for (int e = e0; e < e1; e++)
-		sb_axpy(og, a[e - e0], Vv + (size_t)((head + e) % W1) * H, H);
+	sb_ring_accum(og, a, Vv, H, W1, head, e0, e1);
 	*mx_out = mxs;
 	*sum_out = sum;
 }

@@ -133,6 +133,14 @@ void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n);
 void sb_ema_row(float *h, const float *q, const float *pb, const float *g, const float *omega,
                 const float *xn, float *out, int d0, int d1, int N);
 
+/* A query against a window ring (keys K (W1, Z), values V (W1, H), entry
+ * e in slot (head + e) % W1): out[e-e0] = scale * q.K[e] for e in e0..e1-1,
+ * and og (H) += sum a[e-e0] V[e]. */
+void sb_ring_dots(const float *q, const float *K, int Z, int W1, int head, int e0, int e1,
+                  float scale, float *out);
+void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int head, int e0,
+                   int e1);
+
 /* a . b, and y += a x, over n floats (vectorized where the CPU allows). */
 float sb_dot(const float *a, const float *b, int n);
 void sb_axpy(float *y, float a, const float *x, int n);

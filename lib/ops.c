@@ -255,6 +255,65 @@ __attribute__((target("avx2,fma"))) static void ema_row_avx2(float *h, const flo
 		out[d] = hsum8(acc) + omega[d] * xn[d];
 	}
 }
+/* Scores of one query against ring entries e0..e1-1 (slot (head+e) % W1). */
+__attribute__((target("avx2,fma"))) static void ring_dots_avx2(const float *q, const float *K,
+                                                             int Z, int W1, int head, int e0,
+                                                             int e1, float scale, float *out)
+{
+	for (int e = e0; e < e1; e++) {
+		const float *k = K + (size_t)((head + e) % W1) * Z;
+		__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+		int i = 0;
+		for (; i + 16 <= Z; i += 16) {
+			s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), s0);
+			s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), s1);
+		}
+		for (; i + 8 <= Z; i += 8)
+			s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), s0);
+		float acc = hsum8(_mm256_add_ps(s0, s1));
+		for (; i < Z; i++)
+			acc += q[i] * k[i];
+		out[e - e0] = acc * scale;
+	}
+}
+
+/* og (H) += sum_e a[e-e0] * V[slot(e)], four entries per pass over og. */
+__attribute__((target("avx2,fma"))) static void ring_accum_avx2(float *og, const float *a,
+                                                              const float *V, int H, int W1,
+                                                              int head, int e0, int e1)
+{
+	int e = e0;
+	for (; e + 4 <= e1; e += 4) {
+		const float *v0 = V + (size_t)((head + e) % W1) * H,
+		            *v1 = V + (size_t)((head + e + 1) % W1) * H,
+		            *v2 = V + (size_t)((head + e + 2) % W1) * H,
+		            *v3 = V + (size_t)((head + e + 3) % W1) * H;
+		__m256 a0 = _mm256_set1_ps(a[e - e0]), a1 = _mm256_set1_ps(a[e + 1 - e0]),
+		       a2 = _mm256_set1_ps(a[e + 2 - e0]), a3 = _mm256_set1_ps(a[e + 3 - e0]);
+		int i = 0;
+		for (; i + 8 <= H; i += 8) {
+			__m256 y = _mm256_loadu_ps(og + i);
+			y = _mm256_fmadd_ps(a0, _mm256_loadu_ps(v0 + i), y);
+			y = _mm256_fmadd_ps(a1, _mm256_loadu_ps(v1 + i), y);
+			y = _mm256_fmadd_ps(a2, _mm256_loadu_ps(v2 + i), y);
+			y = _mm256_fmadd_ps(a3, _mm256_loadu_ps(v3 + i), y);
+			_mm256_storeu_ps(og + i, y);
+		}
+		for (; i < H; i++)
+			og[i] += a[e - e0] * v0[i] + a[e + 1 - e0] * v1[i] + a[e + 2 - e0] * v2[i] +
+			         a[e + 3 - e0] * v3[i];
+	}
+	for (; e < e1; e++) {
+		const float *v = V + (size_t)((head + e) % W1) * H;
+		__m256 ae = _mm256_set1_ps(a[e - e0]);
+		int i = 0;
+		for (; i + 8 <= H; i += 8)
+			_mm256_storeu_ps(og + i, _mm256_fmadd_ps(ae, _mm256_loadu_ps(v + i),
+			                                         _mm256_loadu_ps(og + i)));
+		for (; i < H; i++)
+			og[i] += a[e - e0] * v[i];
+	}
+}
 #endif
 
 uint16_t sb_f32_to_f16(float f)
@@ -492,6 +551,40 @@ void sb_ema_row(float *h, const float *q, const float *pb, const float *g, const
 			acc += h[o + n] * g[o + n];
 		}
 		out[d] = acc + omega[d] * u;
+	}
+}
+
+void sb_ring_dots(const float *q, const float *K, int Z, int W1, int head, int e0, int e1,
+                  float scale, float *out)
+{
+#ifdef SB_X86
+	if (have_avx2()) {
+		ring_dots_avx2(q, K, Z, W1, head, e0, e1, scale, out);
+		return;
+	}
+#endif
+	for (int e = e0; e < e1; e++) {
+		const float *k = K + (size_t)((head + e) % W1) * Z;
+		float acc = 0.0f;
+		for (int i = 0; i < Z; i++)
+			acc += q[i] * k[i];
+		out[e - e0] = acc * scale;
+	}
+}
+
+void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int head, int e0,
+                   int e1)
+{
+#ifdef SB_X86
+	if (have_avx2()) {
+		ring_accum_avx2(og, a, V, H, W1, head, e0, e1);
+		return;
+	}
+#endif
+	for (int e = e0; e < e1; e++) {
+		const float *v = V + (size_t)((head + e) % W1) * H;
+		for (int i = 0; i < H; i++)
+			og[i] += a[e - e0] * v[i];
 	}
 }
 
