@@ -5,19 +5,9 @@
 # 130, Ctrl-D exits 0).
 set -u
 
-SEQBOAT=${SB_SEQBOAT:?SB_SEQBOAT is not set}
-MODEL=${SB_BUILDDIR:?SB_BUILDDIR is not set}/tests/models/rotary-softmax
-PY=/usr/bin/python3
-TMP=$(mktemp -d)
+. "$(dirname "$0")/e2e-lib.sh"
 trap 'rm -rf "$TMP"' EXIT
-fails=0
 
-fail() {
-	echo "FAIL: $*" >&2
-	fails=$((fails + 1))
-}
-
-[ -f "$MODEL/config.yaml" ] || { echo "no fixture model at $MODEL" >&2; exit 1; }
 
 # End of sequence (</s>, which is also the newline) and <unk> are banned so
 # that every reply is a line of words of the same length.
@@ -168,8 +158,4 @@ assert st == 0, f"Ctrl-D: status {st}"
 os.close(fd)
 EOF
 
-if [ "$fails" -ne 0 ]; then
-	echo "$fails check(s) failed" >&2
-	exit 1
-fi
-echo "e2e-chat: all checks passed"
+finish e2e-chat

@@ -4,19 +4,9 @@
 # decoding, and a run killed with SIGKILL then resumed.
 set -u
 
-SEQBOAT=${SB_SEQBOAT:?SB_SEQBOAT is not set}
-MODEL=${SB_BUILDDIR:?SB_BUILDDIR is not set}/tests/models/rotary-softmax
-PY=/usr/bin/python3
-TMP=$(mktemp -d)
+. "$(dirname "$0")/e2e-lib.sh"
 trap 'rm -rf "$TMP"' EXIT
-fails=0
 
-fail() {
-	echo "FAIL: $*" >&2
-	fails=$((fails + 1))
-}
-
-[ -f "$MODEL/config.yaml" ] || { echo "no fixture model at $MODEL" >&2; exit 1; }
 
 # A JSONL batch with malformed lines: one record per non-blank input line,
 # in order, error records for the bad lines, and the batch goes on.
@@ -147,8 +137,4 @@ cp "$TMP/full.out" "$TMP/again.out"
 "$SEQBOAT" "${long[@]}" -o "$TMP/again.out" --resume || fail "resume of a finished file failed"
 cmp -s "$TMP/full.out" "$TMP/again.out" || fail "resume of a finished file changed it"
 
-if [ "$fails" -ne 0 ]; then
-	echo "$fails check(s) failed" >&2
-	exit 1
-fi
-echo "e2e-complete: all checks passed"
+finish e2e-complete

@@ -11,24 +11,14 @@
 # checked: the instrumentation costs both.
 set -u
 
-SEQBOAT=${SB_SEQBOAT:?SB_SEQBOAT is not set}
-MODEL=${SB_BUILDDIR:?SB_BUILDDIR is not set}/tests/models/rotary-softmax
-PY=/usr/bin/python3
-TMP=$(mktemp -d)
+. "$(dirname "$0")/e2e-lib.sh"
 MNT=""
 cleanup() {
 	[ -n "$MNT" ] && umount "$MNT" 2> /dev/null
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
-fails=0
 
-fail() {
-	echo "FAIL: $*" >&2
-	fails=$((fails + 1))
-}
-
-[ -f "$MODEL/config.yaml" ] || { echo "no fixture model at $MODEL" >&2; exit 1; }
 
 # Records a JSONL file must hold: every id of the input exactly once.
 check_ids() { # file, n_items
@@ -207,8 +197,4 @@ if p.returncode != 0:
 sys.exit(0 if ok else 1)
 EOF
 
-if [ "$fails" -ne 0 ]; then
-	echo "$fails check(s) failed" >&2
-	exit 1
-fi
-echo "e2e-faults: all checks passed"
+finish e2e-faults
