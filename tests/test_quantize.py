@@ -35,8 +35,9 @@ def run(*args):
                           universal_newlines=True)
 
 
-def logits(model, ids, out):
-    r = run("logits", "-m", model, "--ids", " ".join(map(str, ids)), "--prefill", "-o", out)
+def logits(model, ids, out, *mode):
+    r = run("logits", "-m", model, "--ids", " ".join(map(str, ids)), "-o", out,
+            *(mode or ("--prefill",)))
     if r.returncode != 0:
         raise AssertionError(r.stderr)
     t, _, _ = safetensors_io.read(out)
@@ -113,6 +114,18 @@ class QuantizeTest(unittest.TestCase):
                 got = logits(out, ids, os.path.join(self.tmp.name, kind + ".st"))
                 diff = np.abs(got - ref).max()
                 self.assertLessEqual(diff, tol, "%s %s: logits differ by %g" % (case, kind, diff))
+
+    def test_quantize_decode_kernels_match_prefill(self):
+        # Decode reads q8/f16/bf16 weights through the matrix-vector kernels,
+        # prefill dequantizes them for sgemm: both must give the same numbers.
+        ids = [2] + [4 + (5 * i) % 60 for i in range(50)]
+        for case in CASES:
+            for kind in ("q8", "f16", "bf16"):
+                out = self.quantize(case, kind)
+                a = logits(out, ids, os.path.join(self.tmp.name, "p.st"), "--prefill")
+                b = logits(out, ids, os.path.join(self.tmp.name, "d.st"), "-t", "3")
+                diff = np.abs(a - b).max()
+                self.assertLessEqual(diff, 1e-4, "%s %s: decode vs prefill %g" % (case, kind, diff))
 
     def test_quantize_refuses_bad_requests(self):
         case = CASES[0]
