@@ -141,8 +141,7 @@ void sb_ring_dots(const float *q, const float *K, int Z, int W1, int head, int e
 void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int head, int e0,
                    int e1);
 
-/* a . b, and y += a x, over n floats (vectorized where the CPU allows). */
-float sb_dot(const float *a, const float *b, int n);
+/* y += a x over n floats (vectorized where the CPU allows). */
 void sb_axpy(float *y, float a, const float *x, int n);
 
 void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D);

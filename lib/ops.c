@@ -228,22 +228,6 @@ __attribute__((target("avx2,fma,f16c"))) static void widen_avx2(sb_dtype dt, con
 		dst[i] = dt == SB_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
 	}
 }
-__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int n)
-{
-	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-	int i = 0;
-	for (; i + 16 <= n; i += 16) {
-		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-	}
-	for (; i + 8 <= n; i += 8)
-		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-	float acc = hsum8(_mm256_add_ps(s0, s1));
-	for (; i < n; i++)
-		acc += a[i] * b[i];
-	return acc;
-}
-
 __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int n)
 {
 	__m256 va = _mm256_set1_ps(a);
@@ -636,18 +620,6 @@ void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int
 		for (int i = 0; i < H; i++)
 			og[i] += a[e - e0] * v[i];
 	}
-}
-
-float sb_dot(const float *a, const float *b, int n)
-{
-#ifdef SB_X86
-	if (have_avx2())
-		return dot_avx2(a, b, n);
-#endif
-	float acc = 0.0f;
-	for (int i = 0; i < n; i++)
-		acc += a[i] * b[i];
-	return acc;
 }
 
 void sb_axpy(float *y, float a, const float *x, int n)
