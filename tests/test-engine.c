@@ -1,6 +1,6 @@
 /*
  * test-engine.c - the forward pass against the official implementation's
- * outputs (../shared/fixtures), in decode, prefill and split modes; the
+ * outputs (tests/fixtures), in decode, prefill and split modes; the
  * constant-size state; snapshots; batching; no allocation per token.
  */
 #include <math.h>

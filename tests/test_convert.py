@@ -14,7 +14,7 @@ import torch
 import yaml
 
 SRCDIR = os.environ.get("SB_SRCDIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-FIXTURES = os.environ.get("SB_FIXTURES", os.path.join(SRCDIR, "..", "shared", "fixtures"))
+FIXTURES = os.environ.get("SB_FIXTURES", os.path.join(SRCDIR, "tests", "fixtures"))
 SEQBOAT = os.environ.get("SB_SEQBOAT")
 TOOLS = os.path.join(SRCDIR, "tools")
 CONVERTER = os.path.join(TOOLS, "convert_fairseq.py")

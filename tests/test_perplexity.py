@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 SRCDIR = os.environ.get("SB_SRCDIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-FIXTURES = os.environ.get("SB_FIXTURES", os.path.join(SRCDIR, "..", "shared", "fixtures"))
+FIXTURES = os.environ.get("SB_FIXTURES", os.path.join(SRCDIR, "tests", "fixtures"))
 MODELS = os.environ.get("SB_FIXTURE_MODELS")
 SEQBOAT = os.environ.get("SB_SEQBOAT")
 CASES = ("rotary-softmax", "simple-relu2-ffn")

@@ -9,7 +9,7 @@ import unittest
 import torch
 
 SRCDIR = os.environ.get("SB_SRCDIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-FIXTURES = os.environ.get("SB_FIXTURES", os.path.join(SRCDIR, "..", "shared", "fixtures"))
+FIXTURES = os.environ.get("SB_FIXTURES", os.path.join(SRCDIR, "tests", "fixtures"))
 sys.path.insert(0, os.path.join(SRCDIR, "tools"))
 
 from seqboat_torch import model as M  # noqa: E402

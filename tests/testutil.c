@@ -15,7 +15,7 @@ static const char *env_or(const char *name, const char *fallback)
 const char *tu_fixture(const char *rel)
 {
 	static char buf[4096];
-	snprintf(buf, sizeof buf, "%s/%s", env_or("SB_FIXTURES", "../shared/fixtures"), rel);
+	snprintf(buf, sizeof buf, "%s/%s", env_or("SB_FIXTURES", "tests/fixtures"), rel);
 	return buf;
 }
 
