@@ -38,6 +38,7 @@
 
 #include "commands.h"
 #include "gen.h"
+#include "template.h"
 
 /* The one global the conventions allow: Ctrl-C was pressed. */
 static volatile sig_atomic_t interrupted;
@@ -79,12 +80,8 @@ typedef struct chat {
 	bool have_logits;
 	int V;
 	int32_t eos;
-	/* template */
-	char sys_prefix[SB_CONFIG_STR], sys_suffix[SB_CONFIG_STR];
-	char user_prefix[SB_CONFIG_STR], user_suffix[SB_CONFIG_STR];
-	char asst_prefix[SB_CONFIG_STR], asst_suffix[SB_CONFIG_STR];
-	char tpl_stop[2 * SB_CONFIG_STR]; /* "" if none */
-	bool open_user;          /* the state ends with tpl_stop */
+	cli_template tpl;
+	bool open_user;          /* the state ends with tpl.stop */
 	/* the last tokens, for the penalties: (cap_recent) */
 	int32_t *recent;
 	size_t n_recent, cap_recent;
@@ -159,37 +156,6 @@ static char *dupn(const char *s, size_t n)
 	return p;
 }
 
-static void set_template(chat *c)
-{
-	const sb_config *cfg = sb_model_config(c->m);
-	if (cfg->has_chat_template) {
-		memcpy(c->sys_prefix, cfg->chat_system_prefix, SB_CONFIG_STR);
-		memcpy(c->sys_suffix, cfg->chat_system_suffix, SB_CONFIG_STR);
-		memcpy(c->user_prefix, cfg->chat_user_prefix, SB_CONFIG_STR);
-		memcpy(c->user_suffix, cfg->chat_user_suffix, SB_CONFIG_STR);
-		memcpy(c->asst_prefix, cfg->chat_assistant_prefix, SB_CONFIG_STR);
-		memcpy(c->asst_suffix, cfg->chat_assistant_suffix, SB_CONFIG_STR);
-	} else {
-		snprintf(c->sys_prefix, SB_CONFIG_STR, "%s", "");
-		snprintf(c->sys_suffix, SB_CONFIG_STR, "%s", "\n");
-		snprintf(c->user_prefix, SB_CONFIG_STR, "%s", "User: ");
-		snprintf(c->user_suffix, SB_CONFIG_STR, "%s", "\n");
-		snprintf(c->asst_prefix, SB_CONFIG_STR, "%s", "Assistant:");
-		snprintf(c->asst_suffix, SB_CONFIG_STR, "%s", "\n");
-	}
-	/* The text with which the model would start the next user turn. */
-	size_t up = strlen(c->user_prefix);
-	while (up && (c->user_prefix[up - 1] == ' ' || c->user_prefix[up - 1] == '\t'))
-		up--;
-	snprintf(c->tpl_stop, sizeof c->tpl_stop, "%s%.*s", c->asst_suffix, (int)up, c->user_prefix);
-	bool blank = true;
-	for (const char *p = c->tpl_stop; *p; p++)
-		if (*p != ' ' && *p != '\n' && *p != '\t')
-			blank = false;
-	if (blank || !up)
-		c->tpl_stop[0] = 0;
-}
-
 static void recent_push(chat *c, const int32_t *ids, size_t n)
 {
 	if (!c->cap_recent)
@@ -252,11 +218,9 @@ static int start(chat *c, sb_error *err)
 	drop_turns(c, 0);
 	drop_snapshots(c);
 	if (c->system && *c->system) {
-		size_t n = strlen(c->sys_prefix) + strlen(c->system) + strlen(c->sys_suffix) + 1;
-		char *text = malloc(n);
+		char *text = cli_template_system(&c->tpl, c->system);
 		if (!text)
 			return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
-		snprintf(text, n, "%s%s%s", c->sys_prefix, c->system, c->sys_suffix);
 		int rc = feed(c, text, true, err);
 		free(text);
 		return rc;
@@ -435,10 +399,10 @@ static int generate(chat *c, reply *r, sb_error *err)
 	if (rc < 0)
 		return rc;
 	/* Stopped at the template's own stop: the next user turn is begun. */
-	c->open_user = stopped && c->tpl_stop[0] && r->len < c->raw_len &&
-	               !strncmp(c->raw + r->len, c->tpl_stop, strlen(c->tpl_stop));
-	if (!c->open_user && c->asst_suffix[0])
-		rc = feed(c, c->asst_suffix, false, err);
+	c->open_user = stopped && c->tpl.stop[0] && r->len < c->raw_len &&
+	               !strncmp(c->raw + r->len, c->tpl.stop, strlen(c->tpl.stop));
+	if (!c->open_user && c->tpl.asst_suffix[0])
+		rc = feed(c, c->tpl.asst_suffix, false, err);
 	return rc;
 }
 
@@ -467,19 +431,11 @@ static int user_turn(chat *c, const char *text, sb_error *err)
 	int rc = snapshot_push(c, err);
 	if (rc < 0)
 		return rc;
-	const char *up = c->user_prefix;
-	if (c->open_user) {
-		/* The model already wrote the prefix but for its trailing blanks. */
-		size_t n = strlen(up);
-		while (n && (up[n - 1] == ' ' || up[n - 1] == '\t'))
-			n--;
-		up += n;
-	}
-	size_t len = strlen(up) + strlen(text) + strlen(c->user_suffix) + strlen(c->asst_prefix) + 1;
-	char *t = malloc(len);
+	/* With open_user the model already wrote the prefix but for its
+	 * trailing blanks. */
+	char *t = cli_template_user(&c->tpl, text, c->open_user);
 	if (!t)
 		return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
-	snprintf(t, len, "%s%s%s%s", up, text, c->user_suffix, c->asst_prefix);
 	rc = feed(c, t, false, err);
 	free(t);
 	if (rc < 0)
@@ -881,13 +837,13 @@ int cmd_chat(int argc, char **argv)
 	c.V = sb_model_config(c.m)->vocab_size;
 	c.eos = cli_gen_eos(c.m, c.tok);
 	c.tty = cli_isatty(stdin);
-	set_template(&c);
+	cli_template_init(&c.tpl, sb_model_config(c.m));
 	const char *stops[64];
 	size_t ns = 0;
 	for (size_t i = 0; i < c.g.n_stops && ns < 63; i++)
 		stops[ns++] = c.g.stops[i];
-	if (c.tpl_stop[0])
-		stops[ns++] = c.tpl_stop;
+	if (c.tpl.stop[0])
+		stops[ns++] = c.tpl.stop;
 	c.cap_recent = (size_t)c.g.sp.repeat_last_n;
 	if (!(c.st = sb_state_new(c.m, &err)) || !(c.smp = sb_sampler_new(&c.g.sp, c.V, &err)) ||
 	    !(c.dt = sb_detok_new(c.tok, &err)) || !(c.stop = sb_stop_new(stops, ns, &err))) {
