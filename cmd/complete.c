@@ -24,6 +24,7 @@
 
 #include "commands.h"
 #include "gen.h"
+#include "lines.h"
 
 /* The one global the conventions allow: how many SIGINTs arrived. */
 static volatile sig_atomic_t interrupted;
@@ -49,6 +50,7 @@ typedef struct item {
 	const char **stops;      /* (n_stops) owned by stop_json or the run */
 	size_t n_stops;
 	json_t *stop_json;       /* keeps per-item stop strings alive */
+	size_t index;            /* position in the whole input, 1-based */
 	bool done;               /* --resume found it in the output file */
 	char *record;            /* the finished record, until written */
 } item;
@@ -90,6 +92,7 @@ typedef struct run {
 	const char *system;      /* --system */
 	const char *prefix_file; /* --prefix-file */
 	int batch;               /* 0: automatic */
+	size_t shard_k, shard_n; /* --shard K/N; shard_n 0: every item */
 
 	item *items;
 	size_t n_items;
@@ -135,6 +138,9 @@ static void usage(FILE *f)
 	        "      --system TEXT        a prefix read once before every prompt\n"
 	        "      --prefix-file FILE   the same, from a file\n"
 	        "      --batch N            decode up to N items together (default: automatic)\n"
+	        "      --shard K/N          only the items whose position among the input's\n"
+	        "                           items is K mod N (0 <= K < N); records and seeds are\n"
+	        "                           those of the whole run ('seqboat merge' joins shards)\n"
 	        "%s\n"
 	        "Without --seed the base seed is 0, so runs repeat; each item's seed is\n"
 	        "derived from the base seed and its id (a record's \"seed\" overrides it).\n"
@@ -283,14 +289,12 @@ static void item_from_json(item *it, const char *line, size_t len, size_t lineno
 		goto done;
 	}
 	json_t *id = json_object_get(obj, "id");
-	if (id) {
-		if (!json_is_string(id) && !json_is_integer(id)) {
-			it->error = xprintf("line %zu: field 'id': expected a string or an integer", lineno);
-			goto done;
-		}
-		json_decref(it->id);
-		it->id = json_incref(id);
+	if (id && !json_is_string(id) && !json_is_integer(id)) {
+		it->error = xprintf("line %zu: field 'id': expected a string or an integer", lineno);
+		goto done;
 	}
+	json_decref(it->id);
+	it->id = cli_item_id(obj, lineno);
 	json_t *p = json_object_get(obj, "prompt");
 	if (!json_is_string(p)) {
 		it->error = xprintf("line %zu: field 'prompt': expected a string", lineno);
@@ -310,7 +314,15 @@ done:
 	json_decref(obj);
 }
 
-static int add_item(run *r, size_t *cap)
+/* True if the item at this position (0-based, among all items of the
+ * input) belongs to the run's shard. */
+static bool in_shard(const run *r, size_t index)
+{
+	return !r->shard_n || index % r->shard_n == r->shard_k;
+}
+
+/* Appends an item, the index-th (1-based) of the whole input. */
+static int add_item(run *r, size_t *cap, size_t index)
 {
 	if (r->n_items == *cap) {
 		size_t nc = *cap ? *cap * 2 : 64;
@@ -326,97 +338,41 @@ static int add_item(run *r, size_t *cap)
 	it->max_tokens = r->g.max_tokens;
 	it->stops = r->g.stops;
 	it->n_stops = r->g.n_stops;
-	it->id = json_integer((json_int_t)r->n_items);
+	it->index = index;
+	it->id = json_integer((json_int_t)index);
 	return 0;
 }
 
-static bool blank(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
-			return false;
-	return true;
-}
-
-/* The longest input line. A longer one becomes an error record without
- * ever being held whole, so a hostile prompt file cannot exhaust memory. */
-#define LINE_MAX_BYTES ((size_t)8 << 20)
-
-/* Reads the input in blocks and hands out lines. */
-typedef struct reader {
-	FILE *f;
-	size_t at, end;
-	char blk[1 << 16];
-} reader;
-
-/* Reads one line without its '\n' into line (NUL-terminated), keeping at
- * most LINE_MAX_BYTES; the rest of a longer line is read and dropped and
- * *too_long is set. Returns 1 for a line, 0 at the end of the input, -1 on
- * a read error, -2 when out of memory. */
-static int read_line(reader *rd, buf *line, bool *too_long)
-{
-	bool any = false;
-	line->len = 0;
-	*too_long = false;
-	for (;;) {
-		if (rd->at == rd->end) {
-			rd->at = 0;
-			rd->end = fread(rd->blk, 1, sizeof rd->blk, rd->f);
-			if (!rd->end)
-				return ferror(rd->f) ? -1 : any;
-		}
-		any = true;
-		const char *s = rd->blk + rd->at;
-		size_t avail = rd->end - rd->at;
-		const char *nl = memchr(s, '\n', avail);
-		size_t n = nl ? (size_t)(nl - s) : avail;
-		rd->at += n + (nl != NULL);
-		if (*too_long || n > LINE_MAX_BYTES - line->len)
-			*too_long = true;
-		else if (buf_add(line, s, n) < 0)
-			return -2;
-		if (nl)
-			return 1;
-	}
-}
-
-/* Splits the input into items, one per non-blank line. Returns 0 or an
+/* Splits the input into items, one per non-blank line (with --shard,
+ * only those whose position among the items is K mod N). Returns 0 or an
  * exit status. */
 static int load_items(run *r, FILE *in, const char *path)
 {
-	size_t cap = 0;
+	size_t cap = 0, index = 0;
 	fmt f = r->in_fmt;
 	int rc = 0, got;
-	reader *rd = malloc(sizeof *rd);
-	buf b = {0};
+	const char *line;
+	size_t n;
 	bool too_long;
-	size_t lineno = 0;
+	cli_lines *rd = cli_lines_new(in);
 	if (!rd)
 		goto nomem;
-	rd->f = in;
-	rd->at = rd->end = 0;
-	while ((got = read_line(rd, &b, &too_long)) > 0) {
-		const char *line = b.p;
-		size_t n = b.len;
-		lineno++;
-		if (n && line[n - 1] == '\r')
-			n--;
-		if (!too_long && blank(line, n))
+	while ((got = cli_lines_next(rd, &line, &n, &too_long)) > 0) {
+		size_t lineno = cli_lines_number(rd);
+		if (!too_long && cli_line_blank(line, n))
 			continue;
-		if (f == FMT_AUTO) {
-			size_t i = 0;
-			while (i < n && (line[i] == ' ' || line[i] == '\t'))
-				i++;
-			f = i < n && line[i] == '{' ? FMT_JSONL : FMT_TEXT;
-		}
-		if (add_item(r, &cap) < 0)
+		if (f == FMT_AUTO)
+			f = cli_line_is_json(line, n) ? FMT_JSONL : FMT_TEXT;
+		if (!in_shard(r, index++))
+			continue;
+		if (add_item(r, &cap, index) < 0)
 			goto nomem;
 		item *it = &r->items[r->n_items - 1];
 		json_decref(it->id);
 		it->id = json_integer((json_int_t)lineno);
 		if (too_long) {
 			it->error = xprintf("line %zu: longer than %zu bytes (the limit for one input line)",
-			                    lineno, LINE_MAX_BYTES);
+			                    lineno, CLI_LINE_MAX);
 		} else if (f == FMT_JSONL) {
 			item_from_json(it, line, n, lineno);
 		} else if (memchr(line, 0, n)) {
@@ -439,8 +395,7 @@ nomem:
 	cli_error("out of memory reading the prompts");
 	rc = CLI_EXIT_SOFTWARE;
 done:
-	free(b.p);
-	free(rd);
+	cli_lines_free(rd);
 	return rc;
 }
 
@@ -485,7 +440,7 @@ static int finish_items(run *r)
 			item *it = &r->items[refs[i].idx];
 			if (!it->error)
 				it->error = xprintf("duplicate id %s (first used by item %zu)", it->key,
-				                    refs[first].idx + 1);
+				                    r->items[refs[first].idx].index);
 			i++;
 		}
 	}
@@ -1023,6 +978,26 @@ static int parse_fmt(const char *flag, const char *v, fmt *out)
 	return 0;
 }
 
+/* --shard K/N: 0 <= K < N. */
+static int parse_shard(const char *v, size_t *k, size_t *n)
+{
+	const char *slash = strchr(v, '/');
+	char kbuf[32];
+	long kk, nn;
+	if (!slash || (size_t)(slash - v) >= sizeof kbuf) {
+		cli_error("--shard: expected K/N (this task's number K from 0 to N-1, of N shards), got '%s'", v);
+		return CLI_EXIT_USAGE;
+	}
+	memcpy(kbuf, v, (size_t)(slash - v));
+	kbuf[slash - v] = 0;
+	if (!cli_parse_long("--shard (N)", slash + 1, 1, 1L << 30, &nn) ||
+	    !cli_parse_long("--shard (K)", kbuf, 0, nn - 1, &kk))
+		return CLI_EXIT_USAGE;
+	*k = (size_t)kk;
+	*n = (size_t)nn;
+	return 0;
+}
+
 static int parse_args(run *r, int argc, char **argv)
 {
 	for (int i = 1; i < argc; i++) {
@@ -1075,6 +1050,9 @@ static int parse_args(run *r, int argc, char **argv)
 				return st;
 			if (!cli_parse_int("--batch", v, 1, 1 << 16, &r->batch))
 				return CLI_EXIT_USAGE;
+		} else if (FLAG(NULL, "--shard")) {
+			if (st || (st = parse_shard(v, &r->shard_k, &r->shard_n)))
+				return st;
 		} else if (!strcmp(a, "--resume")) {
 			r->resume = true;
 		} else if (!strcmp(a, "--no-timings")) {
@@ -1127,7 +1105,10 @@ static int read_input(run *r)
 	if (r->n_prompts) {
 		size_t cap = 0;
 		for (size_t i = 0; i < r->n_prompts; i++) {
-			if (add_item(r, &cap) < 0 || !(r->items[i].prompt = xstrdup(r->prompts[i]))) {
+			if (!in_shard(r, i))
+				continue;
+			if (add_item(r, &cap, i + 1) < 0 ||
+			    !(r->items[r->n_items - 1].prompt = xstrdup(r->prompts[i]))) {
 				cli_error("out of memory");
 				return CLI_EXIT_SOFTWARE;
 			}

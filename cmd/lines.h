@@ -1,0 +1,45 @@
+/* lines.h - reading prompt files a line at a time with a bound on a line's
+ * length, and naming their items the way `complete` names them, so that
+ * `merge` can put the outputs of shards back in input order. */
+#ifndef SB_CLI_LINES_H
+#define SB_CLI_LINES_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+/* The longest input line. A longer one is read and dropped without ever
+ * being held whole, so a hostile file cannot exhaust memory. */
+#define CLI_LINE_MAX ((size_t)8 << 20)
+
+typedef struct cli_lines cli_lines;
+
+/* A reader over f (not closed by cli_lines_free). NULL when out of
+ * memory. */
+cli_lines *cli_lines_new(FILE *f);
+void cli_lines_free(cli_lines *r);
+
+/* The next line, without its '\n' and without a '\r' before it; *line is
+ * NUL-terminated and valid until the next call. A line longer than
+ * CLI_LINE_MAX sets *too_long and comes back empty. Returns 1 for a line,
+ * 0 at the end of the input, -1 on a read error (errno), -2 when out of
+ * memory. */
+int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long);
+/* The number of the line last returned (1-based). */
+size_t cli_lines_number(const cli_lines *r);
+
+/* True if the line holds only spaces, tabs and carriage returns: such a
+ * line is not an item. */
+bool cli_line_blank(const char *s, size_t n);
+/* True if the line starts (after spaces and tabs) with '{': the first
+ * item line of an input decides between JSONL and plain text. */
+bool cli_line_is_json(const char *s, size_t n);
+
+/* The id of the item on input line `lineno`: the "id" member of obj (the
+ * line parsed as JSONL, or NULL) when it is a string or an integer, else
+ * the line number. `complete` and `merge` both name items through this.
+ * Returns a new reference, or NULL when out of memory. */
+json_t *cli_item_id(json_t *obj, size_t lineno);
+
+#endif
