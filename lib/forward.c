@@ -1,5 +1,5 @@
 /*
- * forward.c - prefill and decode (SPEC sections 1-4).
+ * forward.c - prefill and decode (docs/computation.md sections 1-4).
  *
  * Both run one routine over a block of "rows": row t is one token read
  * into state S[t]. A prefill block is T consecutive tokens of one state; a
@@ -223,7 +223,7 @@ static void run_rows(sb_ctx *x, rows_fn_job *j)
 		j->fn(j, 0, j->n);
 }
 
-/* Multi-head damped EMA over the rows, in order (SPEC section 2):
+/* Multi-head damped EMA over the rows, in order (docs/computation.md section 2):
  * h = q*h + p*beta*xn;  mx = sum_n h*gamma/sqrt(N) + omega*xn. Channels are
  * independent, so threads take channel ranges and scan every row. */
 static void ema_channels(rows_fn_job *j, int d0, int d1)
@@ -347,7 +347,7 @@ static void attn_weights(sb_attn_kind kind, float *a, int n, float mxs)
 	}
 }
 
-/* The learned relative bias b(t, t_j) of SPEC section 2, raw distance. */
+/* The learned relative bias b(t, t_j) of docs/computation.md section 2, raw distance. */
 static inline float rel_bias(const sb_layer *ly, int M, int64_t pos_k, int64_t pos_q)
 {
 	int64_t idx = (int64_t)M - 1 + pos_k - pos_q;

@@ -36,7 +36,7 @@ typedef struct sb_norm {
 
 typedef struct sb_layer {
 	sb_norm norm;          // the block's own norm
-	/* EMA, precomputed from delta/alpha/beta/gamma (SPEC section 2): */
+	/* EMA, precomputed from delta/alpha/beta/gamma (docs/computation.md section 2): */
 	float *ema_q;          // (D, N) 1 - sigmoid(delta) * sigmoid(alpha)
 	float *ema_pb;         // (D, N) sigmoid(delta) * beta
 	float *ema_g;          // (D, N) gamma * sqrt(1/N)
@@ -128,7 +128,7 @@ void sb_mat_row(const sb_mat *W, int r, float *out);
 /* Widen n elements of dtype dt at src to float32. */
 void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n);
 
-/* The damped EMA (SPEC section 2) for channels d0..d1-1 of one row:
+/* The damped EMA (docs/computation.md section 2) for channels d0..d1-1 of one row:
  * h (D, N) = q*h + pb*xn[d] per order, out[d] = sum_n h*g + omega[d]*xn[d]. */
 void sb_ema_row(float *h, const float *q, const float *pb, const float *g, const float *omega,
                 const float *xn, float *out, int d0, int d1, int N);
@@ -148,7 +148,7 @@ void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D);
 void sb_activate(sb_act_kind k, float *x, size_t n);
 float sb_silu(float x);
 /* Rotate the interleaved pairs of a query and a key (Z each) by position
- * pos (SPEC section 3); inv_freq: (Z/2) 10000^(-2i/Z) in double. */
+ * pos (docs/computation.md section 3); inv_freq: (Z/2) 10000^(-2i/Z) in double. */
 void sb_rotary(float *q, float *k, int Z, int64_t pos, const double *inv_freq);
 
 #endif /* SB_INTERNAL_H */

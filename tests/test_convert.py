@@ -86,7 +86,7 @@ class ConvertFixtures(unittest.TestCase):
             want = rounded(ref, dtype)
             self.assertTrue(torch.equal(torch.from_numpy(got.copy()), want),
                             "%s (%s) differs from the checkpoint" % (name, dtype))
-        # move.delta keeps its trailing 1 (SPEC section 5 shape).
+        # move.delta keeps its trailing 1 (docs/computation.md section 5 shape).
         self.assertEqual(list(tensors["layers.0.slag_layer.move.delta"].shape),
                          [args["decoder_embed_dim"], args["decoder_n_dim"], 1])
 

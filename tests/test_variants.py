@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The C engine against our PyTorch model on every variant of SPEC section 6
+"""The C engine against our PyTorch model on every variant of docs/computation.md section 6
 that the official fixtures do not cover: each random model is exported to a
 model directory and `seqboat logits` (decode, prefill and split modes) must
 give the PyTorch logits within 1e-4 and the same router decisions. The

@@ -5,7 +5,7 @@
                        [--name NAME] [--license TEXT] [--force]
 
 OUTDIR receives config.yaml (docs/model-format.md), model.safetensors
-(tensors named as SPEC.md section 5, 'decoder.' dropped, shapes as in the
+(tensors named as docs/computation.md section 5, 'decoder.' dropped, shapes as in the
 checkpoint) and dict.txt. The checkpoint is unpickled through an allow-list,
 so it cannot run code. Nothing is written unless the whole conversion
 succeeds: the files are assembled in a temporary directory next to OUTDIR

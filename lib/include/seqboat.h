@@ -2,7 +2,7 @@
  * seqboat.h - the one public header of libseqboat.
  *
  * libseqboat runs SeqBoat language models (Ren et al., NeurIPS 2023) as
- * ../shared/SPEC.md defines them: a damped multi-head EMA plus a gated
+ * docs/computation.md defines them: a damped multi-head EMA plus a gated
  * attention unit that a router switches on for some tokens, attending over
  * the last W activated tokens. Generation keeps a constant-size state per
  * sequence (sb_state) and does O(1) work per token.
@@ -183,7 +183,7 @@ typedef struct sb_config {
 
 /* Reads and validates config.yaml: unknown, missing and duplicate keys,
  * wrong types, out-of-range values, anchors/aliases, several documents and
- * the unsupported official options (SPEC section 6) are refused, naming the
+ * the unsupported official options (docs/computation.md section 6) are refused, naming the
  * key. `label` names the source in messages. */
 int sb_config_load(const char *path, sb_config *cfg, sb_error *err);
 int sb_config_parse(const char *buf, size_t len, const char *label,
@@ -260,7 +260,7 @@ typedef struct sb_ctx sb_ctx;
 sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err);
 void sb_ctx_free(sb_ctx *c);
 const sb_model *sb_ctx_model(const sb_ctx *c);
-/* Router shift (SPEC section 2): positive = fewer activations. Default 0. */
+/* Router shift (docs/computation.md section 2): positive = fewer activations. Default 0. */
 void sb_ctx_set_act_bias(sb_ctx *c, float act_bias);
 float sb_ctx_act_bias(const sb_ctx *c);
 int sb_ctx_threads(const sb_ctx *c);

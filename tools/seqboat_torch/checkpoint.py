@@ -1,4 +1,4 @@
-"""Reading an official SeqBoat checkpoint (SPEC.md section 8) safely.
+"""Reading an official SeqBoat checkpoint (docs/computation.md section 8) safely.
 
 A checkpoint is a pickle, and unpickling may call any importable function.
 On torch >= 2.4 it is loaded with torch.load(weights_only=True) and
@@ -422,7 +422,7 @@ def norm_param_shapes(prefix, norm, D, affine=True):
 
 
 def expected_shapes(arch):
-    """Tensor name -> shape for a model (SPEC section 5, 'decoder.' dropped;
+    """Tensor name -> shape for a model (docs/computation.md section 5, 'decoder.' dropped;
     output_projection.weight only when untied)."""
     V, D, Z, H, N = (arch[k] for k in ("vocab_size", "embed_dim", "z_dim",
                                         "hidden_dim", "n_dim"))
@@ -463,7 +463,7 @@ def expected_shapes(arch):
 
 def extract(ckpt, label="checkpoint"):
     """From a loaded official checkpoint, returns (architecture dict with
-    vocab_size, ordered dict of float32 tensors named as SPEC section 5).
+    vocab_size, ordered dict of float32 tensors named as docs/computation.md section 5).
     The 'decoder.' prefix and the 'version' buffer are dropped; a tied
     output projection is dropped after checking it is the embedding.
     Unknown, missing or misshapen tensors raise CheckpointError."""

@@ -17,7 +17,7 @@ stream's length (a 30k-token stream needs about 20 GB): run long splits on a
 GPU.
 
 --act-bias shifts every router, pr1 = softmax([u0 + act_bias, u1] / tau)[1]
-(SPEC.md section 2): positive values activate fewer tokens.
+(docs/computation.md section 2): positive values activate fewer tokens.
 """
 
 import argparse

@@ -29,7 +29,7 @@ TOKENIZER_FILES = {"sentencepiece": "tokenizer.model", "fairseq": "dict.txt"}
 
 
 def tensors_of(model):
-    """SPEC section 5 tensors of a SeqBoatLM (or a state dict), float32 on
+    """docs/computation.md section 5 tensors of a SeqBoatLM (or a state dict), float32 on
     the CPU; DistributedDataParallel/compiled wrappers are looked through."""
     sd = model if isinstance(model, dict) else _unwrap(model).state_dict()
     out = {}
@@ -68,7 +68,7 @@ def build_config(arch, tokenizer, provenance=None, chat=None):
 def export(model, arch, outdir, tokenizer, tokenizer_file, dtype="f32",
            provenance=None, chat=None, force=False):
     """Writes OUTDIR/{config.yaml, model.safetensors, tokenizer file}.
-    `model` is a SeqBoatLM or a state dict with SPEC names. Refuses an
+    `model` is a SeqBoatLM or a state dict with the names of docs/computation.md section 5. Refuses an
     existing non-empty OUTDIR unless force. Returns the config dict."""
     cfg = build_config(arch, tokenizer, provenance, chat)
     tensors = tensors_of(model)

@@ -1,6 +1,6 @@
-"""The SeqBoat language model in PyTorch, written from SPEC.md.
+"""The SeqBoat language model in PyTorch, written from docs/computation.md.
 
-Parameter names are those of SPEC section 5 without the 'decoder.' prefix,
+Parameter names are those of docs/computation.md section 5 without the 'decoder.' prefix,
 so `state_dict()` is what tools/seqboat_torch/export.py writes and what the
 converter produces from an official checkpoint. Two forwards compute the
 same function:
@@ -13,10 +13,10 @@ same function:
   itself and the W activated tokens before it, found through a running count
   of activated tokens (a masked T x T attention).
 - `step(token, state)`: one token at a time with the constant-size state of
-  SPEC section 2 (EMA state + ring of the last W+1 activated keys), the
+  docs/computation.md section 2 (EMA state + ring of the last W+1 activated keys), the
   computation seqboat's C engine does. Used to test the parallel forward.
 
-Shapes: B batch, T tokens, D, Z, H, N, W, V, L, F as in SPEC.md.
+Shapes: B batch, T tokens, D, Z, H, N, W, V, L, F as in docs/computation.md.
 """
 
 import math
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Laplace attention constants (SPEC section 2).
+# Laplace attention constants (docs/computation.md section 2).
 LAPLACE_MU = math.sqrt(0.5)
 LAPLACE_STD = math.sqrt(0.25 / math.pi)
 # Stands in for -inf where a softmax row may have no allowed key at all (a
@@ -67,7 +67,7 @@ class RMSNorm(nn.Module):
 
 
 class SequenceNorm(nn.Module):
-    """One of the three norms of SPEC section 4 under `.norm` (the official
+    """One of the three norms of docs/computation.md section 4 under `.norm` (the official
     parameter path is '<owner>.norm.norm.weight')."""
 
     def __init__(self, kind, dim, affine=True, eps=1e-5):
@@ -86,7 +86,7 @@ class SequenceNorm(nn.Module):
 
 
 class MultiHeadEMA(nn.Module):
-    """The damped EMA of SPEC section 2: h = q h + p beta x,
+    """The damped EMA of docs/computation.md section 2: h = q h + p beta x,
     ema = sum_n gamma h / sqrt(N) + omega x, per channel."""
 
     def __init__(self, D, N):
@@ -365,7 +365,7 @@ class SeqBoatLayer(nn.Module):
 
 
 class SeqBoatLM(nn.Module):
-    """The whole model of SPEC section 1. `arch` is the 'architecture'
+    """The whole model of docs/computation.md section 1. `arch` is the 'architecture'
     mapping of config.yaml (docs/model-format.md)."""
 
     def __init__(self, arch, dropout=0.0, padding_idx=1, init_temp_scale=1.0):
@@ -450,13 +450,13 @@ class SeqBoatLM(nn.Module):
 
 
 def official_state_dict(model):
-    """The model's tensors under their SPEC section 5 names (tied output
+    """The model's tensors under their docs/computation.md section 5 names (tied output
     projection left out), float32, in module order."""
     return {k: v.detach().float() for k, v in model.state_dict().items()}
 
 
 def load_tensors(model, tensors, strict=True):
-    """Loads {name: tensor or numpy array} (SPEC names) into model."""
+    """Loads {name: tensor or numpy array} (names of docs/computation.md section 5) into model."""
     sd = {}
     for k, v in tensors.items():
         t = v if torch.is_tensor(v) else torch.from_numpy(v)
