@@ -10,8 +10,20 @@
 
 #include "common.h"
 
+/* Where the bundled model is looked for (meson sets these): the source and
+ * build directories of an uninstalled build, the installed models
+ * directory, and that directory relative to the installed binary's. */
 #ifndef SB_SOURCE_ROOT
 #define SB_SOURCE_ROOT "."
+#endif
+#ifndef SB_BUILD_ROOT
+#define SB_BUILD_ROOT "build"
+#endif
+#ifndef SB_MODELS_DIR
+#define SB_MODELS_DIR "/usr/local/share/seqboat/models"
+#endif
+#ifndef SB_MODELS_DIR_FROM_BIN
+#define SB_MODELS_DIR_FROM_BIN "../share/seqboat/models"
 #endif
 #ifndef SB_BUNDLED_MODEL
 #define SB_BUNDLED_MODEL "sotu-small"
@@ -143,30 +155,58 @@ int cli_no_operands(const char *cmd, int argc, char **argv)
 	return 0;
 }
 
+/* Whether dir holds a model (its config.yaml is readable); if so, copies
+ * its canonical path into buf (size n). */
+static bool model_at(const char *dir, char *buf, size_t n)
+{
+	char probe[PATH_MAX + 96];
+	if (snprintf(probe, sizeof probe, "%s/config.yaml", dir) >= (int)sizeof probe ||
+	    access(probe, R_OK) != 0)
+		return false;
+	/* show /x/models/m, not /x/bin/../share/seqboat/models/m */
+	char *real = realpath(dir, NULL);
+	snprintf(buf, n, "%s", real && strlen(real) < n ? real : dir);
+	free(real);
+	return true;
+}
+
+/* Whether this process runs the binary the build directory made. */
+static bool running_uninstalled(void)
+{
+	char *build = realpath(SB_BUILD_ROOT, NULL);
+	bool same = build && exe_dir[0] && strcmp(build, exe_dir) == 0;
+	free(build);
+	return same;
+}
+
 const char *cli_default_model_dir(void)
 {
 	static char buf[PATH_MAX + 64];
 	const char *env = getenv("SEQBOAT_MODEL");
 	if (env && *env)
 		return env;
-	/* Installed layouts put models/ next to bin/; a build tree has the
-	 * binary one level below the source root. */
-	const char *cands[] = {"%s/../models/" SB_BUNDLED_MODEL,
-	                       "%s/../share/seqboat/models/" SB_BUNDLED_MODEL};
-	for (size_t i = 0; exe_dir[0] && i < sizeof cands / sizeof cands[0]; i++) {
-		snprintf(buf, sizeof buf, cands[i], exe_dir);
-		char probe[PATH_MAX + 80];
-		snprintf(probe, sizeof probe, "%s/config.yaml", buf);
-		if (access(probe, R_OK) == 0) {
-			/* show /x/models/m, not /x/build/../models/m */
-			char *real = realpath(buf, NULL);
-			if (real && strlen(real) < sizeof buf)
-				strcpy(buf, real);
-			free(real);
+	char cand[PATH_MAX + 64];
+	/* The binary in the build directory uses the source tree's model. */
+	bool uninstalled = running_uninstalled();
+	snprintf(cand, sizeof cand, "%s/models/" SB_BUNDLED_MODEL, SB_SOURCE_ROOT);
+	if (uninstalled && model_at(cand, buf, sizeof buf))
+		return buf;
+	/* An installed binary: the data directory relative to the binary
+	 * (an installation moved, or staged under DESTDIR), then the one it
+	 * was configured for. */
+	if (exe_dir[0] && SB_MODELS_DIR_FROM_BIN[0]) {
+		snprintf(cand, sizeof cand, "%s/%s/" SB_BUNDLED_MODEL, exe_dir, SB_MODELS_DIR_FROM_BIN);
+		if (model_at(cand, buf, sizeof buf))
 			return buf;
-		}
 	}
-	snprintf(buf, sizeof buf, "%s/models/%s", SB_SOURCE_ROOT, SB_BUNDLED_MODEL);
+	if (model_at(SB_MODELS_DIR "/" SB_BUNDLED_MODEL, buf, sizeof buf))
+		return buf;
+	/* Nothing found: name the path this binary was meant to use, so that
+	 * the load error says where the model was looked for. */
+	if (uninstalled)
+		snprintf(buf, sizeof buf, "%s/models/" SB_BUNDLED_MODEL, SB_SOURCE_ROOT);
+	else
+		snprintf(buf, sizeof buf, "%s", SB_MODELS_DIR "/" SB_BUNDLED_MODEL);
 	return buf;
 }
 

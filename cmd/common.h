@@ -45,8 +45,12 @@ bool cli_parse_act_bias(const char *s, float *out);   /* --act-bias: -1e4..1e4 *
  * line; returns 0 or the usage exit status. */
 int cli_no_operands(const char *cmd, int argc, char **argv);
 
-/* The directory used when -m is not given: $SEQBOAT_MODEL, else the
- * bundled model next to the binary's source tree. */
+/* The directory used when -m is not given: $SEQBOAT_MODEL; else, for the
+ * binary in its build directory, the source tree's models/; else the
+ * installed models directory (first relative to the binary, for a moved
+ * or DESTDIR-staged installation, then the configured <datadir>). Returns
+ * the first that holds a config.yaml, as a canonical path, or the path
+ * the binary was meant to use. */
 const char *cli_default_model_dir(void);
 
 /* Loads the model (dir or the default) and, if tok is not NULL, its
