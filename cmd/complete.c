@@ -25,6 +25,7 @@
 #include "commands.h"
 #include "gen.h"
 #include "lines.h"
+#include "scheduler.h"
 
 /* The one global the conventions allow: how many SIGINTs arrived. */
 static volatile sig_atomic_t interrupted;
@@ -112,6 +113,14 @@ typedef struct run {
 	size_t n_errors;
 	uint64_t gen_tokens;
 	double t_start;
+	bool echo;               /* --echo: text output shows the prompt first */
+	/* the generation: */
+	sb_sched *sched;
+	size_t nslots, live;     /* slots; items submitted and not yet done */
+	size_t next;             /* the next item to submit */
+	size_t next_write, written, total;
+	double last_progress;
+	int rc;                  /* a write failed: the exit status */
 } run;
 
 static void usage(FILE *f)
@@ -124,14 +133,18 @@ static void usage(FILE *f)
 	        "(also top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty,\n"
 	        "frequency_penalty). Blank lines are skipped; an item without an id is\n"
 	        "given its line number.\n\n"
-	        "Output: one prompt on a terminal is streamed as text; otherwise one JSON\n"
-	        "record per item, in input order: id, completion, finish_reason (stop,\n"
-	        "length, error), prompt_tokens, completion_tokens, seed, timings, error.\n\n"
+	        "Output: a single -p prompt streams its completion as text to standard\n"
+	        "output (a terminal, a pipe or a file alike), flushed per token and ended\n"
+	        "with a newline; the prompt is not repeated unless --echo is given.\n"
+	        "Several -p, a file of prompts, -o or --format jsonl give one JSON record\n"
+	        "per item, in input order: id, completion, finish_reason (stop, length,\n"
+	        "error), prompt_tokens, completion_tokens, seed, timings, error.\n\n"
 	        "options:\n"
 	        "  -p, --prompt TEXT        a prompt (repeatable)\n"
 	        "  -f, --file FILE          prompts from FILE ('-' for standard input)\n"
 	        "      --format-in F        auto (default), text or jsonl\n"
-	        "      --format F           auto (default), text or jsonl\n"
+	        "      --format F           auto (default: text for one -p, else jsonl), text or jsonl\n"
+	        "      --echo               text output: print the prompt before its completion\n"
 	        "  -o, --output FILE        append records to FILE, flushed as each finishes\n"
 	        "      --resume             skip the ids FILE (-o) already holds\n"
 	        "      --no-timings         leave timings out of the records\n"
@@ -561,200 +574,6 @@ static void error_record(run *r, item *it, const char *msg)
 	r->n_errors++;
 }
 
-/* One item being generated. */
-typedef struct slot {
-	item *it;
-	sb_state *st;
-	sb_sampler *smp;
-	sb_detok *dt;
-	sb_stop *stop;
-	float *logits;           /* (V) row owned by the run's slot buffer */
-	buf out;
-	int32_t token;           /* the token to read next */
-	size_t prompt_tokens;
-	size_t n_gen;
-	double t0, t_prompt;
-	bool active;
-	cli_escaper esc;
-} slot;
-
-static void slot_clear(slot *s)
-{
-	sb_sampler_free(s->smp);
-	sb_detok_free(s->dt);
-	sb_stop_free(s->stop);
-	s->smp = NULL;
-	s->dt = NULL;
-	s->stop = NULL;
-	s->out.len = 0;
-	s->active = false;
-	s->it = NULL;
-}
-
-
-/* Model text for the item: kept for its record, and streamed in text mode. */
-static int slot_out(run *r, slot *s, const char *o, size_t ol)
-{
-	if (!ol)
-		return 0;
-	if (buf_add(&s->out, o, ol) < 0)
-		return -1;
-	if (r->text) {
-		if (r->escape)
-			cli_write_escaped(r->out, &s->esc, o, ol);
-		else
-			fwrite(o, 1, ol, r->out);
-		fflush(r->out);
-	}
-	return 0;
-}
-
-/* Passes text through the stop matcher. Returns 1 if a stop string
- * completed, 0 if not, -1 when out of memory. */
-static int slot_emit(run *r, slot *s, const char *text, size_t n)
-{
-	const char *o;
-	size_t ol;
-	bool matched = false;
-	if (sb_stop_push(s->stop, text, n, &o, &ol, &matched) < 0 || slot_out(r, s, o, ol) < 0)
-		return -1;
-	return matched;
-}
-
-/* Ends the item. Unless a stop string ended it, the bytes the detokenizer
- * and the stop matcher still hold belong to the completion. */
-static void slot_finish(run *r, slot *s, const char *finish, bool stopped,
-                        const char *error)
-{
-	item *it = s->it;
-	if (!error && !stopped) {
-		const char *o;
-		size_t ol;
-		sb_detok_flush(s->dt, &o, &ol);
-		int m = slot_emit(r, s, o, ol);
-		if (m == 0) {
-			sb_stop_flush(s->stop, &o, &ol);
-			m = slot_out(r, s, o, ol);
-		} else if (m > 0) {
-			finish = "stop";
-		}
-		if (m < 0)
-			error = "out of memory";
-	}
-	double now = cli_now();
-	if (r->text) {
-		cli_escaper_finish(r->out, &s->esc);
-		fputc('\n', r->out);
-		fflush(r->out);
-	}
-	if (error) {
-		error_record(r, it, error);
-	} else {
-		result res = {
-			.finish = finish,
-			.text = s->out.p,
-			.text_len = s->out.len,
-			.prompt_tokens = s->prompt_tokens,
-			.completion_tokens = s->n_gen,
-			.prompt_s = s->t_prompt - s->t0,
-			.gen_s = now - s->t_prompt,
-		};
-		it->record = make_record(r, it, &res);
-		if (!it->record)
-			r->n_errors++;
-	}
-	slot_clear(s);
-}
-
-/* Prepares the slot for the item: sampler, matchers, the prompt read into
- * the state. Returns false (with the item's error record made) on failure. */
-static bool slot_start(run *r, slot *s, item *it)
-{
-	sb_error err = {0};
-	int32_t *ids = NULL;
-	size_t n = 0;
-	s->it = it;
-	s->t0 = cli_now();
-	s->n_gen = 0;
-	s->out.len = 0;
-	s->esc.pending_c2 = false;
-	if (!(s->smp = sb_sampler_new(&it->sp, r->V, &err)) ||
-	    !(s->dt = sb_detok_new(r->tok, &err)) ||
-	    !(s->stop = sb_stop_new(it->stops, it->n_stops, &err)))
-		goto fail;
-	/* A completion continues its prompt: keep its first space. */
-	sb_detok_reset(s->dt, false);
-	if (sb_tokenizer_encode(r->tok, it->prompt, strlen(it->prompt), r->base == NULL,
-	                        &ids, &n, &err) < 0)
-		goto fail;
-	for (size_t i = 0; i < r->n_prefix; i++)
-		sb_sampler_accept(s->smp, r->prefix_ids[i]);
-	for (size_t i = 0; i < n; i++)
-		sb_sampler_accept(s->smp, ids[i]);
-	s->prompt_tokens = n;
-	if (r->base)
-		sb_state_copy(s->st, r->base);
-	else
-		sb_state_reset(s->st);
-	if (n) {
-		sb_outputs o = {.last_logits = s->logits};
-		if (sb_prefill(r->ctx, s->st, ids, n, &o, &err) < 0)
-			goto fail;
-	} else if (r->base) {
-		memcpy(s->logits, r->base_logits, (size_t)r->V * sizeof *s->logits);
-	} else {
-		sb_error_set(&err, SB_ERR_ARG, "the prompt is empty and the model has no beginning-of-sequence token");
-		goto fail;
-	}
-	free(ids);
-	s->t_prompt = cli_now();
-	s->active = true;
-	return true;
-fail:
-	free(ids);
-	if (r->text)
-		cli_error("item %s: %s", it->key, err.msg);
-	error_record(r, it, err.msg);
-	slot_clear(s);
-	return false;
-}
-
-/* Samples the slot's next token and handles it. Returns true if the token
- * must be read into the state (the item goes on). */
-static bool slot_step(run *r, slot *s)
-{
-	if (s->it->max_tokens >= 0 && s->n_gen >= (size_t)s->it->max_tokens) {
-		slot_finish(r, s, "length", false, NULL);
-		return false;
-	}
-	if (r->text && interrupted) {
-		slot_finish(r, s, "length", false, NULL);
-		return false;
-	}
-	int32_t t = sb_sampler_sample(s->smp, s->logits);
-	if (t == r->eos) {
-		slot_finish(r, s, "stop", false, NULL);
-		return false;
-	}
-	sb_sampler_accept(s->smp, t);
-	s->n_gen++;
-	r->gen_tokens++;
-	const char *o;
-	size_t ol;
-	sb_error err = {0};
-	if (sb_detok_push(s->dt, t, &o, &ol, &err) < 0) {
-		slot_finish(r, s, "error", false, err.msg);
-		return false;
-	}
-	int m = slot_emit(r, s, o, ol);
-	if (m != 0) {
-		slot_finish(r, s, "stop", true, m < 0 ? "out of memory" : NULL);
-		return false;
-	}
-	s->token = t;
-	return true;
-}
-
 static void fmt_duration(char *b, size_t n, double s)
 {
 	if (s < 0 || s > 1e8)
@@ -850,9 +669,164 @@ done:
 	return rc;
 }
 
+/* One item on the scheduler: its text as it streams, for the record. */
+typedef struct job {
+	run *r;
+	item *it;
+	buf out;
+	cli_escaper esc;
+	bool oom;                /* the text did not fit in memory */
+} job;
+
+static int on_token(const sb_seq_token *t)
+{
+	job *j = t->user;
+	run *r = j->r;
+	if (t->token >= 0)
+		r->gen_tokens++;
+	if (t->text_len) {
+		if (buf_add(&j->out, t->text, t->text_len) < 0)
+			j->oom = true;
+		if (r->text) {
+			if (r->escape)
+				cli_write_escaped(r->out, &j->esc, t->text, t->text_len);
+			else
+				fwrite(t->text, 1, t->text_len, r->out);
+			fflush(r->out);
+		}
+	}
+	/* Ctrl-C ends a streamed text; a batch finishes what is under way. */
+	return r->text && interrupted;
+}
+
+static void submit_more(run *r);
+
+static void on_done(const sb_seq_result *res)
+{
+	job *j = res->user;
+	run *r = j->r;
+	item *it = j->it;
+	if (r->text) {
+		cli_escaper_finish(r->out, &j->esc);
+		fputc('\n', r->out);
+		fflush(r->out);
+	}
+	if (res->finish == SB_FINISH_ERROR || j->oom) {
+		const char *msg = j->oom ? "out of memory" : res->error->msg;
+		if (r->text)
+			cli_error("item %s: %s", it->key, msg);
+		error_record(r, it, msg);
+	} else {
+		result rr = {
+			/* A cancelled item is one a Ctrl-C cut short. */
+			.finish = res->finish == SB_FINISH_LENGTH || res->finish == SB_FINISH_CANCELLED
+			                  ? "length" : "stop",
+			.text = j->out.p,
+			.text_len = j->out.len,
+			.prompt_tokens = res->prompt_tokens,
+			.completion_tokens = res->completion_tokens,
+			.prompt_s = res->prompt_s,
+			.gen_s = res->gen_s,
+		};
+		it->record = make_record(r, it, &rr);
+		if (!it->record)
+			r->n_errors++;
+	}
+	r->live--;
+	free(j->out.p);
+	free(j);
+	submit_more(r);
+}
+
+/* Hands the next item to the scheduler. Returns false if it did not become
+ * a sequence (its error record is made). */
+static bool submit_item(run *r, item *it)
+{
+	sb_error err = {0};
+	int32_t *ids = NULL;
+	size_t n = 0;
+	job *j = NULL;
+	if (sb_tokenizer_encode(r->tok, it->prompt, strlen(it->prompt), r->base == NULL,
+	                        &ids, &n, &err) < 0)
+		goto fail;
+	if (!n && !r->base) {
+		sb_error_set(&err, SB_ERR_ARG, "the prompt is empty and the model has no beginning-of-sequence token");
+		goto fail;
+	}
+	if (!(j = calloc(1, sizeof *j))) {
+		sb_error_set(&err, SB_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	j->r = r;
+	j->it = it;
+	if (r->echo) {
+		if (r->escape)
+			cli_write_escaped(r->out, &j->esc, it->prompt, strlen(it->prompt));
+		else
+			fputs(it->prompt, r->out);
+		fflush(r->out);
+	}
+	sb_seq_params p = sb_seq_default_params();
+	p.tokens = ids;
+	p.n_tokens = n;
+	p.start = r->base;
+	p.start_logits = r->base_logits;
+	p.history = r->prefix_ids;
+	p.n_history = r->n_prefix;
+	p.sampler = it->sp;
+	p.max_tokens = it->max_tokens;
+	p.stops = it->stops;
+	p.n_stops = it->n_stops;
+	/* A completion continues its prompt: keep its first space. */
+	p.text_at_start = false;
+	p.on_token = on_token;
+	p.on_done = on_done;
+	p.user = j;
+	if (sb_sched_submit(r->sched, &p, NULL, &err) < 0)
+		goto fail;
+	free(ids);
+	r->live++;
+	return true;
+fail:
+	free(ids);
+	if (j) {
+		free(j->out.p);
+		free(j);
+	}
+	if (r->text)
+		cli_error("item %s: %s", it->key, err.msg);
+	error_record(r, it, err.msg);
+	return false;
+}
+
+/* Keeps every slot busy: as one item finishes the next one is submitted,
+ * so it takes the freed slot at the next step. Also writes the records
+ * that are ready and shows the progress. */
+static void submit_more(run *r)
+{
+	while (r->live < r->nslots && r->next < r->n_items && !interrupted && !r->rc) {
+		item *it = &r->items[r->next++];
+		if (it->done)
+			continue;
+		if (it->error) {
+			if (r->text)
+				cli_error("%s", it->error);
+			error_record(r, it, it->error);
+			continue;
+		}
+		submit_item(r, it);
+	}
+	if (!r->rc && (r->rc = write_ready(r, &r->next_write, r->next, &r->written)))
+		sb_sched_cancel_all(r->sched);
+	if (r->progress && cli_now() - r->last_progress > 0.25) {
+		r->last_progress = cli_now();
+		show_progress(r, r->written, r->total, false);
+	}
+}
+
 static int generate(run *r)
 {
-	int rc = 0;
+	sb_error err = {0};
 	size_t nslots = 1;
 	if (!r->text) {
 		size_t cap = sb_ctx_max_batch(r->ctx);
@@ -862,99 +836,27 @@ static int generate(run *r)
 	}
 	if (nslots > r->n_items && r->n_items)
 		nslots = r->n_items;
-	size_t V = (size_t)r->V, bytes;
-	slot *slots = calloc(nslots, sizeof *slots);
-	float *rows = NULL, *batch_logits = NULL;
-	sb_state **states = calloc(nslots, sizeof *states);
-	int32_t *tokens = calloc(nslots, sizeof *tokens);
-	slot **batch = calloc(nslots, sizeof *batch);
-	if (!slots || !states || !tokens || !batch || !sb_size_mul(V, nslots, &bytes) ||
-	    !sb_size_mul(bytes, sizeof(float), &bytes) || !(rows = malloc(bytes)) ||
-	    !(batch_logits = malloc(bytes))) {
-		cli_error("out of memory for %zu sequences", nslots);
-		rc = CLI_EXIT_SOFTWARE;
-		goto done;
-	}
-	for (size_t i = 0; i < nslots; i++) {
-		sb_error err = {0};
-		slots[i].logits = rows + i * V;
-		if (!(slots[i].st = sb_state_new(r->model, &err))) {
-			rc = cli_fail(&err);
-			goto done;
-		}
-	}
-
-	size_t total = 0, written = 0;
+	sb_sched_params sp = sb_sched_default_params();
+	sp.max_batch = nslots;
+	sp.eos_id = r->eos;
+	sp.text = sb_tokenizer_sched_text(r->tok);
+	if (!(r->sched = sb_sched_new(r->ctx, &sp, &err)))
+		return cli_fail(&err);
+	r->nslots = nslots;
 	for (size_t i = 0; i < r->n_items; i++)
-		total += !r->items[i].done;
-	size_t next = 0, next_write = 0;
-	double last_progress = 0;
+		r->total += !r->items[i].done;
 	r->t_start = cli_now();
-	for (;;) {
-		for (size_t k = 0; k < nslots; k++) {
-			while (!slots[k].active && next < r->n_items && !interrupted) {
-				item *it = &r->items[next++];
-				if (it->done)
-					continue;
-				if (it->error) {
-					if (r->text)
-						cli_error("%s", it->error);
-					error_record(r, it, it->error);
-					continue;
-				}
-				slot_start(r, &slots[k], it);
-			}
-		}
-		if ((rc = write_ready(r, &next_write, next, &written)))
-			goto done;
-		if (r->progress && cli_now() - last_progress > 0.25) {
-			last_progress = cli_now();
-			show_progress(r, written, total, false);
-		}
-		size_t B = 0, active = 0;
-		for (size_t k = 0; k < nslots; k++) {
-			if (!slots[k].active)
-				continue;
-			if (slot_step(r, &slots[k])) {
-				batch[B] = &slots[k];
-				states[B] = slots[k].st;
-				tokens[B] = slots[k].token;
-				B++;
-			}
-			active += slots[k].active;
-		}
-		if (!active && (next == r->n_items || interrupted))
-			break;
-		if (!B)
-			continue;
-		sb_error err = {0};
-		int drc;
-		if (B == 1) {
-			drc = sb_decode(r->ctx, states[0], tokens[0], batch[0]->logits, &err);
-		} else {
-			drc = sb_decode_batch(r->ctx, states, tokens, B, batch_logits, &err);
-			for (size_t b = 0; drc == 0 && b < B; b++)
-				memcpy(batch[b]->logits, batch_logits + b * V, V * sizeof(float));
-		}
-		if (drc < 0)
-			for (size_t b = 0; b < B; b++)
-				slot_finish(r, batch[b], "error", false, err.msg);
-	}
-	rc = write_ready(r, &next_write, next, &written);
+	submit_more(r);
+	int rc = sb_sched_run(r->sched, &err);
+	sb_sched_free(r->sched);
+	r->sched = NULL;
+	if (rc < 0)
+		return cli_fail(&err);
+	if (r->rc)
+		return r->rc;
+	rc = write_ready(r, &r->next_write, r->next, &r->written);
 	if (r->progress)
-		show_progress(r, written, total, true);
-done:
-	for (size_t i = 0; slots && i < nslots; i++) {
-		slot_clear(&slots[i]);
-		sb_state_free(slots[i].st);
-		free(slots[i].out.p);
-	}
-	free(slots);
-	free(rows);
-	free(batch_logits);
-	free(states);
-	free(tokens);
-	free(batch);
+		show_progress(r, r->written, r->total, true);
 	return rc;
 }
 
@@ -1055,6 +957,8 @@ static int parse_args(run *r, int argc, char **argv)
 				return st;
 		} else if (!strcmp(a, "--resume")) {
 			r->resume = true;
+		} else if (!strcmp(a, "--echo")) {
+			r->echo = true;
 		} else if (!strcmp(a, "--no-timings")) {
 			r->timings = false;
 		} else if (a[0] == '-' && a[1]) {
@@ -1150,12 +1054,19 @@ int cmd_complete(int argc, char **argv)
 		goto done;
 
 	bool to_tty = !r.out_path && cli_isatty(stdout);
+	/* One -p asks for its text, wherever stdout goes; several prompts, a
+	 * file of them or -o ask for records. */
 	if (r.out_fmt == FMT_AUTO)
-		r.text = r.n_items == 1 && to_tty;
+		r.text = r.n_prompts == 1 && !r.out_path;
 	else
 		r.text = r.out_fmt == FMT_TEXT;
 	if (r.text && r.resume) {
 		cli_error("complete: --resume works on JSONL records, not --format text");
+		rc = CLI_EXIT_USAGE;
+		goto done;
+	}
+	if (r.echo && !r.text) {
+		cli_error("complete: --echo applies to text output (one -p, or --format text)");
 		rc = CLI_EXIT_USAGE;
 		goto done;
 	}

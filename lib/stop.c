@@ -18,6 +18,7 @@ struct sb_stop {
 	size_t len, cap;
 	size_t emitted;       /* bytes of buf handed out by the last call */
 	bool matched;         /* a stop string completed: the rest is dropped */
+	int which;            /* the index of that stop string, or -1 */
 };
 
 sb_stop *sb_stop_new(const char *const *stops, size_t n, sb_error *err)
@@ -47,6 +48,7 @@ sb_stop *sb_stop_new(const char *const *stops, size_t n, sb_error *err)
 		if (s->lens[i] > s->max_len)
 			s->max_len = s->lens[i];
 	}
+	s->which = -1;
 	s->cap = s->max_len + 64;
 	if (!(s->buf = malloc(s->cap)))
 		goto nomem;
@@ -75,10 +77,17 @@ void sb_stop_reset(sb_stop *s)
 	s->len = 0;
 	s->emitted = 0;
 	s->matched = false;
+	s->which = -1;
 }
 
-/* Start of the earliest complete stop string in buf, or len if none. */
-static size_t find_stop(const sb_stop *s)
+int sb_stop_which(const sb_stop *s)
+{
+	return s->matched ? s->which : -1;
+}
+
+/* Start of the earliest complete stop string in buf, or len if none; *which:
+ * its index (the first listed among those starting there). */
+static size_t find_stop(const sb_stop *s, int *which)
 {
 	size_t best = s->len;
 	for (size_t i = 0; i < s->n; i++) {
@@ -87,6 +96,7 @@ static size_t find_stop(const sb_stop *s)
 		for (size_t at = 0; at + s->lens[i] <= s->len && at < best; at++) {
 			if (!memcmp(s->buf + at, s->stops[i], s->lens[i])) {
 				best = at;
+				*which = (int)i;
 				break;
 			}
 		}
@@ -141,9 +151,11 @@ int sb_stop_push(sb_stop *s, const char *text, size_t len, const char **out,
 	memcpy(s->buf + s->len, text, len);
 	s->len += len;
 
-	size_t at = find_stop(s);
+	int which = -1;
+	size_t at = find_stop(s, &which);
 	if (at < s->len) {
 		s->matched = true;
+		s->which = which;
 		*matched = true;
 		s->len = at;
 		s->emitted = at;

@@ -99,6 +99,30 @@ want=$($PY -c 'import json,sys; print(json.loads(sys.stdin.read())["completion"]
 	< <("$SEQBOAT" complete -m "$MODEL" -p "w4 w5" -n 6 --temp 0 --format jsonl))
 [ "$out" = "$want" ] || fail "text output '$out' differs from the record's completion '$want'"
 
+# One -p gives its text to a pipe too: exactly the record's completion and a
+# newline, the prompt not repeated; --echo puts the prompt first.
+"$SEQBOAT" complete -m "$MODEL" -p "w4 w5" -n 6 --temp 0 | cat > "$TMP/pipe.txt" || fail "complete -p | cat failed"
+"$SEQBOAT" complete -m "$MODEL" -p "w4 w5" -n 6 --temp 0 > "$TMP/file.txt" || fail "complete -p > file failed"
+"$SEQBOAT" complete -m "$MODEL" -p "w4 w5" -n 6 --temp 0 --echo | cat > "$TMP/echo.txt" || fail "complete --echo failed"
+"$SEQBOAT" complete -m "$MODEL" -p "w4 w5" -n 6 --temp 0 --format jsonl > "$TMP/rec.jsonl" || fail "--format jsonl failed"
+$PY - "$TMP/rec.jsonl" "$TMP/pipe.txt" "$TMP/file.txt" "$TMP/echo.txt" <<'EOF' || fail "plain text of one -p to a pipe or a file"
+import json, sys
+rec = json.loads(open(sys.argv[1], encoding="utf-8").read())
+want = rec["completion"] + "\n"
+assert rec["completion_tokens"] == 6 and rec["completion"].strip(), rec
+for path in sys.argv[2:4]:
+    got = open(path, encoding="utf-8").read()
+    assert got == want, (path, got, want)
+got = open(sys.argv[4], encoding="utf-8").read()
+assert got == "w4 w5" + want, (got, want)
+EOF
+"$SEQBOAT" complete -m "$MODEL" -p "w4 w5" -p "w6" -n 3 --temp 0 | $PY -c '
+import json, sys
+recs = [json.loads(l) for l in sys.stdin]
+assert [r["id"] for r in recs] == [1, 2], recs' || fail "several -p should give JSONL records"
+"$SEQBOAT" complete -m "$MODEL" -p "w4" -n 3 --echo --format jsonl > /dev/null 2>&1
+[ $? = 2 ] || fail "--echo with records should be a usage error"
+
 # The output file must not be the input file.
 cp "$TMP/plain.txt" "$TMP/same.txt"
 "$SEQBOAT" complete -m "$MODEL" -f "$TMP/same.txt" -o "$TMP/same.txt" -n 2 2> /dev/null

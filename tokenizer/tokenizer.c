@@ -379,3 +379,41 @@ int sb_tokenizer_decode(const sb_tokenizer *t, const int32_t *ids, size_t n,
 	*len = all.n;
 	return 0;
 }
+
+static void *text_open(void *user, sb_error *err)
+{
+	return sb_detok_new(user, err);
+}
+
+static void text_reset(void *dec, bool at_start)
+{
+	sb_detok_reset(dec, at_start);
+}
+
+static int text_push(void *dec, int32_t id, const char **out, size_t *out_len, sb_error *err)
+{
+	return sb_detok_push(dec, id, out, out_len, err);
+}
+
+static void text_flush(void *dec, const char **out, size_t *out_len)
+{
+	sb_detok_flush(dec, out, out_len);
+}
+
+static void text_close(void *dec)
+{
+	sb_detok_free(dec);
+}
+
+sb_sched_text sb_tokenizer_sched_text(const sb_tokenizer *t)
+{
+	sb_sched_text x = {
+		.open = text_open,
+		.reset = text_reset,
+		.push = text_push,
+		.flush = text_flush,
+		.close = text_close,
+		.user = (void *)t,
+	};
+	return x;
+}

@@ -11,6 +11,7 @@
 #ifndef SEQBOAT_TOKENIZER_H
 #define SEQBOAT_TOKENIZER_H
 
+#include "scheduler.h"
 #include "seqboat.h"
 
 #ifdef __cplusplus
@@ -97,6 +98,10 @@ int sb_detok_push(sb_detok *d, int32_t id, const char **out, size_t *out_len,
                   sb_error *err);
 /* The pending incomplete bytes at the end, as U+FFFD replacements. */
 void sb_detok_flush(sb_detok *d, const char **out, size_t *out_len);
+
+/* The streaming decoder above as the scheduler's detokenizer (scheduler.h):
+ * each slot gets its own sb_detok of t. t must outlive the scheduler. */
+sb_sched_text sb_tokenizer_sched_text(const sb_tokenizer *t);
 
 /* UTF-8 helpers shared by the CLI. sb_utf8_valid returns the offset of
  * the first invalid byte, or len if all are valid. */

@@ -351,6 +351,9 @@ int sb_stop_push(sb_stop *s, const char *text, size_t len, const char **out,
 /* At the end of generation: the held-back bytes that did not complete a
  * stop string. */
 void sb_stop_flush(sb_stop *s, const char **out, size_t *out_len);
+/* The index (into the list given to sb_stop_new) of the stop string that
+ * completed, or -1 if none has. */
+int sb_stop_which(const sb_stop *s);
 
 #ifdef __cplusplus
 }
