@@ -8,6 +8,7 @@ struct cli_lines {
 	FILE *f;
 	size_t at, end;          /* unread bytes of blk */
 	size_t lineno;
+	unsigned long long offset; /* bytes consumed, the last line's end included */
 	char *line;              /* (cap) the line being assembled */
 	size_t len, cap;
 	char blk[1 << 16];
@@ -72,6 +73,7 @@ int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long)
 		const char *nl = memchr(s, '\n', avail);
 		size_t n = nl ? (size_t)(nl - s) : avail;
 		r->at += n + (nl != NULL);
+		r->offset += n + (nl != NULL);
 		if (*too_long || n > CLI_LINE_MAX - r->len)
 			*too_long = true;
 		else if (append(r, s, n) < 0)
@@ -93,6 +95,11 @@ int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long)
 size_t cli_lines_number(const cli_lines *r)
 {
 	return r->lineno;
+}
+
+unsigned long long cli_lines_offset(const cli_lines *r)
+{
+	return r->offset;
 }
 
 bool cli_line_blank(const char *s, size_t n)

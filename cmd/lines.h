@@ -28,6 +28,9 @@ void cli_lines_free(cli_lines *r);
 int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long);
 /* The number of the line last returned (1-based). */
 size_t cli_lines_number(const cli_lines *r);
+/* Bytes consumed so far: the end of the last line returned, its '\n'
+ * included (a last line without one ends the input). */
+unsigned long long cli_lines_offset(const cli_lines *r);
 
 /* True if the line holds only spaces, tabs and carriage returns: such a
  * line is not an item. */

@@ -17,6 +17,7 @@ static const struct command {
 	{"quantize", cmd_quantize, "store a model's weights as q8, f16, bf16 or f32"},
 	{"logits", cmd_logits, "write logits and router decisions for token ids"},
 	{"complete", cmd_complete, "complete prompts from flags, a file or stdin (text or JSONL)"},
+	{"merge", cmd_merge, "join the outputs of complete --shard runs in input order"},
 	{"chat", cmd_chat, "talk with a model (line editing, /undo, /save, /load)"},
 	{"bench", cmd_bench, "measure prefill and generation speed and memory at any depth"},
 	{"perplexity", cmd_perplexity, "score a text: mean NLL, perplexity, bits per token and per byte"},
