@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "commands.h"
 #include "common.h"
@@ -372,11 +373,21 @@ static int parse_args(merge *m, int argc, char **argv)
 		cli_error("merge: -o: expected a file name, got an empty string");
 		return CLI_EXIT_USAGE;
 	}
-	for (size_t i = 0; m->out_path && i < m->n_shards; i++)
-		if (!strcmp(m->out_path, m->shards[i])) {
+	struct stat out, a, b;
+	bool have_out = m->out_path && stat(m->out_path, &out) == 0;
+	for (size_t i = 0; i < m->n_shards; i++) {
+		if (stat(m->shards[i], &a) != 0)
+			continue; /* read_shard says why */
+		if (have_out && a.st_dev == out.st_dev && a.st_ino == out.st_ino) {
 			cli_error("merge: -o %s is one of the shard files; choose another", m->out_path);
 			return CLI_EXIT_USAGE;
 		}
+		for (size_t j = 0; j < i; j++)
+			if (stat(m->shards[j], &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+				cli_error("merge: %s is given twice (as %s too)", m->shards[i], m->shards[j]);
+				return CLI_EXIT_USAGE;
+			}
+	}
 	return 0;
 }
 

@@ -197,6 +197,16 @@ rc=$?
 [ $rc -eq 65 ] || fail "merge of a file that is not records: exit $rc, expected 65"
 grep -q "bad.jsonl: line 1: expected a record" "$TMP/m.err" || fail "merge of a non-record file: $(cat "$TMP/m.err")"
 
+"$SEQBOAT" merge -f "$TMP/in.jsonl" "$OUT"/shard-*-of-4.jsonl "$OUT/shard-0-of-4.jsonl" >/dev/null 2>"$TMP/m.err"
+rc=$?
+[ $rc -eq 2 ] || fail "merge with a file given twice: exit $rc, expected 2"
+grep -q "given twice" "$TMP/m.err" || fail "merge with a file given twice: $(cat "$TMP/m.err")"
+"$SEQBOAT" merge -f "$TMP/in.jsonl" -o "$OUT/shard-1-of-4.jsonl" "$OUT"/shard-*-of-4.jsonl 2>"$TMP/m.err"
+rc=$?
+[ $rc -eq 2 ] || fail "merge -o over a shard: exit $rc, expected 2"
+cmp -s <(sed -n '2p' "$TMP/single.jsonl") <(sed -n '1p' "$OUT/shard-1-of-4.jsonl") ||
+	fail "merge -o over a shard changed the shard"
+
 # --- --shard's own checks ---
 for bad in 4/4 -1/4 1/0 1 x/2 "1/2/3"; do
 	"$SEQBOAT" complete -m "$BUNDLED" --shard "$bad" -p x >/dev/null 2>"$TMP/s.err"
