@@ -38,6 +38,7 @@
 
 #include "commands.h"
 #include "gen.h"
+#include "scheduler.h"
 #include "template.h"
 
 /* The one global the conventions allow: Ctrl-C was pressed. */
@@ -73,9 +74,9 @@ typedef struct chat {
 	sb_tokenizer *tok;
 	sb_ctx *ctx;
 	sb_state *st;
-	sb_sampler *smp;
-	sb_detok *dt;
-	sb_stop *stop;
+	sb_sched *sched;         /* one sequence at a time: the reply */
+	const char *stops[64];   /* --stop values and the template's stop */
+	size_t n_stops;
 	float *logits;           /* (V) prediction after the state's last token */
 	bool have_logits;
 	int V;
@@ -328,77 +329,101 @@ static void show(chat *c, reply *r, const char *s, size_t n)
 	(void)reply_add(r, s, n);
 }
 
-/* Generates the reply to the text already read; prints it as it comes. */
-static int generate(chat *c, reply *r, sb_error *err)
+/* One reply on the scheduler: what its callbacks fill in. */
+typedef struct turn_run {
+	chat *c;
+	reply *r;
+	sb_finish finish;
+	int stop_index;
+	size_t n;                /* tokens generated */
+	bool got_state;
+	sb_error err;
+} turn_run;
+
+static int on_token(const sb_seq_token *t)
 {
-	uint64_t seed;
+	turn_run *tr = t->user;
+	chat *c = tr->c;
+	raw_add(c, t->piece, t->piece_len);
+	show(c, tr->r, t->text, t->text_len);
+	if (t->token >= 0)
+		recent_push(c, &t->token, 1);
+	return interrupted;
+}
+
+static void on_done(const sb_seq_result *res)
+{
+	turn_run *tr = res->user;
+	tr->finish = res->finish;
+	tr->stop_index = res->stop_index;
+	tr->n = res->completion_tokens;
+	tr->got_state = res->state != NULL;
+	if (res->error)
+		tr->err = *res->error;
+}
+
+/* Reads the user piece `text` and generates the reply to it, printing it
+ * as it comes. The reply's tokens are read into the state too (the one
+ * that completed a stop string included: the state holds everything the
+ * model wrote). */
+static int generate(chat *c, const char *text, reply *r, sb_error *err)
+{
+	int32_t *ids = NULL;
+	size_t n_ids = 0;
+	int rc = sb_tokenizer_encode(c->tok, text, strlen(text), false, &ids, &n_ids, err);
+	if (rc < 0)
+		return rc;
+	if (!n_ids && !c->have_logits) {
+		free(ids);
+		return sb_error_set(err, SB_ERR_ARG, "nothing to reply to");
+	}
 	char key[64];
 	int kn = snprintf(key, sizeof key, "turn %zu regen %llu", c->n_turns,
 	                  (unsigned long long)c->regen);
-	seed = cli_seed_derive(c->g.sp.seed, key, (size_t)kn);
-	sb_sampler_reset(c->smp, seed);
-	for (size_t i = 0; i < c->n_recent; i++)
-		sb_sampler_accept(c->smp, c->recent[i]);
-	sb_detok_reset(c->dt, true);
-	sb_stop_reset(c->stop);
+	turn_run tr = {.c = c, .r = r, .stop_index = -1};
+	sb_seq_params p = sb_seq_default_params();
+	p.tokens = ids;
+	p.n_tokens = n_ids;
+	p.start = c->st;
+	p.start_logits = c->logits;
+	p.history = c->recent;
+	p.n_history = c->n_recent;
+	p.sampler = c->g.sp;
+	p.sampler.seed = cli_seed_derive(c->g.sp.seed, key, (size_t)kn);
+	p.max_tokens = c->g.max_tokens;
+	p.stops = c->stops;
+	p.n_stops = c->n_stops;
+	p.text_at_start = true;
+	p.final_state = c->st;
+	p.final_logits = c->logits;
+	p.on_token = on_token;
+	p.on_done = on_done;
+	p.user = &tr;
 	c->raw_len = 0;
 	c->esc.pending_c2 = false;
-
 	double t0 = cli_now();
-	size_t n = 0;
-	bool stopped = false;
-	int rc = 0;
-	const char *o;
-	size_t ol;
-	while (!interrupted && (c->g.max_tokens < 0 || n < (size_t)c->g.max_tokens)) {
-		if (!c->have_logits) {
-			rc = sb_error_set(err, SB_ERR_ARG, "nothing to reply to");
-			break;
-		}
-		int32_t t = sb_sampler_sample(c->smp, c->logits);
-		if (t == c->eos)
-			break;
-		sb_sampler_accept(c->smp, t);
-		recent_push(c, &t, 1);
-		n++;
-		if ((rc = sb_detok_push(c->dt, t, &o, &ol, err)) < 0)
-			break;
-		raw_add(c, o, ol);
-		bool m = false;
-		if ((rc = sb_stop_push(c->stop, o, ol, &o, &ol, &m)) < 0)
-			break;
-		show(c, r, o, ol);
-		/* The token is read even when it completed a stop string: the
-		 * state holds everything the model wrote. */
-		if ((rc = sb_decode(c->ctx, c->st, t, c->logits, err)) < 0)
-			break;
-		if (m) {
-			stopped = true;
-			break;
-		}
+	rc = sb_sched_submit(c->sched, &p, NULL, err);
+	if (rc == 0) {
+		recent_push(c, ids, n_ids);
+		rc = sb_sched_run(c->sched, err);
 	}
-	if (!stopped) {
-		sb_detok_flush(c->dt, &o, &ol);
-		raw_add(c, o, ol);
-		bool m = false;
-		sb_stop_push(c->stop, o, ol, &o, &ol, &m);
-		show(c, r, o, ol);
-		if (!m) {
-			sb_stop_flush(c->stop, &o, &ol);
-			show(c, r, o, ol);
-		} else {
-			stopped = true;
-		}
-	}
-	cli_escaper_finish(stdout, &c->esc);
-	double dt = cli_now() - t0;
-	c->last_tokens = n;
-	c->last_seconds = dt;
-	c->gen_tokens += n;
-	c->gen_seconds += dt;
+	free(ids);
 	if (rc < 0)
 		return rc;
+	cli_escaper_finish(stdout, &c->esc);
+	double dt = cli_now() - t0;
+	c->last_tokens = tr.n;
+	c->last_seconds = dt;
+	c->gen_tokens += tr.n;
+	c->gen_seconds += dt;
+	c->have_logits = tr.got_state;
+	if (tr.finish == SB_FINISH_ERROR) {
+		if (err)
+			*err = tr.err;
+		return tr.err.code ? tr.err.code : SB_ERR_ARG;
+	}
 	/* Stopped at the template's own stop: the next user turn is begun. */
+	bool stopped = tr.finish == SB_FINISH_STOP;
 	c->open_user = stopped && c->tpl.stop[0] && r->len < c->raw_len &&
 	               !strncmp(c->raw + r->len, c->tpl.stop, strlen(c->tpl.stop));
 	if (!c->open_user && c->tpl.asst_suffix[0])
@@ -436,12 +461,9 @@ static int user_turn(chat *c, const char *text, sb_error *err)
 	char *t = cli_template_user(&c->tpl, text, c->open_user);
 	if (!t)
 		return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
-	rc = feed(c, t, false, err);
-	free(t);
-	if (rc < 0)
-		return rc;
 	reply r = {0};
-	rc = generate(c, &r, err);
+	rc = generate(c, t, &r, err);
+	free(t);
 	fputc('\n', stdout);
 	fflush(stdout);
 	if (rc == 0 && add_turn(c, text, r.text ? r.text : dupn("", 0)) < 0)
@@ -838,15 +860,16 @@ int cmd_chat(int argc, char **argv)
 	c.eos = cli_gen_eos(c.m, c.tok);
 	c.tty = cli_isatty(stdin);
 	cli_template_init(&c.tpl, sb_model_config(c.m));
-	const char *stops[64];
-	size_t ns = 0;
-	for (size_t i = 0; i < c.g.n_stops && ns < 63; i++)
-		stops[ns++] = c.g.stops[i];
+	for (size_t i = 0; i < c.g.n_stops && c.n_stops < 63; i++)
+		c.stops[c.n_stops++] = c.g.stops[i];
 	if (c.tpl.stop[0])
-		stops[ns++] = c.tpl.stop;
+		c.stops[c.n_stops++] = c.tpl.stop;
 	c.cap_recent = (size_t)c.g.sp.repeat_last_n;
-	if (!(c.st = sb_state_new(c.m, &err)) || !(c.smp = sb_sampler_new(&c.g.sp, c.V, &err)) ||
-	    !(c.dt = sb_detok_new(c.tok, &err)) || !(c.stop = sb_stop_new(stops, ns, &err))) {
+	sb_sched_params sp = sb_sched_default_params();
+	sp.max_batch = 1;
+	sp.eos_id = c.eos;
+	sp.text = sb_tokenizer_sched_text(c.tok);
+	if (!(c.st = sb_state_new(c.m, &err)) || !(c.sched = sb_sched_new(c.ctx, &sp, &err))) {
 		rc = cli_fail(&err);
 		goto done;
 	}
@@ -933,9 +956,7 @@ done:
 	free(c.recent);
 	free(c.logits);
 	free(loaded_system);
-	sb_stop_free(c.stop);
-	sb_detok_free(c.dt);
-	sb_sampler_free(c.smp);
+	sb_sched_free(c.sched);
 	sb_state_free(c.st);
 	sb_ctx_free(c.ctx);
 	sb_tokenizer_free(c.tok);

@@ -43,6 +43,7 @@ typedef struct seq {
 	bool ignore_eos, text_at_start, logprobs;
 	int top_logprobs;
 	sb_state *final_state;
+	float *final_logits;
 	sb_seq_token_fn on_token;
 	sb_seq_done_fn on_done;
 	void *user;
@@ -75,7 +76,7 @@ struct sb_sched {
 	int32_t *b_tokens;       /* (nslots) */
 	slot **b_slots;          /* (nslots) */
 	float *b_logits;         /* (nslots, V) */
-	float *lp_logits;        /* (V) copy of the logits for log probabilities */
+	float *work;             /* (V) the logits the sampler transforms */
 	sb_logprob top[SB_SCHED_MAX_TOP_LOGPROBS];
 	char *tail;              /* the bytes of a sequence's last call */
 	size_t tail_cap;
@@ -174,7 +175,7 @@ sb_sched *sb_sched_new(sb_ctx *ctx, const sb_sched_params *p, sb_error *err)
 	    !(s->b_tokens = calloc(n, sizeof *s->b_tokens)) ||
 	    !(s->b_slots = calloc(n, sizeof *s->b_slots)) ||
 	    !sb_size_mul(n, V, &rows) || !sb_size_mul(rows, sizeof(float), &rows) ||
-	    !(s->b_logits = malloc(rows)) || !(s->lp_logits = malloc(V * sizeof(float))))
+	    !(s->b_logits = malloc(rows)) || !(s->work = malloc(V * sizeof(float))))
 		goto nomem;
 	for (size_t i = 0; i < n; i++) {
 		slot *sl = &s->slots[i];
@@ -298,6 +299,7 @@ int sb_sched_submit(sb_sched *s, const sb_seq_params *p, uint64_t *id, sb_error 
 	q->logprobs = p->logprobs;
 	q->top_logprobs = p->logprobs ? p->top_logprobs : 0;
 	q->final_state = p->final_state;
+	q->final_logits = p->final_logits;
 	q->on_token = p->on_token;
 	q->on_done = p->on_done;
 	q->user = p->user;
@@ -449,6 +451,8 @@ static void finish(sb_sched *s, slot *sl, seq *q, sb_finish why, const sb_error 
 	if (sl && q->final_state && q->stage == STAGE_GEN && why != SB_FINISH_ERROR) {
 		sb_state_copy(q->final_state, sl->st);
 		r.state = q->final_state;
+		if (q->final_logits)
+			memcpy(q->final_logits, sl->logits, (size_t)s->V * sizeof(float));
 	}
 	pthread_mutex_lock(&s->mu);
 	if (sl) {
@@ -577,9 +581,10 @@ static bool sample(sb_sched *s, slot *sl)
 		finish(s, sl, q, SB_FINISH_LENGTH, NULL);
 		return false;
 	}
-	if (q->logprobs)
-		memcpy(s->lp_logits, sl->logits, (size_t)s->V * sizeof(float));
-	int32_t t = sb_sampler_sample(q->smp, sl->logits);
+	/* The sampler works on a copy: the slot's logits stay the prediction
+	 * after the state's last token (for final_logits and log probabilities). */
+	memcpy(s->work, sl->logits, (size_t)s->V * sizeof(float));
+	int32_t t = sb_sampler_sample(q->smp, s->work);
 	if (t == s->p.eos_id && !q->ignore_eos) {
 		finish(s, sl, q, SB_FINISH_EOS, NULL);
 		return false;
@@ -609,7 +614,7 @@ static bool sample(sb_sched *s, slot *sl)
 			.logprob = NAN,
 		};
 		if (q->logprobs) {
-			info.logprob = logprobs(s, s->lp_logits, t, q->top_logprobs);
+			info.logprob = logprobs(s, sl->logits, t, q->top_logprobs);
 			info.top = s->top;
 			info.n_top = (size_t)q->top_logprobs;
 			if (info.n_top > (size_t)s->V)
@@ -750,7 +755,7 @@ void sb_sched_free(sb_sched *s)
 	free(s->b_tokens);
 	free(s->b_slots);
 	free(s->b_logits);
-	free(s->lp_logits);
+	free(s->work);
 	free(s->tail);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);

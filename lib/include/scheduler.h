@@ -216,6 +216,10 @@ typedef struct sb_seq_params {
 	 * before on_done (see sb_seq_result.state). The caller must not touch
 	 * it between submit and on_done. */
 	sb_state *final_state;
+	/* NULL, or (V) floats that receive the prediction after final_state's
+	 * last token (the logits to continue from), when final_state is
+	 * filled. The same rule as final_state. */
+	float *final_logits;
 	/* Callbacks (either may be NULL), called on the running thread. */
 	sb_seq_token_fn on_token;
 	sb_seq_done_fn on_done;
