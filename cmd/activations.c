@@ -26,8 +26,9 @@ static const char usage_text[] =
 	"  -o, --output FILE   write the page to FILE, atomically (default: stdout)\n"
 	"      --format F      html or svg (default: svg if FILE ends in .svg, else html)\n"
 	"      --no-bos        do not start the text with the beginning-of-sequence id\n"
-	"      --act-bias X    shift the routers: positive = fewer activations\n"
-	"  -t, --threads N     threads (default: all cores)\n"
+	"      --act-bias X    shift the routers: positive = fewer activations (default 0)\n"
+	"  -t, --threads N     threads (default and 0: all cores; more than the cores\n"
+	"                      are lowered to their number, with a warning)\n"
 	"  -h, --help          show this help\n";
 
 enum { OPT_IDS = 256, OPT_FORMAT, OPT_NO_BOS, OPT_ACT_BIAS };

@@ -19,37 +19,50 @@
 #include "report.h"
 
 static const char usage_text[] =
-	"usage: seqboat bench [-m DIR] [-p N,...] [-n N,...] [-d N,...] [-t N,...]\n"
-	"                     [-r N] [-o md|csv|json|jsonl] [--plot FILE.svg]\n"
-	"                     [--act-bias X] [--seed N] [--no-warmup]\n\n"
+	"usage: seqboat bench [-m DIR] [-p N,...] [-n N,...] [-pg PP,TG] [-d N,...]\n"
+	"                     [-t N,...] [-r N] [-o md|csv|json|jsonl|sql] [--plot FILE.svg]\n"
+	"                     [--act-bias X] [--seed N] [--no-warmup] [--progress]\n\n"
 	"Measures tokens per second as llama-bench does: test ppN prefills N random\n"
-	"tokens in one call, tgN decodes N tokens one at a time (with their logits);\n"
-	"with a depth D the state first reads D random tokens (untimed, by real\n"
-	"prefill), written \"tgN @ dD\". Each test runs once to warm up, then -r\n"
-	"times from the same starting state; results are the mean and standard\n"
-	"deviation. Every row also reports the state's bytes, the resident memory\n"
-	"after the test and the process's peak, which stay flat as the depth grows.\n\n"
+	"tokens in one call, tgN decodes N tokens one at a time (with their logits),\n"
+	"ppP+tgG (-pg P,G) prefills P tokens and then decodes G, timed together\n"
+	"(t/s counts P + G tokens); with a depth D the state first reads D random\n"
+	"tokens (untimed, by real prefill), written \"tgN @ dD\". Each test runs once\n"
+	"to warm up, then -r times from the same starting state; results are the\n"
+	"mean and standard deviation. Every row also reports the state's bytes, the\n"
+	"resident memory after the test and the process's peak, which stay flat as\n"
+	"the depth grows. The md table ends with the build's commit and version.\n\n"
+	"A list is values and ranges separated by commas, as llama-bench takes them:\n"
+	"FIRST-LAST (step 1), FIRST-LAST+STEP or FIRST-LAST*FACTOR, so\n"
+	"-p 128-512+128 is 128,256,384,512 and -d 0,1000-100000*10 is 0,1000,10000,100000.\n\n"
 	"  -m, --model DIR         model directory (default: the bundled model)\n"
 	"  -p, --n-prompt N,...    prefill sizes (default 512; 0 skips)\n"
 	"  -n, --n-gen N,...       generation lengths (default 128; 0 skips)\n"
+	"  -pg, --pg PP,TG         a prefill-then-generate test (repeatable; default none)\n"
 	"  -d, --n-depth N,...     depths (default 0)\n"
-	"  -t, --threads N,...     thread counts (default: all cores)\n"
+	"  -t, --threads N,...     thread counts (default and 0: all cores; a count above\n"
+	"                          the cores is measured as asked, with a warning)\n"
 	"  -r, --repetitions N     timed runs per test (default 5)\n"
-	"  -o, --output FORMAT     md (default), csv, json or jsonl, on standard output\n"
-	"      --plot FILE.svg     draw tokens/s and memory against depth (log scale)\n"
-	"      --act-bias X        shift the routers: positive = fewer activations\n"
+	"  -o, --output FORMAT     md (default), csv, json, jsonl or sql, on standard output\n"
+	"      --plot FILE.svg     draw tokens/s and memory against depth (log scale); with\n"
+	"                          one depth, a bar per test\n"
+	"      --act-bias X        shift the routers: positive = fewer activations (default 0)\n"
 	"      --seed N            seed of the random tokens (default 1)\n"
 	"      --no-warmup         skip the warm-up run\n"
+	"      --progress          print a line on standard error as each test and run\n"
+	"                          starts (a terminal shows a progress line without it)\n"
 	"  -h, --help              show this help\n\n"
-	"Fields of csv/json/jsonl: llama-bench's (model_filename, model_type,\n"
-	"model_size, model_n_params, n_threads, n_prompt, n_gen, n_depth, test_time,\n"
-	"avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts, ...) and\n"
-	"state_bytes, window, act_bias, act_rate (per layer: the fraction of the\n"
+	"Fields of csv/json/jsonl/sql: llama-bench's (build_commit, model_filename,\n"
+	"model_type, model_size, model_n_params, n_threads, n_prompt, n_gen, n_depth,\n"
+	"test_time, avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts, ...)\n"
+	"and state_bytes, window, act_bias, act_rate (per layer: the fraction of the\n"
 	"timed tokens each router sent to attention), rss_bytes (after the test)\n"
-	"and peak_rss_bytes (the process's highest resident memory so far).\n";
+	"and peak_rss_bytes (the process's highest resident memory so far). sql is\n"
+	"a CREATE TABLE IF NOT EXISTS test (...) and one INSERT per test, for sqlite3.\n"
+	"The md table fits 120 columns: the model column holds the parameter count\n"
+	"and weight type, and is shortened when the test names are long.\n";
 
-enum { OPT_PLOT = 256, OPT_ACT_BIAS, OPT_SEED, OPT_NO_WARMUP };
-enum bench_format { FMT_MD, FMT_CSV, FMT_JSON, FMT_JSONL };
+enum { OPT_PLOT = 256, OPT_ACT_BIAS, OPT_SEED, OPT_NO_WARMUP, OPT_PG, OPT_PROGRESS };
+enum bench_format { FMT_MD, FMT_CSV, FMT_JSON, FMT_JSONL, FMT_SQL };
 
 /* Depth is read in pieces of this many tokens, so that the token buffer
  * does not grow with the depth. */
@@ -62,6 +75,7 @@ typedef struct bench_list {
 
 typedef struct bench_result {
 	bool is_tg;
+	bool is_pg;              /* prefill n_prompt, then decode n_gen */
 	long n_prompt, n_gen, n_depth;
 	int threads;
 	char test_time[32];      /* ISO 8601, UTC */
@@ -91,37 +105,104 @@ typedef struct bench {
 	size_t n_res, cap_res;
 	size_t n_printed;
 	cli_progress prog;
+	bool progress;           /* --progress: a line per test and run */
+	size_t n_tests, test_no; /* planned tests, the current one (1-based) */
+	int model_w, test_w;     /* md column widths */
 } bench;
+
+/* Appends v to l (growing it). */
+static bool list_push(bench_list *l, size_t *cap, long v)
+{
+	if (l->n == *cap) {
+		size_t nc = *cap ? 2 * *cap : 8;
+		long *p = realloc(l->v, nc * sizeof *p);
+		if (!p)
+			return false;
+		l->v = p;
+		*cap = nc;
+	}
+	l->v[l->n++] = v;
+	return true;
+}
+
+/* One element of a list: N, FIRST-LAST, FIRST-LAST+STEP or
+ * FIRST-LAST*FACTOR (llama-bench's syntax). */
+static int parse_element(const char *flag, const char *e, long min, long max, bench_list *l,
+                         size_t *cap)
+{
+	char first[64], last[64], step[64];
+	const char *dash = strchr(e + (*e == '-'), '-');
+	if (!dash) {
+		long v;
+		if (!cli_parse_long(flag, e, min, max, &v))
+			return CLI_EXIT_USAGE;
+		return list_push(l, cap, v) ? 0 : CLI_EXIT_SOFTWARE;
+	}
+	const char *op = strpbrk(dash + 1, "+*");
+	size_t n1 = (size_t)(dash - e), n2 = op ? (size_t)(op - dash - 1) : strlen(dash + 1);
+	if (n1 >= sizeof first || n2 >= sizeof last || (op && strlen(op + 1) >= sizeof step)) {
+		cli_error("%s: '%.20s...' is not a number or a range", flag, e);
+		return CLI_EXIT_USAGE;
+	}
+	memcpy(first, e, n1);
+	first[n1] = 0;
+	memcpy(last, dash + 1, n2);
+	last[n2] = 0;
+	snprintf(step, sizeof step, "%s", op ? op + 1 : "1");
+	long a, b, k;
+	if (!cli_parse_long(flag, first, min, max, &a) || !cli_parse_long(flag, last, min, max, &b) ||
+	    !cli_parse_long(flag, step, 1, max > 1 ? max : 1, &k))
+		return CLI_EXIT_USAGE;
+	if (b < a) {
+		cli_error("%s: range '%s': %ld is below %ld (expected FIRST-LAST with FIRST <= LAST)",
+		          flag, e, b, a);
+		return CLI_EXIT_USAGE;
+	}
+	bool mul = op && *op == '*';
+	if (mul && (k < 2 || a < 1)) {
+		cli_error("%s: range '%s': a factor needs FIRST >= 1 and FACTOR >= 2", flag, e);
+		return CLI_EXIT_USAGE;
+	}
+	for (long v = a; v <= b;) {
+		if (l->n >= 4096) {
+			cli_error("%s: range '%s' has more than 4096 values", flag, e);
+			return CLI_EXIT_USAGE;
+		}
+		if (!list_push(l, cap, v))
+			return CLI_EXIT_SOFTWARE;
+		if (mul ? v > b / k : v > b - k)
+			break;
+		v = mul ? v * k : v + k;
+	}
+	return 0;
+}
 
 static int parse_list(const char *flag, const char *s, long min, long max, bench_list *out)
 {
 	bench_list l = {0};
-	size_t cap = 1;
-	for (const char *p = s; *p; p++)
-		cap += *p == ',';
-	if (!(l.v = malloc(cap * sizeof *l.v))) {
-		cli_error("out of memory");
-		return CLI_EXIT_SOFTWARE;
-	}
-	char buf[64];
-	for (const char *p = s;;) {
+	size_t cap = 0;
+	char buf[200];
+	int rc = 0;
+	for (const char *p = s; !rc;) {
 		const char *e = strchr(p, ',');
 		size_t len = e ? (size_t)(e - p) : strlen(p);
 		if (len >= sizeof buf) {
 			cli_error("%s: '%.20s...' is not a number", flag, p);
-			free(l.v);
-			return CLI_EXIT_USAGE;
+			rc = CLI_EXIT_USAGE;
+			break;
 		}
 		memcpy(buf, p, len);
 		buf[len] = 0;
-		if (!cli_parse_long(flag, buf, min, max, &l.v[l.n])) {
-			free(l.v);
-			return CLI_EXIT_USAGE;
-		}
-		l.n++;
+		rc = parse_element(flag, buf, min, max, &l, &cap);
 		if (!e)
 			break;
 		p = e + 1;
+	}
+	if (rc == CLI_EXIT_SOFTWARE)
+		cli_error("out of memory");
+	if (rc) {
+		free(l.v);
+		return rc;
 	}
 	free(out->v);
 	*out = l;
@@ -198,7 +279,9 @@ static void fmt_bytes(char *out, size_t cap, double v)
 
 static void test_name(const bench_result *r, char *out, size_t cap)
 {
-	int n = snprintf(out, cap, "%s%ld", r->is_tg ? "tg" : "pp", r->is_tg ? r->n_gen : r->n_prompt);
+	int n = r->is_pg ? snprintf(out, cap, "pp%ld+tg%ld", r->n_prompt, r->n_gen)
+	                 : snprintf(out, cap, "%s%ld", r->is_tg ? "tg" : "pp",
+	                            r->is_tg ? r->n_gen : r->n_prompt);
 	if (r->n_depth > 0 && n > 0 && (size_t)n < cap)
 		snprintf(out + n, cap - (size_t)n, " @ d%ld", r->n_depth);
 }
@@ -226,7 +309,7 @@ static json_t *result_json(const bench *b, const bench_result *r)
 		json_decref(act);
 		return NULL;
 	}
-	const double n = (double)(r->is_tg ? r->n_gen : r->n_prompt);
+	const double n = (double)(r->n_gen + r->n_prompt);
 	for (int i = 0; i < b->reps; i++) {
 		json_array_append_new(sns, json_integer((json_int_t)r->samples_ns[i]));
 		json_array_append_new(sts, json_real(n * 1e9 / (double)r->samples_ns[i]));
@@ -242,7 +325,7 @@ static json_t *result_json(const bench *b, const bench_result *r)
 	json_object_set_new(o, "model_type", json_string(b->model_type));
 	json_object_set_new(o, "model_size", json_integer((json_int_t)sb_model_file_bytes(b->m)));
 	json_object_set_new(o, "model_n_params", json_integer((json_int_t)sb_model_n_params(b->m)));
-	json_object_set_new(o, "type_weights", json_string(sb_dtype_name(sb_model_weight_dtype(b->m))));
+	json_object_set_new(o, "type_weights", json_string(cli_weights_name(b->m)));
 	json_object_set_new(o, "n_threads", json_integer(r->threads));
 	json_object_set_new(o, "use_mmap", json_true());
 	json_object_set_new(o, "n_prompt", json_integer(r->n_prompt));
@@ -304,16 +387,88 @@ static void csv_value(FILE *f, const json_t *v)
 	fputc('"', f);
 }
 
-static void print_header(const bench *b)
+/* sqlite3 column types of csv_fields, in order: Text, Integer or Real
+ * (arrays are text, as llama-bench's samples are). */
+static const char csv_types[] = "TTTTTTTIITIIIIITIIRRTTIIRTII";
+_Static_assert(sizeof csv_types - 1 == N_CSV_FIELDS, "a type per field");
+
+/* A JSON value as one SQL literal. */
+static void sql_value(FILE *f, const json_t *v)
+{
+	if (json_is_integer(v)) {
+		fprintf(f, "%lld", (long long)json_integer_value(v));
+	} else if (json_is_real(v)) {
+		fprintf(f, "%.17g", json_real_value(v));
+	} else if (json_is_boolean(v)) {
+		fputs(json_is_true(v) ? "1" : "0", f);
+	} else if (json_is_string(v)) {
+		fputc('\'', f);
+		for (const char *s = json_string_value(v); *s; s++) {
+			if (*s == '\'')
+				fputc('\'', f);
+			fputc(*s, f);
+		}
+		fputc('\'', f);
+	} else if (json_is_array(v)) {
+		fputc('\'', f);
+		for (size_t i = 0; i < json_array_size(v); i++) {
+			const json_t *x = json_array_get(v, i);
+			if (i)
+				fputc(' ', f);
+			if (json_is_integer(x))
+				fprintf(f, "%lld", (long long)json_integer_value(x));
+			else
+				fprintf(f, "%.6g", json_real_value(x));
+		}
+		fputc('\'', f);
+	} else {
+		fputs("NULL", f);
+	}
+}
+
+/* md columns after model and test: fixed widths that, with the model and
+ * test columns, keep a row within 120 columns. */
+#define MD_SIZE_W 10
+#define MD_THREADS_W 7
+#define MD_TS_W 17
+#define MD_STATE_W 9
+#define MD_PEAK_W 10
+#define MD_ACT_W 6
+#define MD_MAX_COLS 120
+#define MD_MIN_MODEL_W 12
+
+static void md_rule(int w, bool right)
+{
+	printf(" ");
+	for (int i = 0; i < w - (right ? 1 : 0); i++)
+		putchar('-');
+	printf("%s |", right ? ":" : "");
+}
+
+static void print_header(bench *b)
 {
 	switch (b->fmt) {
-	case FMT_MD:
-		printf("| %-30s | %10s | %10s | %7s | %16s | %20s | %10s | %10s | %6s |\n",
-		       "model", "size", "params", "threads", "test", "t/s", "state", "peak RSS",
-		       "act");
-		printf("| ------------------------------ | ---------: | ---------: | ------: |"
-		       " ---------------: | -------------------: | ---------: | ---------: | -----: |\n");
+	case FMT_MD: {
+		/* 8 columns: "| " before each, " |" after the last, " | " between */
+		int fixed = MD_SIZE_W + MD_THREADS_W + MD_TS_W + MD_STATE_W + MD_PEAK_W + MD_ACT_W + 8 * 3 + 1;
+		b->test_w = b->test_w < 16 ? 16 : b->test_w;
+		b->model_w = MD_MAX_COLS - fixed - b->test_w;
+		b->model_w = b->model_w < MD_MIN_MODEL_W ? MD_MIN_MODEL_W : b->model_w;
+		printf("| %-*s | %*s | %*s | %*s | %*s | %*s | %*s | %*s |\n", b->model_w, "model",
+		       MD_SIZE_W, "size", MD_THREADS_W, "threads", b->test_w, "test", MD_TS_W, "t/s",
+		       MD_STATE_W, "state", MD_PEAK_W, "peak RSS", MD_ACT_W, "act");
+		printf("|");
+		md_rule(b->model_w, false);
+		md_rule(MD_SIZE_W, true);
+		md_rule(MD_THREADS_W, true);
+		md_rule(b->test_w, true);
+		md_rule(MD_TS_W, true);
+		md_rule(MD_STATE_W, true);
+		md_rule(MD_PEAK_W, true);
+		md_rule(MD_ACT_W, true);
+		putchar('\n');
 		break;
+	}
 	case FMT_CSV:
 		for (size_t i = 0; i < N_CSV_FIELDS; i++)
 			printf("%s%s", i ? "," : "", csv_fields[i]);
@@ -323,6 +478,14 @@ static void print_header(const bench *b)
 		printf("[\n");
 		break;
 	case FMT_JSONL:
+		break;
+	case FMT_SQL:
+		printf("CREATE TABLE IF NOT EXISTS test (\n");
+		for (size_t i = 0; i < N_CSV_FIELDS; i++)
+			printf("  %s %s%s\n", csv_fields[i],
+			       csv_types[i] == 'I' ? "INTEGER" : csv_types[i] == 'R' ? "REAL" : "TEXT",
+			       i + 1 < N_CSV_FIELDS ? "," : "");
+		printf(");\n\n");
 		break;
 	}
 }
@@ -338,9 +501,8 @@ static int print_result(bench *b, const bench_result *r)
 	int rc = 0;
 	switch (b->fmt) {
 	case FMT_MD: {
-		char size[32], params[32], test[48], ts[48], state[32], peak[32], act[16];
+		char size[32], test[48], ts[48], state[32], peak[32], act[16];
 		fmt_bytes(size, sizeof size, (double)sb_model_file_bytes(b->m));
-		fmt_count(params, sizeof params, (double)sb_model_n_params(b->m));
 		test_name(r, test, sizeof test);
 		snprintf(ts, sizeof ts, "%.2f \xc2\xb1 %.2f", r->avg_ts, r->stddev_ts);
 		fmt_bytes(state, sizeof state, (double)sb_state_bytes(b->m));
@@ -350,8 +512,9 @@ static int print_result(bench *b, const bench_result *r)
 			mean_act += r->act_rate[l] / b->c->layers;
 		snprintf(act, sizeof act, "%.1f%%", 100.0 * mean_act);
 		/* The ± takes two bytes and one column. */
-		printf("| %-30.30s | %10s | %10s | %7d | %16s | %21s | %10s | %10s | %6s |\n",
-		       b->model_type, size, params, r->threads, test, ts, state, peak, act);
+		printf("| %-*.*s | %*s | %*d | %*s | %*s | %*s | %*s | %*s |\n", b->model_w, b->model_w,
+		       b->model_type, MD_SIZE_W, size, MD_THREADS_W, r->threads, b->test_w, test,
+		       MD_TS_W + 1, ts, MD_STATE_W, state, MD_PEAK_W, peak, MD_ACT_W, act);
 		break;
 	}
 	case FMT_CSV:
@@ -371,6 +534,18 @@ static int print_result(bench *b, const bench_result *r)
 		rc = json_dumpf(o, stdout, JSON_COMPACT);
 		putchar('\n');
 		break;
+	case FMT_SQL:
+		printf("INSERT INTO test (");
+		for (size_t i = 0; i < N_CSV_FIELDS; i++)
+			printf("%s%s", i ? ", " : "", csv_fields[i]);
+		printf(") VALUES (");
+		for (size_t i = 0; i < N_CSV_FIELDS; i++) {
+			if (i)
+				printf(", ");
+			sql_value(stdout, json_object_get(o, csv_fields[i]));
+		}
+		printf(");\n");
+		break;
 	}
 	json_decref(o);
 	fflush(stdout);
@@ -388,6 +563,8 @@ static int fill_depth(bench *b, sb_ctx *ctx, long depth, sb_error *err)
 	sb_state_reset(b->st);
 	char label[64];
 	snprintf(label, sizeof label, "bench: filling depth %ld", depth);
+	if (b->progress && depth > 0)
+		fprintf(stderr, "%s (untimed)\n", label);
 	cli_progress_start(&b->prog);
 	for (long done = 0; done < depth;) {
 		size_t n = (size_t)(depth - done) < FILL_PIECE ? (size_t)(depth - done) : FILL_PIECE;
@@ -396,7 +573,8 @@ static int fill_depth(bench *b, sb_ctx *ctx, long depth, sb_error *err)
 		if (rc < 0)
 			return rc;
 		done += (long)n;
-		cli_progress_update(&b->prog, label, (uint64_t)done, (uint64_t)depth, "tok", NULL);
+		if (!b->progress)
+			cli_progress_update(&b->prog, label, (uint64_t)done, (uint64_t)depth, "tok", NULL);
 	}
 	cli_progress_clear(&b->prog);
 	sb_state_copy(b->snap, b->st);
@@ -409,13 +587,14 @@ static int run_once(bench *b, sb_ctx *ctx, const bench_result *r, uint64_t *ns, 
 	sb_state_copy(b->st, b->snap);
 	int rc = 0;
 	uint64_t t0 = cli_clock_ns();
-	if (r->is_tg) {
-		for (long i = 0; i < r->n_gen && rc >= 0; i++)
-			rc = sb_decode(ctx, b->st, b->toks[i], b->logits, err);
-	} else {
+	/* pp and the first part of pp+tg: one prefill call; tg and the rest
+	 * of pp+tg: a decode per token. */
+	if (r->n_prompt > 0) {
 		sb_outputs out = {.last_logits = b->logits};
 		rc = sb_prefill(ctx, b->st, b->toks, (size_t)r->n_prompt, &out, err);
 	}
+	for (long i = 0; i < r->n_gen && rc >= 0; i++)
+		rc = sb_decode(ctx, b->st, b->toks[r->n_prompt + i], b->logits, err);
 	*ns = cli_clock_ns() - t0;
 	if (*ns == 0)
 		*ns = 1;
@@ -425,13 +604,18 @@ static int run_once(bench *b, sb_ctx *ctx, const bench_result *r, uint64_t *ns, 
 static int run_test(bench *b, sb_ctx *ctx, bench_result *r, sb_error *err)
 {
 	const int L = b->c->layers;
-	const long n = r->is_tg ? r->n_gen : r->n_prompt;
+	const long n = r->n_gen + r->n_prompt;
 	random_tokens(b, b->toks, (size_t)n);
 	time_t now = time(NULL);
 	struct tm tmv;
 	strftime(r->test_time, sizeof r->test_time, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tmv));
 	uint64_t ns;
 	int rc;
+	char name[48];
+	test_name(r, name, sizeof name);
+	if (b->progress)
+		fprintf(stderr, "bench: test %zu/%zu: %s, %d thread%s%s\n", b->test_no, b->n_tests,
+		        name, r->threads, r->threads == 1 ? "" : "s", b->warmup ? ": warm-up run" : "");
 	if (b->warmup && (rc = run_once(b, ctx, r, &ns, err)) < 0)
 		return rc;
 	double *ts = malloc((size_t)b->reps * sizeof *ts), *nsd = malloc((size_t)b->reps * sizeof *nsd);
@@ -442,13 +626,16 @@ static int run_test(bench *b, sb_ctx *ctx, bench_result *r, sb_error *err)
 	}
 	for (int l = 0; l < L; l++)
 		r->act_rate[l] = 0;
-	char label[80], name[48];
-	test_name(r, name, sizeof name);
+	char label[80];
 	snprintf(label, sizeof label, "bench: %s, %d threads", name, r->threads);
 	cli_progress_start(&b->prog);
 	rc = 0;
 	for (int i = 0; i < b->reps; i++) {
-		cli_progress_update(&b->prog, label, (uint64_t)i, (uint64_t)b->reps, "runs", NULL);
+		if (b->progress)
+			fprintf(stderr, "bench: test %zu/%zu: %s: run %d/%d\n", b->test_no, b->n_tests,
+			        name, i + 1, b->reps);
+		else
+			cli_progress_update(&b->prog, label, (uint64_t)i, (uint64_t)b->reps, "runs", NULL);
 		if ((rc = run_once(b, ctx, r, &r->samples_ns[i], err)) < 0)
 			break;
 		nsd[i] = (double)r->samples_ns[i];
@@ -531,6 +718,28 @@ static double nice_step(double max)
 	return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
 }
 
+/* A panel's frame, its value grid and the y label. */
+static void plot_frame(FILE *f, double y0, const char *ylabel, double ymax)
+{
+	const double x0 = PLOT_LEFT, x1 = PLOT_W - PLOT_RIGHT, h = PLOT_PANEL_H;
+	double step = nice_step(ymax);
+	double top = ceil(ymax / step) * step;
+	fprintf(f, "<rect x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\" fill=\"#fbfbfb\" stroke=\"#888\"/>\n",
+	        x0, y0, x1 - x0, h);
+	for (double v = 0; v <= top * 1.0001; v += step) {
+		double y = y0 + h - v / top * h;
+		fprintf(f, "<line x1=\"%g\" y1=\"%.1f\" x2=\"%g\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", x0, y, x1, y);
+		double av = fabs(v);
+		fprintf(f, "<text x=\"%g\" y=\"%.1f\" text-anchor=\"end\" dominant-baseline=\"middle\">%g%s</text>\n",
+		        x0 - 6, y, av >= 1e6 ? v / 1e6 : av >= 1e4 ? v / 1e3 : v,
+		        av >= 1e6 ? "M" : av >= 1e4 ? "k" : "");
+	}
+	fprintf(f, "<text transform=\"translate(%g %g) rotate(-90)\" text-anchor=\"middle\">",
+	        x0 - 58, y0 + h / 2);
+	cli_xml_escape(f, ylabel, strlen(ylabel));
+	fprintf(f, "</text>\n");
+}
+
 static void plot_panel(FILE *f, const plot_axis *a, double y0, const char *ylabel, double ymax,
                        const long *depths, size_t n_depths)
 {
@@ -585,7 +794,7 @@ static double plot_y(double y0, double v, double ymax)
  * thread count. */
 static bool same_series(const bench_result *a, const bench_result *b)
 {
-	return a->is_tg == b->is_tg && a->n_prompt == b->n_prompt && a->n_gen == b->n_gen &&
+	return a->is_tg == b->is_tg && a->is_pg == b->is_pg && a->n_prompt == b->n_prompt && a->n_gen == b->n_gen &&
 	       a->threads == b->threads;
 }
 
@@ -599,6 +808,54 @@ static void plot_series_line(FILE *f, const char *color, const char *dash, const
 	fprintf(f, "\"/>\n");
 	for (size_t i = 0; i < n; i++)
 		fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", xs[i], ys[i], color);
+}
+
+/* The plot of a single depth: for each test (in run order) a bar of its
+ * tokens/s with a +-1 sd whisker, and a pair of bars of its peak RSS and
+ * RSS after it, each labelled with its value. */
+static void plot_bars(FILE *f, const bench *b, double y_ts, double y_mem, double ts_max,
+                      double mem_max)
+{
+	const double x0 = PLOT_LEFT, x1 = PLOT_W - PLOT_RIGHT, h = PLOT_PANEL_H;
+	const double slot = (x1 - x0) / (double)b->n_res, bw = fmin(slot * 0.6, 80);
+	plot_frame(f, y_ts, "tokens / second", ts_max);
+	plot_frame(f, y_mem, "resident memory (MiB)", mem_max);
+	for (size_t i = 0; i < b->n_res; i++) {
+		const bench_result *r = &b->res[i];
+		const char *color = plot_colors[i % N_PLOT_COLORS];
+		double cx = x0 + slot * ((double)i + 0.5);
+		double y = plot_y(y_ts, r->avg_ts, ts_max);
+		fprintf(f, "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
+		        cx - bw / 2, y, bw, y_ts + h - y, color);
+		fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#222\"/>\n", cx,
+		        plot_y(y_ts, fmax(0, r->avg_ts - r->stddev_ts), ts_max), cx,
+		        plot_y(y_ts, r->avg_ts + r->stddev_ts, ts_max));
+		fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"10\">%.1f</text>\n",
+		        cx, fmax(y_ts + 10, y - 4), r->avg_ts);
+		char name[48];
+		test_name(r, name, sizeof name);
+		for (int panel = 0; panel < 2; panel++)
+			fprintf(f, "<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\">%s, %d thr</text>\n", cx,
+			        (panel ? y_mem : y_ts) + h + 16, name, r->threads);
+		for (int which = 0; which < 2; which++) {
+			double mib = (double)(which ? r->rss_bytes : r->peak_rss_bytes) / (1024.0 * 1024);
+			double my = plot_y(y_mem, mib, mem_max), w = bw / 2;
+			fprintf(f, "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
+			        cx - w + w * which, my, w, y_mem + h - my, which ? "#2ca02c" : "#d62728");
+			fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"10\">%.1f</text>\n",
+			        cx - w / 2 + w * which, fmax(y_mem + 10, my - 4), mib);
+		}
+	}
+	for (int panel = 0; panel < 2; panel++)
+		fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">test at depth %ld (tokens already read)</text>\n",
+		        (x0 + x1) / 2, (panel ? y_mem : y_ts) + h + 36, b->res[0].n_depth);
+	for (int which = 0; which < 2; which++) {
+		double ly = y_mem + 10 + 18.0 * which;
+		fprintf(f, "<rect x=\"%d\" y=\"%.1f\" width=\"24\" height=\"10\" fill=\"%s\"/>\n"
+		           "<text x=\"%d\" y=\"%.1f\" dominant-baseline=\"middle\">%s</text>\n",
+		        PLOT_W - PLOT_RIGHT + 12, ly - 5, which ? "#2ca02c" : "#d62728",
+		        PLOT_W - PLOT_RIGHT + 42, ly, which ? "RSS after the test" : "peak RSS so far");
+	}
 }
 
 static int write_plot(const bench *b, const char *path)
@@ -657,6 +914,13 @@ static int write_plot(const bench *b, const char *path)
 	fmt_bytes(fsize, sizeof fsize, (double)sb_model_file_bytes(b->m));
 	fprintf(f, "state %s per sequence at every depth; weights %s; window %d; mean of %d runs, bars: \xc2\xb1 1 sd</text>\n",
 	        state, fsize, b->c->window, b->reps);
+	if (n_depths == 1) {
+		/* One depth: a line would be one dot per test, so a bar per test. */
+		plot_bars(f, b, y_ts, y_mem, ts_max, mem_max);
+		fprintf(f, "</svg>\n");
+		rc = cli_outfile_commit(&out);
+		goto out;
+	}
 	plot_panel(f, &a, y_ts, "tokens / second", ts_max, depths, n_depths);
 	plot_panel(f, &a, y_mem, "resident memory (MiB)", mem_max, depths, n_depths);
 
@@ -755,11 +1019,15 @@ int cmd_bench(int argc, char **argv)
 		{"act-bias", required_argument, 0, OPT_ACT_BIAS},
 		{"seed", required_argument, 0, OPT_SEED},
 		{"no-warmup", no_argument, 0, OPT_NO_WARMUP},
+		{"pg", required_argument, 0, OPT_PG},
+		{"progress", no_argument, 0, OPT_PROGRESS},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	bench b = {.fmt = FMT_MD, .reps = 5, .warmup = true, .rng = 1};
-	bench_list pp = {0}, tg = {0}, depth = {0}, threads = {0};
+	bench_list pp = {0}, tg = {0}, depth = {0}, threads = {0}, pg = {0};
+	size_t pg_cap = 0;
+	char **args = NULL;
 	const char *dir = NULL, *plot = NULL;
 	sb_model *m = NULL;
 	sb_ctx *ctx = NULL;
@@ -768,13 +1036,37 @@ int cmd_bench(int argc, char **argv)
 	bool json_open = false;
 	uint64_t seed = 1;
 	const long MAXN = 1L << 40;
+	/* llama-bench spells it -pg: one dash, two letters. */
+	if (!(args = malloc(((size_t)argc + 1) * sizeof *args))) {
+		cli_error("out of memory");
+		return CLI_EXIT_SOFTWARE;
+	}
+	for (int i = 0; i < argc; i++)
+		args[i] = !strcmp(argv[i], "-pg") ? "--pg" : argv[i];
+	args[argc] = NULL;
+	argv = args;
 	while (!rc && (o = getopt_long(argc, argv, "m:p:n:d:t:r:o:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm': dir = optarg; break;
 		case 'p': rc = parse_list("--n-prompt", optarg, 0, 1L << 30, &pp); break;
 		case 'n': rc = parse_list("--n-gen", optarg, 0, 1L << 30, &tg); break;
 		case 'd': rc = parse_list("--n-depth", optarg, 0, MAXN, &depth); break;
-		case 't': rc = parse_list("--threads", optarg, 1, 1024, &threads); break;
+		case 't': rc = parse_list("--threads", optarg, 0, 1024, &threads); break;
+		case OPT_PG: {
+			bench_list two = {0};
+			if (!(rc = parse_list("-pg", optarg, 0, 1L << 30, &two)) &&
+			    (two.n != 2 || two.v[0] + two.v[1] == 0)) {
+				cli_error("-pg: expected PP,TG (two sizes, not both 0), got '%s'", optarg);
+				rc = CLI_EXIT_USAGE;
+			}
+			if (!rc && (!list_push(&pg, &pg_cap, two.v[0]) || !list_push(&pg, &pg_cap, two.v[1]))) {
+				cli_error("out of memory");
+				rc = CLI_EXIT_SOFTWARE;
+			}
+			free(two.v);
+			break;
+		}
+		case OPT_PROGRESS: b.progress = true; break;
 		case 'r':
 			if (!cli_parse_int("--repetitions", optarg, 1, 1000000, &b.reps))
 				rc = CLI_EXIT_USAGE;
@@ -788,8 +1080,10 @@ int cmd_bench(int argc, char **argv)
 				b.fmt = FMT_JSON;
 			else if (!strcmp(optarg, "jsonl"))
 				b.fmt = FMT_JSONL;
+			else if (!strcmp(optarg, "sql"))
+				b.fmt = FMT_SQL;
 			else {
-				cli_error("--output: expected md, csv, json or jsonl, got '%s'", optarg);
+				cli_error("--output: expected md, csv, json, jsonl or sql, got '%s'", optarg);
 				rc = CLI_EXIT_USAGE;
 			}
 			break;
@@ -819,14 +1113,41 @@ int cmd_bench(int argc, char **argv)
 	bench_list dpp = {&def_pp, 1}, dtg = {&def_tg, 1}, ddepth = {&def_depth, 1};
 	const bench_list *P = pp.n ? &pp : &dpp, *G = tg.n ? &tg : &dtg,
 	                 *Dl = depth.n ? &depth : &ddepth;
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	long def_threads = ncpu > 0 ? ncpu : 1;
+	long def_threads = cli_cores();
 	bench_list dthreads = {&def_threads, 1};
 	const bench_list *Tl = threads.n ? &threads : &dthreads;
-	if (list_max(P) == 0 && list_max(G) == 0) {
+	/* 0 is all cores; more than the cores is what the user asked to
+	 * measure, so it is kept, but said. */
+	for (size_t i = 0; i < threads.n; i++) {
+		if (threads.v[i] == 0)
+			threads.v[i] = def_threads;
+		else if (threads.v[i] > def_threads)
+			cli_warn("--threads %ld: this process may run on %ld core%s; measuring %ld threads "
+			         "as asked (more threads than cores only slow it down)", threads.v[i],
+			         def_threads, def_threads == 1 ? "" : "s", threads.v[i]);
+	}
+	if (list_max(P) == 0 && list_max(G) == 0 && pg.n == 0) {
 		cli_error("bench: no tests to run (every -p and -n size is 0)");
 		rc = CLI_EXIT_USAGE;
 		goto out;
+	}
+	/* The planned tests: their count for --progress, their longest name
+	 * for the md table. */
+	for (size_t kind = 0; kind < 3; kind++) {
+		const bench_list *sizes = kind == 0 ? P : kind == 1 ? G : &pg;
+		for (size_t si = 0; si < sizes->n; si += kind == 2 ? 2 : 1) {
+			if (kind < 2 && sizes->v[si] == 0)
+				continue;
+			for (size_t di = 0; di < Dl->n; di++) {
+				bench_result t = {.is_tg = kind == 1, .is_pg = kind == 2, .n_depth = Dl->v[di],
+				                  .n_prompt = kind == 1 ? 0 : sizes->v[si],
+				                  .n_gen = kind == 0 ? 0 : kind == 1 ? sizes->v[si] : sizes->v[si + 1]};
+				char name[48];
+				test_name(&t, name, sizeof name);
+				b.test_w = (int)strlen(name) > b.test_w ? (int)strlen(name) : b.test_w;
+				b.n_tests += Tl->n;
+			}
+		}
 	}
 
 	if ((rc = cli_load_model(dir, &m, NULL, SB_BYTES_AUTO)))
@@ -837,9 +1158,11 @@ int cmd_bench(int argc, char **argv)
 	char params[32];
 	fmt_count(params, sizeof params, (double)sb_model_n_params(m));
 	snprintf(b.model_type, sizeof b.model_type, "seqboat %s %s", params,
-	         sb_dtype_name(sb_model_weight_dtype(m)));
+	         cli_weights_name(m));
 	read_cpu_info(b.cpu_info, sizeof b.cpu_info);
 	long maxn = list_max(P) > list_max(G) ? list_max(P) : list_max(G);
+	for (size_t i = 0; i < pg.n; i += 2)
+		maxn = pg.v[i] + pg.v[i + 1] > maxn ? pg.v[i] + pg.v[i + 1] : maxn;
 	b.cap_toks = (size_t)(maxn > FILL_PIECE ? maxn : FILL_PIECE);
 	size_t tok_bytes;
 	if (!sb_size_mul(b.cap_toks, sizeof *b.toks, &tok_bytes) || !(b.toks = malloc(tok_bytes)) ||
@@ -868,10 +1191,12 @@ int cmd_bench(int argc, char **argv)
 				rc = cli_fail(&err);
 				goto out;
 			}
-			for (int kind = 0; kind < 2; kind++) {
-				const bench_list *sizes = kind ? G : P;
-				for (size_t si = 0; si < sizes->n; si++) {
-					if (sizes->v[si] == 0)
+			/* pp sizes, then tg sizes, then pp+tg pairs, as llama-bench
+			 * orders them */
+			for (int kind = 0; kind < 3; kind++) {
+				const bench_list *sizes = kind == 0 ? P : kind == 1 ? G : &pg;
+				for (size_t si = 0; si < sizes->n; si += kind == 2 ? 2 : 1) {
+					if (kind < 2 && sizes->v[si] == 0)
 						continue;
 					bench_result *r = new_result(&b);
 					if (!r) {
@@ -879,9 +1204,11 @@ int cmd_bench(int argc, char **argv)
 						rc = CLI_EXIT_SOFTWARE;
 						goto out;
 					}
+					b.test_no++;
 					r->is_tg = kind == 1;
-					r->n_prompt = kind ? 0 : sizes->v[si];
-					r->n_gen = kind ? sizes->v[si] : 0;
+					r->is_pg = kind == 2;
+					r->n_prompt = kind == 1 ? 0 : sizes->v[si];
+					r->n_gen = kind == 0 ? 0 : kind == 1 ? sizes->v[si] : sizes->v[si + 1];
 					r->n_depth = Dl->v[di];
 					r->threads = (int)Tl->v[ti];
 					if (run_test(&b, ctx, r, &err) < 0) {
@@ -899,6 +1226,8 @@ int cmd_bench(int argc, char **argv)
 	json_open = false;
 	if (b.fmt == FMT_JSON)
 		printf("\n]\n");
+	if (b.fmt == FMT_MD)
+		printf("\nbuild: %s (%s)\n", SB_BUILD_COMMIT, SB_VERSION);
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		cli_error("standard output: write error");
 		rc = CLI_EXIT_IO;
@@ -926,5 +1255,7 @@ out:
 	free(tg.v);
 	free(depth.v);
 	free(threads.v);
+	free(pg.v);
+	free(args);
 	return rc;
 }

@@ -1,8 +1,10 @@
 /* common.c - see common.h. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +54,17 @@ void cli_error(const char *fmt, ...)
 	va_list ap;
 	fflush(stdout);
 	fputs("seqboat: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+void cli_warn(const char *fmt, ...)
+{
+	va_list ap;
+	fflush(stdout);
+	fputs("seqboat: warning: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -136,9 +149,32 @@ bool cli_parse_u64(const char *flag, const char *s, uint64_t *out)
 	return true;
 }
 
+int cli_cores(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+		return CPU_COUNT(&set);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (int)n : 1;
+}
+
+/* More threads than cores never helps: the pool's workers spin and
+ * yield in turn, so -t 64 on 2 cores ran 100 times slower than -t 2. */
 bool cli_parse_threads(const char *s, int *out)
 {
-	return cli_parse_int("--threads", s, 1, 1024, out);
+	int v;
+	if (!cli_parse_int("--threads", s, 0, INT_MAX, &v))
+		return false;
+	int cores = cli_cores();
+	if (v == 0) {
+		v = cores;
+	} else if (v > cores) {
+		cli_warn("--threads %d: this process may run on %d core%s; using %d (more threads "
+		         "than cores only slow it down)", v, cores, cores == 1 ? "" : "s", cores);
+		v = cores;
+	}
+	*out = v;
+	return true;
 }
 
 bool cli_parse_act_bias(const char *s, float *out)
@@ -331,4 +367,12 @@ int cli_bad_option(const char *cmd, char **argv)
 bool cli_isatty(FILE *f)
 {
 	return isatty(fileno(f));
+}
+
+const char *cli_weights_name(const sb_model *m)
+{
+	sb_dtype dt = sb_model_weight_dtype(m);
+	/* int8 weights only exist as quantize's q8 blocks (an F16 scale per
+	 * SB_Q8_BLOCK weights): the name quantize --type takes. */
+	return dt == SB_DTYPE_I8 ? "q8" : sb_dtype_name(dt);
 }

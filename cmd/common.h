@@ -26,6 +26,8 @@ void cli_init(int argc, char **argv);
 
 /* One lowercase line on stderr: "seqboat: <message>". */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A warning line on stderr: "seqboat: warning: <message>". */
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints err's message and returns the exit status for its code. */
 int cli_fail(const sb_error *err);
 /* The exit status for a library status code. */
@@ -39,7 +41,11 @@ bool cli_parse_float(const char *flag, const char *s, double min, double max, fl
 bool cli_parse_u64(const char *flag, const char *s, uint64_t *out);
 
 /* The flags several commands share, with one range each. */
-bool cli_parse_threads(const char *s, int *out);      /* -t/--threads: 1..1024 */
+/* -t/--threads: 0 means all cores; more than cli_cores() is lowered to
+ * it with a warning (extra threads only wait for a core). */
+bool cli_parse_threads(const char *s, int *out);
+/* The cores this process may run on (its CPU affinity), at least 1. */
+int cli_cores(void);
 bool cli_parse_act_bias(const char *s, float *out);   /* --act-bias: -1e4..1e4 */
 /* After option parsing: refuses leftover arguments of `cmd` with one
  * line; returns 0 or the usage exit status. */
@@ -70,6 +76,10 @@ int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n);
 /* After getopt_long returned '?' (opterr is 0): one line naming the bad
  * option of command `cmd`; returns the usage exit status. */
 int cli_bad_option(const char *cmd, char **argv);
+
+/* The weights' type as `quantize --type` names it: q8 for the int8
+ * blocks, else the dtype (F32, F16, BF16). */
+const char *cli_weights_name(const sb_model *m);
 
 /* True when the stream is a terminal. */
 bool cli_isatty(FILE *f);

@@ -11,7 +11,8 @@
 
 const char cli_gen_help[] =
 	"  -m, --model DIR          model directory (default: the bundled model)\n"
-	"  -t, --threads N          compute threads (default: all cores)\n"
+	"  -t, --threads N          compute threads (default and 0: all cores; more than\n"
+	"                           the cores are lowered to their number, with a warning)\n"
 	"  -n, --max-tokens N       most tokens to generate; -1: until end of text\n"
 	"      --temp T             temperature; 0 = greedy (default 0.8)\n"
 	"      --top-k K            keep the K most likely tokens; 0 = off (default 40)\n"
@@ -25,7 +26,9 @@ const char cli_gen_help[] =
 	"                           llama.cpp's ID+X / ID-X also work\n"
 	"      --seed N             random seed; -1 = random\n"
 	"      --stop TEXT          stop when TEXT is generated (not printed); repeatable\n"
-	"      --act-bias B         router shift: positive = fewer attention activations\n";
+	"      --act-bias B         router shift: positive = fewer attention activations\n"
+	"                           (default 0)\n"
+	"  -h, --help               show this help\n";
 
 void cli_gen_init(cli_gen *g, long default_max_tokens)
 {
@@ -134,7 +137,7 @@ int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 		return OK(true);
 	}
 	if (FLAG("-t", "--threads"))
-		return OK(cli_parse_int("--threads", v, 0, 4096, &g->threads));
+		return OK(cli_parse_threads(v, &g->threads));
 	if (FLAG(NULL, "--act-bias"))
 		return OK(cli_parse_float("--act-bias", v, -1e6, 1e6, &g->act_bias));
 	if (FLAG("-n", "--max-tokens") || FLAG(NULL, "--n-predict"))

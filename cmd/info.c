@@ -63,7 +63,7 @@ int cmd_info(int argc, char **argv)
 			"scale_embedding", c->scale_embedding, "tied_embeddings", c->tied_embeddings,
 			"n_params", (json_int_t)sb_model_n_params(m),
 			"file_bytes", (json_int_t)sb_model_file_bytes(m),
-			"dtype", sb_dtype_name(sb_model_weight_dtype(m)),
+			"dtype", cli_weights_name(m),
 			"state_bytes", (json_int_t)state, "state_ema_bytes", (json_int_t)ema,
 			"state_ring_bytes", (json_int_t)ring);
 		if (!o || json_dumpf(o, stdout, JSON_COMPACT) != 0) {
@@ -102,7 +102,7 @@ int cmd_info(int argc, char **argv)
 		       c->tokenizer_file);
 		printf("parameters       %llu\n", (unsigned long long)sb_model_n_params(m));
 		printf("weights file     %zu bytes, %s\n", sb_model_file_bytes(m),
-		       sb_dtype_name(sb_model_weight_dtype(m)));
+		       cli_weights_name(m));
 		printf("state            %zu bytes per sequence, at any length\n", state);
 		printf("  EMA            %zu bytes (L x D x N floats)\n", ema);
 		printf("  window ring    %zu bytes (L x (W+1) x (Z+H) floats + positions)\n", ring);

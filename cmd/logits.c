@@ -20,7 +20,8 @@ static const char usage_text[] =
 	"      --split K       prefill the first K ids, then decode the rest\n"
 	"      --hidden        also write 'hidden' (F32 [L, T, D]), each block's output\n"
 	"      --act-bias X    shift the router: positive = fewer activations (default 0)\n"
-	"  -t, --threads N     threads (default: all cores)\n"
+	"  -t, --threads N     threads (default and 0: all cores; more than the cores\n"
+	"                      are lowered to their number, with a warning)\n"
 	"  -h, --help          show this help\n";
 
 int cmd_logits(int argc, char **argv)

@@ -30,12 +30,12 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 	        "usage: seqboat <command> [options]\n"
-	        "       seqboat --help | --version\n\n"
+	        "       seqboat help [COMMAND] | --help | --version\n\n"
 	        "Runs SeqBoat language models with a constant-size state per sequence.\n\n"
 	        "commands:\n");
 	for (size_t i = 0; i < N_COMMANDS; i++)
 		fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
-	fprintf(out, "\n'seqboat <command> --help' describes a command's options.\n"
+	fprintf(out, "\n'seqboat help <command>' (or 'seqboat <command> -h') describes a command's\noptions and their defaults.\n"
 	             "Without -m, commands use the bundled model (%s).\n",
 	        cli_default_model_dir());
 }
@@ -49,6 +49,16 @@ int main(int argc, char **argv)
 		return CLI_EXIT_USAGE;
 	}
 	const char *name = argv[1];
+	if (!strcmp(name, "help") && argc > 2) {
+		/* seqboat help CMD = seqboat CMD --help */
+		for (size_t i = 0; i < N_COMMANDS; i++)
+			if (!strcmp(argv[2], commands[i].name)) {
+				char *args[] = {argv[2], "--help", NULL};
+				return commands[i].fn(2, args);
+			}
+		cli_error("help: unknown command '%s' (see 'seqboat --help')", argv[2]);
+		return CLI_EXIT_USAGE;
+	}
 	if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
 		usage(stdout);
 		return 0;

@@ -46,6 +46,24 @@ void cli_progress_update(cli_progress *p, const char *label, uint64_t done,
 	p->drawn = true;
 }
 
+void cli_progress_note(cli_progress *p, const char *text)
+{
+	if (!p->on)
+		return;
+	uint64_t now = cli_clock_ns();
+	if (p->drawn && now - p->t_last_ns < PROGRESS_INTERVAL_NS)
+		return;
+	p->t_last_ns = now;
+	fprintf(stderr, "\r\033[K%s", text);
+	fflush(stderr);
+	p->drawn = true;
+}
+
+double cli_progress_seconds(const cli_progress *p)
+{
+	return (double)(cli_clock_ns() - p->t_start_ns) * 1e-9;
+}
+
 void cli_progress_clear(cli_progress *p)
 {
 	if (p->on && p->drawn) {

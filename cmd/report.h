@@ -25,6 +25,11 @@ void cli_progress_start(cli_progress *p);
  * passed since the last redraw. extra may be NULL. */
 void cli_progress_update(cli_progress *p, const char *label, uint64_t done,
                          uint64_t total, const char *unit, const char *extra);
+/* Redraws a free-form line (a phase without a known total, such as
+ * "tokenizing 10.0 MiB (4 s)") at most ten times a second. */
+void cli_progress_note(cli_progress *p, const char *text);
+/* Seconds since cli_progress_start. */
+double cli_progress_seconds(const cli_progress *p);
 /* Clears the line (call before printing anything else). */
 void cli_progress_clear(cli_progress *p);
 

@@ -13,7 +13,8 @@ static const char usage_text[] =
 	"usage: seqboat tokenize [-m DIR] [--byte-symbols auto|on|off] [--no-bos]\n"
 	"                        [--pieces] [TEXT | -f FILE]\n"
 	"       seqboat tokenize --decode [-m DIR] [--pieces] [IDS... | -f FILE]\n\n"
-	"Encodes UTF-8 text (the argument, FILE, or standard input) with the model's\n"
+	"Encodes UTF-8 text (the argument, FILE, or standard input when it is not a\n"
+	"terminal; -f - reads a terminal too) with the model's\n"
 	"tokenizer and prints the ids on one line, separated by spaces. With --decode,\n"
 	"reads token ids (separated by spaces or commas) and prints their text.\n\n"
 	"  -m, --model DIR        model directory (default: the bundled model)\n"
@@ -173,6 +174,22 @@ int cmd_tokenize(int argc, char **argv)
 		cli_error("tokenize: expected one TEXT argument, got %d (quote the text)",
 		          argc - optind);
 		return CLI_EXIT_USAGE;
+	}
+
+	/* Nothing given and a terminal on standard input: say what is
+	 * expected instead of waiting silently (as complete does). "-f -"
+	 * asks for the terminal on purpose: then say how to end the text. */
+	if (optind >= argc && cli_isatty(stdin)) {
+		if (!file) {
+			cli_error(decode ? "tokenize: no ids (give IDS..., -f FILE, or pipe them in; "
+			                   "-f - reads the terminal)"
+			                 : "tokenize: no text (give TEXT, -f FILE, or pipe it in; "
+			                   "-f - reads the terminal)");
+			return CLI_EXIT_USAGE;
+		}
+		if (!strcmp(file, "-"))
+			fprintf(stderr, "tokenize: reading %s from the terminal; end it with Ctrl-D\n",
+			        decode ? "ids" : "text");
 	}
 
 	sb_model *m;

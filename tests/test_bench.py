@@ -91,9 +91,75 @@ class Bench(unittest.TestCase):
         md = run(*args).stdout.splitlines()
         self.assertRegex(md[0], r"^\| model +\|.*\| +threads \| +test \| +t/s \|.*\|$")
         self.assertTrue(md[1].startswith("| ---"))
-        self.assertEqual(len(md), 4)
+        # the table, a blank line and llama-bench's build footer
+        self.assertEqual(len(md), 6)
         self.assertIn(" pp16 ", md[2])
         self.assertIn(" tg4 ", md[3])
+        self.assertEqual(md[4], "")
+        self.assertRegex(md[5], r"^build: \S+ \(\S+\)$")
+        self.assertEqual(md[5].split()[1], objs[0]["build_commit"])
+
+    def test_md_table_fits_120_columns(self):
+        md = run("bench", "-m", self.model, "-p", "16", "-n", "4", "-pg", "16,4", "-d", "0,100000",
+                 "-t", "1", "-r", "1", "--no-warmup").stdout.splitlines()
+        table = [l for l in md if l.startswith("|")]
+        self.assertEqual(len(table), 2 + 6)
+        for l in table:
+            self.assertLessEqual(len(l), 120, l)
+        self.assertIn(" pp16+tg4 @ d100000 |", table[-1])
+
+    def test_pg_ranges_and_order(self):
+        rows = [json.loads(l) for l in run("bench", "-m", self.model, "-p", "8-32+8", "-n", "2-8*2",
+                                           "-pg", "16,4", "-pg", "8,2", "-t", "1", "-r", "2",
+                                           "-o", "jsonl").stdout.splitlines()]
+        self.assertEqual([(r["n_prompt"], r["n_gen"]) for r in rows],
+                         [(8, 0), (16, 0), (24, 0), (32, 0), (0, 2), (0, 4), (0, 8), (16, 4), (8, 2)])
+        for r in rows[-2:]:
+            # a pp+tg test counts the prompt and the generated tokens
+            n = r["n_prompt"] + r["n_gen"]
+            for ns, ts in zip(r["samples_ns"], r["samples_ts"]):
+                self.assertAlmostEqual(ts, n * 1e9 / ns, delta=1e-6 * ts)
+        md = run("bench", "-m", self.model, "-p", "0", "-n", "0", "-pg", "16,4", "-t", "1", "-r", "1").stdout
+        self.assertIn(" pp16+tg4 |", md)
+        for bad in (["-pg", "16"], ["-pg", "1,2,3"], ["-pg", "0,0"], ["-p", "64-16"], ["-p", "1-8*1"],
+                    ["-p", "8-x"], ["-d", "0-10*2"]):
+            with self.subTest(args=bad):
+                r = run("bench", "-m", self.model, *bad, check=False)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stdout, "")
+                self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+
+    def test_sql_loads_into_sqlite(self):
+        import sqlite3
+        sql = run("bench", "-m", self.model, "-p", "16", "-n", "4", "-t", "1", "-r", "2", "-o", "sql").stdout
+        db = sqlite3.connect(":memory:")
+        db.executescript(sql)
+        db.executescript(sql)   # CREATE TABLE IF NOT EXISTS: a second run appends
+        got = db.execute("SELECT n_prompt, n_gen, n_threads, avg_ts, typeof(avg_ts), typeof(n_prompt), "
+                         "samples_ns, model_type FROM test").fetchall()
+        self.assertEqual([(g[0], g[1], g[2]) for g in got], [(16, 0, 1), (0, 4, 1)] * 2)
+        for g in got:
+            self.assertGreater(g[3], 0)
+            self.assertEqual((g[4], g[5]), ("real", "integer"))
+            self.assertEqual(len(g[6].split()), 2)
+            self.assertTrue(g[7].startswith("seqboat "))
+
+    def test_progress_lines(self):
+        r = run("bench", "-m", self.model, "-p", "16", "-n", "4", "-d", "0,50", "-t", "1", "-r", "2",
+                "-o", "jsonl", "--progress")
+        self.assertEqual(len(r.stdout.splitlines()), 4)
+        err = r.stderr.splitlines()
+        self.assertIn("bench: test 1/4: pp16, 1 thread: warm-up run", err)
+        self.assertIn("bench: test 4/4: tg4 @ d50: run 2/2", err)
+        self.assertIn("bench: filling depth 50 (untimed)", err)
+        self.assertEqual(len([l for l in err if ": run " in l]), 8)
+
+    def test_threads_above_the_cores_warn_and_0_is_all(self):
+        r = run("bench", "-m", self.model, "-p", "8", "-n", "0", "-t", "0,1000", "-r", "1", "-o", "jsonl")
+        rows = [json.loads(l) for l in r.stdout.splitlines()]
+        cores = len(os.sched_getaffinity(0))
+        self.assertEqual([x["n_threads"] for x in rows], [cores, 1000])
+        self.assertIn("warning: --threads 1000", r.stderr)
 
     # ASan's quarantine and shadow memory grow RSS with the work done, so
     # resident memory says nothing about the state under a sanitizer.
@@ -126,8 +192,28 @@ class Bench(unittest.TestCase):
             for pl in lines:
                 self.assertEqual(len(pl.get("points").split()), 3)
 
+    def test_plot_of_one_depth_has_a_bar_per_test(self):
+        with tempfile.TemporaryDirectory(prefix="sb-test-bench-") as tmp:
+            path = os.path.join(tmp, "plot.svg")
+            rows = [json.loads(l) for l in run("bench", "-m", self.model, "-p", "16", "-n", "4", "-d", "100",
+                                               "-t", "1", "-r", "2", "-o", "jsonl", "--plot", path).stdout.splitlines()]
+            root = ET.parse(path).getroot()
+            ns = "{http://www.w3.org/2000/svg}"
+            bars = [r for r in root.iter(ns + "rect") if r.get("class") == "bar"]
+            # per test: tokens/s, peak RSS, RSS after
+            self.assertEqual(len(bars), 3 * len(rows))
+            for b in bars:
+                self.assertGreater(float(b.get("height")), 0)
+                self.assertGreater(float(b.get("width")), 0)
+            ts = [float(b.get("height")) for b in bars[0::3]]
+            # bar heights are proportional to the tokens/s
+            self.assertAlmostEqual(ts[0] / ts[1], rows[0]["avg_ts"] / rows[1]["avg_ts"], delta=0.02 * ts[0] / ts[1])
+            texts = " ".join(t.text or "" for t in root.iter(ns + "text"))
+            self.assertIn("pp16 @ d100, 1 thr", texts)
+            self.assertIn("tg4 @ d100, 1 thr", texts)
+
     def test_refusals(self):
-        for bad in (["-o", "xml"], ["-p", "1,x"], ["-t", "0"], ["-r", "0"], ["-p", "0", "-n", "0"], ["extra"]):
+        for bad in (["-o", "xml"], ["-p", "1,x"], ["-t", "-1"], ["-r", "0"], ["-p", "0", "-n", "0"], ["extra"]):
             with self.subTest(args=bad):
                 r = run("bench", "-m", self.model, *bad, check=False)
                 self.assertEqual(r.returncode, 2)

@@ -253,5 +253,115 @@ class Activations(unittest.TestCase):
         self.assertEqual(r.stdout, "")
 
 
+def log_softmax(logits):
+    lg = logits.astype(np.float64)
+    mx = lg.max(axis=1, keepdims=True)
+    return lg - (mx + np.log(np.exp(lg - mx).sum(axis=1, keepdims=True)))
+
+
+@unittest.skipUnless(SEQBOAT and MODELS, "needs SB_SEQBOAT and SB_FIXTURE_MODELS (run through meson test)")
+class Uncertainty(unittest.TestCase):
+    """The +/- of the estimate, per-chunk results, and --kl-divergence, as
+    llama-perplexity reports them."""
+
+    model = property(lambda self: os.path.join(MODELS, "rotary-softmax"))
+
+    def test_uncertainty_is_the_standard_error_of_the_official_nll(self):
+        e = expected("rotary-softmax")
+        ref = reference_nll(e["logits"], e["tokens"])
+        j = json.loads(run("perplexity", "-m", self.model, "--json", "--ids", ids_arg(e["tokens"])).stdout)
+        se = ref.std(ddof=1) / math.sqrt(len(ref))
+        self.assertAlmostEqual(j["mean_nll_uncertainty"], se, delta=1e-3 * se)
+        self.assertAlmostEqual(j["perplexity_uncertainty"], j["perplexity"] * se, delta=1e-3 * j["perplexity"] * se)
+        out = run("perplexity", "-m", self.model, "--ids", ids_arg(e["tokens"])).stdout
+        m = re.search(r"^perplexity\s+([0-9.]+) \+/- ([0-9.]+)$", out, re.M)
+        self.assertIsNotNone(m, out)
+        self.assertAlmostEqual(float(m.group(2)), j["perplexity_uncertainty"], delta=1e-4)
+        self.assertRegex(out, r"(?m)^mean nll\s+[0-9.]+ \+/- [0-9.]+ nats$")
+
+    def test_per_chunk_results(self):
+        e = expected("rotary-softmax")
+        tokens = e["tokens"]
+        ref = reference_nll(e["logits"], tokens)
+        j = json.loads(run("perplexity", "-m", self.model, "--json", "--ids", ids_arg(tokens),
+                           "--chunk", "40").stdout)
+        ch = j["chunk_results"]
+        self.assertEqual([c["chunk"] for c in ch], [1, 2, 3])
+        self.assertEqual([c["tokens_scored"] for c in ch], [39, 39, 15])
+        # the first chunk is the fixture's first 39 predictions
+        self.assertAlmostEqual(ch[0]["nll_sum"], ref[:39].sum(), delta=1e-3)
+        self.assertAlmostEqual(sum(c["nll_sum"] for c in ch), j["nll_sum"], delta=1e-9 * abs(j["nll_sum"]))
+        self.assertAlmostEqual(ch[-1]["running_perplexity"], j["perplexity"], delta=1e-9 * j["perplexity"])
+        for c in ch:
+            self.assertAlmostEqual(c["perplexity"], math.exp(c["nll_sum"] / c["tokens_scored"]), delta=1e-9 * c["perplexity"])
+        out = run("perplexity", "-m", self.model, "--ids", ids_arg(tokens), "--chunk", "40").stdout
+        m = re.search(r"^running ppl\s+\[1\]([0-9.]+),\[2\]([0-9.]+),\[3\]([0-9.]+)$", out, re.M)
+        self.assertIsNotNone(m, out)
+        self.assertAlmostEqual(float(m.group(3)), j["perplexity"], delta=1e-3)
+        # no chunks: one entry, the whole stream
+        w = json.loads(run("perplexity", "-m", self.model, "--json", "--ids", ids_arg(tokens)).stdout)
+        self.assertEqual(len(w["chunk_results"]), 1)
+        self.assertNotIn("running ppl", run("perplexity", "-m", self.model, "--ids", ids_arg(tokens)).stdout)
+
+    def test_kl_divergence_of_a_q8_copy_against_numpy(self):
+        e = expected("rotary-softmax")
+        tokens = e["tokens"]
+        ids = ids_arg(tokens)
+        with tempfile.TemporaryDirectory(prefix="sb-test-kld-") as tmp:
+            q8 = os.path.join(tmp, "q8")
+            run("quantize", "-m", self.model, "-o", q8, "--type", "q8")
+            base = os.path.join(tmp, "base.kld")
+            r = run("perplexity", "-m", self.model, "--ids", ids, "--kl-divergence-base", base, "--json")
+            self.assertEqual(os.path.getsize(base), 32 + 4 * len(tokens) + 4 * 72 * (len(tokens) - 1))
+            # against itself: nothing diverges
+            same = json.loads(run("perplexity", "-m", self.model, "--ids", ids, "--kl-divergence-base", base,
+                                  "--kl-divergence", "--json").stdout)["kl_divergence"]
+            self.assertLess(same["kld_mean"], 1e-9)
+            self.assertEqual(same["same_top_p"], 1.0)
+            self.assertLess(abs(same["delta_p_mean"]), 1e-9)
+            # the q8 copy against the F32 base, checked with numpy from the
+            # official logits (base) and the q8 model's logits
+            j = json.loads(run("perplexity", "-m", q8, "--ids", ids, "--kl-divergence-base", base,
+                               "--kl-divergence", "--json").stdout)
+            k = j["kl_divergence"]
+            out = os.path.join(tmp, "q8.safetensors")
+            run("logits", "-m", q8, "--ids", ids, "-o", out)
+            lq = log_softmax(load_safetensors(out)["logits"])[:-1]
+            lb = log_softmax(e["logits"])[:-1]
+            kld = (np.exp(lb) * (lb - lq)).sum(axis=1)
+            t = tokens[1:].astype(np.int64)
+            rows = np.arange(len(t))
+            dp = np.exp(lq[rows, t]) - np.exp(lb[rows, t])
+            self.assertEqual(k["positions"], len(t))
+            self.assertGreater(k["kld_mean"], 0)
+            self.assertAlmostEqual(k["kld_mean"], kld.mean(), delta=0.05 * kld.mean() + 1e-7)
+            self.assertAlmostEqual(k["kld_max"], kld.max(), delta=0.05 * kld.max() + 1e-7)
+            self.assertAlmostEqual(k["kld_median"], float(np.median(kld)), delta=0.05 * kld.max() + 1e-7)
+            self.assertAlmostEqual(k["delta_p_mean"], dp.mean(), delta=1e-4)
+            self.assertAlmostEqual(k["delta_p_rms"], math.sqrt((dp ** 2).mean()), delta=1e-4)
+            self.assertAlmostEqual(k["same_top_p"], float((lq.argmax(1) == lb.argmax(1)).mean()), delta=1.5 / len(t))
+            self.assertAlmostEqual(k["ppl"], j["perplexity"], delta=1e-6 * j["perplexity"])
+            text = run("perplexity", "-m", q8, "--ids", ids, "--kl-divergence-base", base, "--kl-divergence").stdout
+            self.assertRegex(text, r"(?m)^Mean    KLD: +[0-9.]+ \+/- +[0-9.]+$")
+            self.assertRegex(text, r"(?m)^Same top p +: +[0-9.]+ \+/- +[0-9.]+ %$")
+            # another stream, another chunking, no base: refused in one line
+            for args, status in ((["--ids", ids_arg(tokens[:50]), "--kl-divergence-base", base, "--kl-divergence"], 65),
+                                 (["--ids", ids, "--chunk", "48", "--kl-divergence-base", base, "--kl-divergence"], 65),
+                                 (["--ids", ids, "--kl-divergence"], 2),
+                                 (["--ids", ids, "--kl-divergence-base", os.path.join(tmp, "none"), "--kl-divergence"], 74)):
+                with self.subTest(args=args[2:]):
+                    r = run("perplexity", "-m", q8, *args, check=False)
+                    self.assertEqual(r.returncode, status, r.stderr)
+                    self.assertEqual(r.stdout, "")
+                    self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+            with open(os.path.join(tmp, "bad.kld"), "wb") as f:
+                f.write(b"not a base file at all, but long enough for a header")
+            r = run("perplexity", "-m", q8, "--ids", ids, "--kl-divergence-base", os.path.join(tmp, "bad.kld"),
+                    "--kl-divergence", check=False)
+            self.assertEqual(r.returncode, 65)
+            self.assertIn("not a base logits file", r.stderr)
+            self.assertEqual(sorted(os.listdir(tmp)), ["bad.kld", "base.kld", "q8", "q8.safetensors"])
+
+
 if __name__ == "__main__":
     unittest.main()
