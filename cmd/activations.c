@@ -407,7 +407,7 @@ int cmd_activations(int argc, char **argv)
 	int rc;
 	if (ids_arg && (rc = cli_parse_ids("--ids", ids_arg, &ids, &T)))
 		goto out;
-	if (file && (rc = cli_read_file(file, &text, &len)))
+	if (file && (rc = cli_read_file(file, CLI_LIMIT_TEXT, "a text file", &text, &len)))
 		goto out;
 	if ((rc = cli_load_model(dir, &m, NULL, SB_BYTES_AUTO)))
 		goto out;

@@ -493,8 +493,7 @@ static void stats(chat *c)
 static int save(chat *c, const char *path, sb_error *err)
 {
 	int rc = 0;
-	char *js = NULL, *blob = NULL, tmp[4096];
-	FILE *f = NULL;
+	char *js = NULL, *blob = NULL;
 	json_t *o = json_object(), *turns = json_array(), *recent = json_array();
 	if (!o || !turns || !recent)
 		goto nomem;
@@ -515,26 +514,14 @@ static int save(chat *c, const char *path, sb_error *err)
 		goto nomem;
 	if ((rc = sb_state_serialize(c->st, blob, sz, err)) < 0)
 		goto done;
-	snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
-	if (!(f = fopen(tmp, "wb"))) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+	sb_file_out out;
+	if ((rc = sb_file_out_open(&out, path, err)) < 0)
 		goto done;
-	}
-	fputs(SAVE_MAGIC, f);
-	fputs(js, f);
-	fputc('\n', f);
-	fwrite(blob, 1, sz, f);
-	if (ferror(f) | (fclose(f) == EOF)) {
-		f = NULL;
-		remove(tmp);
-		rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-		goto done;
-	}
-	f = NULL;
-	if (rename(tmp, path) < 0) {
-		remove(tmp);
-		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
-	}
+	fputs(SAVE_MAGIC, out.f);
+	fputs(js, out.f);
+	fputc('\n', out.f);
+	fwrite(blob, 1, sz, out.f);
+	rc = sb_file_out_commit(&out, err);
 	goto done;
 nomem:
 	rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory saving the conversation");
@@ -547,6 +534,9 @@ done:
 	return rc;
 }
 
+/* The longest JSON header of a saved conversation (its turns' text). */
+#define CHAT_HEADER_MAX ((size_t)256 << 20)
+
 /* Reads a saved conversation; the current one is kept if anything fails. */
 static int load(chat *c, const char *path, char **system_out, sb_error *err)
 {
@@ -555,9 +545,12 @@ static int load(chat *c, const char *path, char **system_out, sb_error *err)
 	size_t len = 0;
 	json_t *o = NULL;
 	sb_state *st = NULL;
-	int frc = cli_read_file(path, &text, &len);
-	if (frc)
-		return sb_error_set(err, SB_ERR_IO, "%s: cannot read the conversation", path);
+	/* The state, plus a header of turns that may be long but not huge. */
+	size_t limit;
+	if (!sb_size_add(sb_state_serialized_size(c->m), CHAT_HEADER_MAX, &limit))
+		limit = SIZE_MAX - 1;
+	if ((rc = sb_file_read(path, limit, "a saved conversation", &text, &len, err)) < 0)
+		return rc;
 	size_t ml = strlen(SAVE_MAGIC);
 	const char *nl = len > ml ? memchr(text + ml, '\n', len - ml) : NULL;
 	if (len < ml || memcmp(text, SAVE_MAGIC, ml) || !nl) {

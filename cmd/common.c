@@ -264,47 +264,12 @@ int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
 	return 0;
 }
 
-int cli_read_file(const char *path, char **buf, size_t *len)
+int cli_read_file(const char *path, size_t limit, const char *what, char **buf, size_t *len)
 {
-	FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-	if (!f) {
-		cli_error("%s: cannot open: %s", path, strerror(errno));
-		return CLI_EXIT_IO;
-	}
-	size_t cap = 1 << 16, n = 0;
-	char *p = malloc(cap);
-	int rc = 0;
-	while (p) {
-		if (n + 1 >= cap) {
-			char *q = cap < SIZE_MAX / 2 ? realloc(p, cap * 2) : NULL;
-			if (!q) {
-				free(p);
-				p = NULL;
-				break;
-			}
-			p = q;
-			cap *= 2;
-		}
-		size_t got = fread(p + n, 1, cap - n - 1, f);
-		n += got;
-		if (got == 0)
-			break;
-	}
-	if (!p) {
-		cli_error("%s: out of memory reading the file", path);
-		rc = CLI_EXIT_SOFTWARE;
-	} else if (ferror(f)) {
-		cli_error("%s: read error: %s", path, strerror(errno));
-		free(p);
-		rc = CLI_EXIT_IO;
-	} else {
-		p[n] = 0;
-		*buf = p;
-		*len = n;
-	}
-	if (f != stdin)
-		fclose(f);
-	return rc;
+	sb_error err = {0};
+	int rc = strcmp(path, "-") ? sb_file_read(path, limit, what, buf, len, &err)
+	                           : sb_file_read_fd(0, "standard input", limit, what, buf, len, &err);
+	return rc ? cli_fail(&err) : 0;
 }
 
 int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n)

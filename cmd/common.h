@@ -65,9 +65,16 @@ const char *cli_default_model_dir(void);
 int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
                    sb_bytes_mode bytes);
 
-/* Reads a whole file (or stdin for "-") into a malloc'd NUL-terminated
- * buffer. Prints the error; returns 0 or an exit status. */
-int cli_read_file(const char *path, char **buf, size_t *len);
+/* The most bytes each kind of whole-file read takes (sb_file_read). */
+#define CLI_LIMIT_TEXT ((size_t)256 << 20)     /* perplexity/tokenize/activations -f */
+#define CLI_LIMIT_PROMPT ((size_t)64 << 20)    /* --prefix-file */
+#define CLI_LIMIT_MODEL_FILE ((size_t)64 << 20) /* config, tokenizer files */
+
+/* Reads a whole file (or stdin for "-") of at most `limit` bytes into a
+ * malloc'd NUL-terminated buffer; `what` names its kind in the message
+ * when it is longer ("a text file"). Prints the error; returns 0 or an
+ * exit status. */
+int cli_read_file(const char *path, size_t limit, const char *what, char **buf, size_t *len);
 
 /* Parses "1 2 3" / "1,2,3" into ids (malloc'd). Prints the error naming
  * flag; returns 0 or an exit status. */

@@ -24,6 +24,7 @@
 
 #include "commands.h"
 #include "gen.h"
+#include "keyset.h"
 #include "lines.h"
 #include "scheduler.h"
 
@@ -461,54 +462,111 @@ static int finish_items(run *r)
 	return 0;
 }
 
-/* Reads the records already in the output file, repairing a torn last line
- * (a run killed while writing), and marks their ids done. */
+/* How every record make_record() writes begins. */
+#define RECORD_START "{\"id\":"
+
+/* A torn last line is what a run killed while writing leaves: the start of
+ * a record, cut anywhere. */
+static bool torn_record(const char *s, size_t n)
+{
+	size_t k = strlen(RECORD_START);
+	if (memcmp(s, RECORD_START, n < k ? n : k) != 0)
+		return false;
+	return !memchr(s, 0, n);
+}
+
+/* Reads the records already in the output file and marks their ids done.
+ * The file is read as a stream, and nothing is removed from it until every
+ * line has been recognized as a record of this command: then, and only
+ * then, a torn last line (a run killed while writing) is cut off. Anything
+ * else is refused with the file untouched. Matching is by hashed id, so a
+ * million records cost a million lookups. */
 static int resume_from(run *r)
 {
 	struct stat sb;
-	if (stat(r->out_path, &sb) < 0 && errno == ENOENT)
-		return 0; /* nothing written yet: start from the beginning */
-	char *text = NULL;
-	size_t len = 0;
-	int rc = cli_read_file(r->out_path, &text, &len);
-	if (rc)
-		return rc;
-	size_t keep = len;
-	while (keep && text[keep - 1] != '\n')
-		keep--;
-	if (keep != len) {
-		if (truncate(r->out_path, (off_t)keep) < 0) {
-			cli_error("%s: cannot repair the torn last line: %s", r->out_path, strerror(errno));
-			rc = CLI_EXIT_IO;
-			goto done;
-		}
-		fprintf(stderr, "seqboat: %s: removed a torn last line of %zu bytes\n", r->out_path, len - keep);
+	if (stat(r->out_path, &sb) < 0) {
+		if (errno == ENOENT)
+			return 0; /* nothing written yet: start from the beginning */
+		cli_error("%s: cannot read the records to resume: %s", r->out_path, strerror(errno));
+		return CLI_EXIT_IO;
 	}
-	size_t lineno = 0;
-	for (size_t at = 0; at < keep;) {
-		const char *nl = memchr(text + at, '\n', keep - at);
-		size_t end = (size_t)(nl - text);
-		lineno++;
+	if (!S_ISREG(sb.st_mode)) {
+		cli_error("%s: --resume needs a regular file of records, not %s", r->out_path,
+		          S_ISDIR(sb.st_mode) ? "a directory" : S_ISFIFO(sb.st_mode) ? "a FIFO" : "a special file");
+		return CLI_EXIT_USAGE;
+	}
+	FILE *f = fopen(r->out_path, "rb");
+	if (!f) {
+		cli_error("%s: cannot open: %s", r->out_path, strerror(errno));
+		return CLI_EXIT_IO;
+	}
+	int rc = 0, got;
+	cli_lines *rd = cli_lines_new(f);
+	cli_keyset done = {0};
+	const char *line;
+	size_t len;
+	bool too_long;
+	unsigned long long keep = 0, total = 0;   /* bytes of whole records, of the file */
+	if (!rd)
+		goto nomem;
+	while ((got = cli_lines_next(rd, &line, &len, &too_long)) > 0) {
+		size_t lineno = cli_lines_number(rd);
+		total = cli_lines_offset(rd);
+		if (!cli_lines_ended(rd) && !too_long) {
+			/* the last line, without its newline */
+			if (!torn_record(line, len)) {
+				cli_error("%s: line %zu: expected a record of seqboat complete (is this its output?); the file is left as it is",
+				          r->out_path, lineno);
+				rc = CLI_EXIT_DATA;
+				goto done;
+			}
+			break;
+		}
 		json_error_t je;
-		json_t *rec = json_loadb(text + at, end - at, 0, &je);
-		at = end + 1;
-		json_t *id = rec ? json_object_get(rec, "id") : NULL;
-		if (!id || !json_object_get(rec, "finish_reason")) {
+		json_t *rec = too_long ? NULL : json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
+		json_t *id = json_is_object(rec) ? json_object_get(rec, "id") : NULL;
+		if (!id || !json_is_string(json_object_get(rec, "finish_reason"))) {
 			json_decref(rec);
-			cli_error("%s: line %zu: expected a record with 'id' and 'finish_reason' (is this the output of seqboat complete?)",
+			cli_error("%s: line %zu: expected a record with 'id' and 'finish_reason' (is this the output of seqboat complete?); the file is left as it is",
 			          r->out_path, lineno);
 			rc = CLI_EXIT_DATA;
 			goto done;
 		}
 		char *key = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
-		for (size_t i = 0; key && i < r->n_items; i++)
-			if (!strcmp(r->items[i].key, key))
-				r->items[i].done = true;
+		int added = key ? cli_keyset_add(&done, key, strlen(key)) : -1;
 		free(key);
 		json_decref(rec);
+		if (added < 0)
+			goto nomem;
+		keep = total;
 	}
+	if (got == -1) {
+		cli_error("%s: read error: %s", r->out_path, strerror(errno));
+		rc = CLI_EXIT_IO;
+		goto done;
+	}
+	if (got == -2)
+		goto nomem;
+	if (total != keep) {
+		if (truncate(r->out_path, (off_t)keep) < 0) {
+			cli_error("%s: cannot repair the torn last line: %s", r->out_path, strerror(errno));
+			rc = CLI_EXIT_IO;
+			goto done;
+		}
+		fprintf(stderr, "seqboat: %s: removed a torn last line of %llu bytes\n", r->out_path,
+		        total - keep);
+	}
+	for (size_t i = 0; i < r->n_items; i++)
+		if (cli_keyset_has(&done, r->items[i].key, strlen(r->items[i].key)))
+			r->items[i].done = true;
+	goto done;
+nomem:
+	cli_error("%s: out of memory reading the records", r->out_path);
+	rc = CLI_EXIT_SOFTWARE;
 done:
-	free(text);
+	cli_keyset_free(&done);
+	cli_lines_free(rd);
+	fclose(f);
 	return rc;
 }
 
@@ -634,7 +692,7 @@ static int prefill_prefix(run *r)
 	int rc = 0;
 	sb_error err = {0};
 	if (r->prefix_file) {
-		if ((rc = cli_read_file(r->prefix_file, &text, &len)))
+		if ((rc = cli_read_file(r->prefix_file, CLI_LIMIT_PROMPT, "a prompt prefix", &text, &len)))
 			return rc;
 	} else if (r->system) {
 		len = strlen(r->system);
@@ -990,6 +1048,10 @@ static int parse_args(run *r, int argc, char **argv)
 static int check_paths(run *r)
 {
 	struct stat in, out;
+	if ((r->out_path && !*r->out_path) || (r->in_path && !*r->in_path)) {
+		cli_error("complete: %s: empty file name", r->out_path && !*r->out_path ? "-o" : "-f");
+		return CLI_EXIT_USAGE;
+	}
 	if (!r->out_path || stat(r->out_path, &out) < 0)
 		return 0;
 	bool have_in = false;

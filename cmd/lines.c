@@ -9,6 +9,7 @@ struct cli_lines {
 	size_t at, end;          /* unread bytes of blk */
 	size_t lineno;
 	unsigned long long offset; /* bytes consumed, the last line's end included */
+	bool ended;              /* that line ended with '\n' */
 	char *line;              /* (cap) the line being assembled */
 	size_t len, cap;
 	char blk[1 << 16];
@@ -74,6 +75,7 @@ int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long)
 		size_t n = nl ? (size_t)(nl - s) : avail;
 		r->at += n + (nl != NULL);
 		r->offset += n + (nl != NULL);
+		r->ended = nl != NULL;
 		if (*too_long || n > CLI_LINE_MAX - r->len)
 			*too_long = true;
 		else if (append(r, s, n) < 0)
@@ -90,6 +92,11 @@ int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long)
 	*line = r->line;
 	*len = r->len;
 	return 1;
+}
+
+bool cli_lines_ended(const cli_lines *r)
+{
+	return r->ended;
 }
 
 size_t cli_lines_number(const cli_lines *r)

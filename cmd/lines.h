@@ -31,6 +31,9 @@ size_t cli_lines_number(const cli_lines *r);
 /* Bytes consumed so far: the end of the last line returned, its '\n'
  * included (a last line without one ends the input). */
 unsigned long long cli_lines_offset(const cli_lines *r);
+/* Whether the line last returned ended with '\n' (the last line of a
+ * file may not). */
+bool cli_lines_ended(const cli_lines *r);
 
 /* True if the line holds only spaces, tabs and carriage returns: such a
  * line is not an item. */

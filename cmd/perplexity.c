@@ -357,7 +357,7 @@ int cmd_perplexity(int argc, char **argv)
 		    (rc = cli_load_model(dir, &m, NULL, SB_BYTES_AUTO)))
 			goto out;
 	} else {
-		if ((rc = cli_read_file(file, &text, &n_bytes)) ||
+		if ((rc = cli_read_file(file, CLI_LIMIT_TEXT, "a text file", &text, &n_bytes)) ||
 		    (rc = cli_load_model(dir, &m, &tok, SB_BYTES_AUTO)))
 			goto out;
 		if ((rc = tokenize_text(tok, file, text, n_bytes, &stream, &n)))

@@ -70,7 +70,7 @@ static int copy_file(const char *from, const char *to)
 {
 	char *buf;
 	size_t len;
-	int rc = cli_read_file(from, &buf, &len);
+	int rc = cli_read_file(from, CLI_LIMIT_MODEL_FILE, "a model directory's file", &buf, &len);
 	if (rc)
 		return rc;
 	FILE *f = fopen(to, "wb");
@@ -198,8 +198,13 @@ int cmd_quantize(int argc, char **argv)
 		cli_error("--type: expected q8, f16, bf16 or f32, got '%s'", type);
 		return CLI_EXIT_USAGE;
 	}
+	if (!*outdir) {
+		cli_error("quantize: -o: empty directory name");
+		return CLI_EXIT_USAGE;
+	}
+	/* lstat: a link, even a dangling one, is something already there. */
 	struct stat sbuf;
-	if (stat(outdir, &sbuf) == 0) {
+	if (lstat(outdir, &sbuf) == 0) {
 		cli_error("%s: already exists; choose a new directory", outdir);
 		return CLI_EXIT_USAGE;
 	}

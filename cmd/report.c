@@ -114,79 +114,33 @@ int cli_outfile_open(cli_outfile *o, const char *path)
 		o->f = stdout;
 		return 0;
 	}
-	size_t n = strlen(path);
-	o->path = strdup(path);
-	o->tmp = malloc(n + sizeof ".tmp.XXXXXX");
-	if (!o->path || !o->tmp) {
-		cli_outfile_abort(o);
-		cli_error("%s: out of memory", path);
-		return CLI_EXIT_SOFTWARE;
-	}
-	memcpy(o->tmp, path, n);
-	memcpy(o->tmp + n, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-	int fd = mkstemp(o->tmp);
-	if (fd < 0) {
-		cli_error("%s: cannot create a temporary file next to it: %s", path,
-		          strerror(errno));
-		free(o->tmp);
-		o->tmp = NULL;
-		cli_outfile_abort(o);
-		return CLI_EXIT_IO;
-	}
-	/* mkstemp makes the file private; the finished file gets the mode a
-	 * plain fopen would have given it. */
-	mode_t mask = umask(0);
-	umask(mask);
-	(void)fchmod(fd, 0666 & ~mask);
-	o->f = fdopen(fd, "w");
-	if (!o->f) {
-		cli_error("%s: cannot open: %s", o->tmp, strerror(errno));
-		close(fd);
-		cli_outfile_abort(o);
-		return CLI_EXIT_IO;
-	}
+	sb_error err = {0};
+	if (sb_file_out_open(&o->file, path, &err))
+		return cli_fail(&err);
+	o->f = o->file.f;
 	return 0;
 }
 
 int cli_outfile_commit(cli_outfile *o)
 {
-	if (!o->path) {
-		if (fflush(o->f) != 0 || ferror(o->f)) {
+	if (o->f == stdout) {
+		o->f = NULL;
+		if (fflush(stdout) != 0 || ferror(stdout)) {
 			cli_error("standard output: write error: %s", strerror(errno));
 			return CLI_EXIT_IO;
 		}
 		return 0;
 	}
-	int rc = 0;
-	if (fflush(o->f) != 0 || ferror(o->f) || fsync(fileno(o->f)) != 0) {
-		cli_error("%s: write error: %s", o->path, strerror(errno));
-		rc = CLI_EXIT_IO;
-	}
-	if (fclose(o->f) != 0 && !rc) {
-		cli_error("%s: write error: %s", o->path, strerror(errno));
-		rc = CLI_EXIT_IO;
-	}
+	sb_error err = {0};
 	o->f = NULL;
-	if (!rc && rename(o->tmp, o->path) != 0) {
-		cli_error("%s: cannot rename %s over it: %s", o->path, o->tmp, strerror(errno));
-		rc = CLI_EXIT_IO;
-	}
-	if (rc)
-		unlink(o->tmp);
-	free(o->tmp);
-	free(o->path);
-	o->tmp = o->path = NULL;
-	return rc;
+	if (sb_file_out_commit(&o->file, &err))
+		return cli_fail(&err);
+	return 0;
 }
 
 void cli_outfile_abort(cli_outfile *o)
 {
-	if (o->f && o->f != stdout)
-		fclose(o->f);
-	if (o->tmp)
-		unlink(o->tmp);
-	free(o->tmp);
-	free(o->path);
+	sb_file_out_abort(&o->file);
 	memset(o, 0, sizeof *o);
 }
 

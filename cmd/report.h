@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "seqboat.h"
+
 /* A one-line progress display on stderr, redrawn in place at most ten
  * times a second, and only when stderr is a terminal (so logs and pipes
  * never see it). */
@@ -43,11 +45,12 @@ size_t cli_rss_bytes(void);
 size_t cli_peak_rss_bytes(void);
 
 /* An output file written to a temporary name next to `path` and renamed
- * over it on commit, so a reader never sees half a file; "-" is stdout. */
+ * over it on commit, so a reader never sees half a file; "-" is stdout.
+ * The target is checked as sb_file_out_open does (a symbolic link is
+ * followed to its regular file, a FIFO, device or directory refused). */
 typedef struct cli_outfile {
-	FILE *f;
-	char *path;              /* NULL for stdout */
-	char *tmp;
+	FILE *f;                 /* write here: stdout or file.f */
+	sb_file_out file;        /* zero for stdout */
 } cli_outfile;
 
 /* Prints the error and returns an exit status, or 0. */

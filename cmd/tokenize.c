@@ -52,7 +52,7 @@ static int read_ids(int argc, char **argv, const char *file, int32_t **ids, size
 	if (optind >= argc) {
 		char *buf;
 		size_t len;
-		int rc = cli_read_file(file ? file : "-", &buf, &len);
+		int rc = cli_read_file(file ? file : "-", CLI_LIMIT_TEXT, "a text file", &buf, &len);
 		if (rc)
 			return rc;
 		rc = cli_parse_ids(file ? file : "standard input", buf, ids, n);
@@ -209,7 +209,7 @@ int cmd_tokenize(int argc, char **argv)
 	} else {
 		char *buf;
 		size_t len;
-		rc = cli_read_file(file ? file : "-", &buf, &len);
+		rc = cli_read_file(file ? file : "-", CLI_LIMIT_TEXT, "a text file", &buf, &len);
 		if (!rc) {
 			rc = run_encode(tok, buf, len, file && strcmp(file, "-") ? file : "standard input",
 			                bos, pieces);

@@ -490,22 +490,6 @@ void sb_st_close(sb_st_file *f)
 
 /* ------------------------------------------------------------------ write */
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* The header JSON for entries, in their order, with consecutive offsets. */
 static int build_header(const char *path, const sb_st_entry *entries, size_t n,
                         const char *const *meta_kv, size_t *sizes,
@@ -623,8 +607,7 @@ int sb_st_write(const char *path, const sb_st_entry *entries, size_t n,
 	int rc = SB_OK;
 	size_t *sizes = NULL;
 	json_t *root = NULL;
-	char *text = NULL, *tmp = NULL;
-	int fd = -1;
+	char *text = NULL;
 
 	if (!path || (n && !entries))
 		return sb_error_set(err, SB_ERR_ARG, "sb_st_write: NULL argument");
@@ -650,61 +633,20 @@ int sb_st_write(const char *path, const sb_st_entry *entries, size_t n,
 		head[i] = (uint8_t)((uint64_t)padded >> (8 * i));
 	static const char spaces[8] = "        ";
 
-	size_t plen = strlen(path);
-	tmp = malloc(plen + sizeof ".tmp-XXXXXX");
-	if (!tmp) {
-		rc = sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", path);
+	sb_file_out o;
+	if ((rc = sb_file_out_open(&o, path, err)))
+		goto out;
+	bool ok = fwrite(head, 1, 8, o.f) == 8 && fwrite(text, 1, hlen, o.f) == hlen &&
+	          fwrite(spaces, 1, padded - hlen, o.f) == padded - hlen;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = fwrite(entries[i].data, 1, sizes[i], o.f) == sizes[i];
+	if (!ok) {
+		rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+		sb_file_out_abort(&o);
 		goto out;
 	}
-	memcpy(tmp, path, plen);
-	memcpy(tmp + plen, ".tmp-XXXXXX", sizeof ".tmp-XXXXXX");
-	fd = mkstemp(tmp);
-	if (fd < 0) {
-		free(tmp);
-		tmp = NULL;
-		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot create a temporary file: %s",
-		                  path, strerror(errno));
-		goto out;
-	}
-	if (fchmod(fd, 0644) != 0 || write_all(fd, head, 8) ||
-	    write_all(fd, text, hlen) || write_all(fd, spaces, padded - hlen)) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", tmp,
-		                  strerror(errno));
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++) {
-		if (write_all(fd, entries[i].data, sizes[i])) {
-			rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", tmp,
-			                  strerror(errno));
-			goto out;
-		}
-	}
-	if (fsync(fd) != 0) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: fsync failed: %s", tmp,
-		                  strerror(errno));
-		goto out;
-	}
-	int c = close(fd);
-	fd = -1;
-	if (c != 0) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: close failed: %s", tmp,
-		                  strerror(errno));
-		goto out;
-	}
-	if (rename(tmp, path) != 0) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot rename %s into place: %s",
-		                  path, tmp, strerror(errno));
-		goto out;
-	}
-	free(tmp);
-	tmp = NULL;
+	rc = sb_file_out_commit(&o, err);
 out:
-	if (fd >= 0)
-		close(fd);
-	if (tmp) {
-		unlink(tmp);
-		free(tmp);
-	}
 	free(text);
 	json_decref(root);
 	free(sizes);

@@ -190,47 +190,12 @@ int sb_state_deserialize(sb_state *s, const void *buf, size_t len, const char *l
 int sb_state_save(const sb_state *s, const char *path, sb_error *err)
 {
 	size_t n = sb_state_serialized_size(s->m);
-	size_t plen = strlen(path);
-	char *tmp = malloc(plen + 16);
 	unsigned char *buf = malloc(n);
-	int fd = -1, rc = 0;
-	if (!tmp || !buf) {
-		rc = sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", path);
-		goto out;
-	}
-	snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
+	if (!buf)
+		return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory for a state of %zu bytes",
+		                    path, n);
 	sb_state_serialize(s, buf, n, NULL);
-	fd = mkstemp(tmp);
-	if (fd < 0) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-		goto out;
-	}
-	(void)fchmod(fd, 0644); /* mkstemp's 0600 would make the file private */
-	for (size_t off = 0; off < n;) {
-		ssize_t w = write(fd, buf + off, n - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", path,
-			                  w < 0 ? strerror(errno) : "no space");
-			goto out;
-		}
-		off += (size_t)w;
-	}
-	if (fsync(fd) != 0 || close(fd) != 0) {
-		fd = -1;
-		rc = sb_error_set(err, SB_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path) != 0)
-		rc = sb_error_set(err, SB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
-out:
-	if (fd >= 0)
-		close(fd);
-	if (rc != 0 && tmp)
-		unlink(tmp);
-	free(tmp);
+	int rc = sb_file_write(path, buf, n, err);
 	free(buf);
 	return rc;
 }

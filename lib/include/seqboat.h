@@ -62,6 +62,47 @@ int sb_error_prefix(sb_error *err, const char *prefix);
 bool sb_size_mul(size_t a, size_t b, size_t *out);
 bool sb_size_add(size_t a, size_t b, size_t *out);
 
+/* ------------------------------------------------------------------ files */
+
+/* Reads a whole file into a malloc'd buffer (caller frees) with a NUL after
+ * its last byte. More than `limit` bytes is SB_ERR_FORMAT, found before the
+ * file is read when its size is known and after limit + 1 bytes otherwise
+ * (a pipe, /dev/zero), so memory never exceeds the limit. `what` names the
+ * kind of file in messages ("a dictionary"). A directory or a failed read
+ * is SB_ERR_IO. The _fd form reads an open descriptor (not closed), with
+ * `label` naming it in messages. */
+int sb_file_read(const char *path, size_t limit, const char *what, char **buf,
+                 size_t *len, sb_error *err);
+int sb_file_read_fd(int fd, const char *label, size_t limit, const char *what,
+                    char **buf, size_t *len, sb_error *err);
+
+/* What `path` may be replaced as: a missing name or a regular file (with
+ * dir: a directory) is itself; a symbolic link is followed to the regular
+ * file (directory) it names; anything else (a FIFO, a device, a socket, a
+ * directory, a dangling link) is SB_ERR_IO naming path and what it is, and
+ * an empty name SB_ERR_ARG. *target: malloc'd, the caller frees it. */
+int sb_file_target(const char *path, bool dir, char **target, sb_error *err);
+
+/* A file replaced atomically: sb_file_out_open checks the target as
+ * sb_file_target does and creates a temporary file next to it (a new file
+ * gets the mode the umask gives, a replaced one keeps its mode); write to
+ * f; sb_file_out_commit flushes, fsyncs and renames it over the target;
+ * sb_file_out_abort removes it. Readers see the old file or the whole new
+ * one, never half. Commit and abort release everything (also on error);
+ * abort accepts a zeroed or already released sb_file_out. */
+typedef struct sb_file_out {
+	FILE *f;
+	char *target;   /* the file that will be replaced */
+	char *tmp;      /* the temporary file */
+	char *label;    /* the name given, for messages */
+} sb_file_out;
+
+int sb_file_out_open(sb_file_out *o, const char *path, sb_error *err);
+int sb_file_out_commit(sb_file_out *o, sb_error *err);
+void sb_file_out_abort(sb_file_out *o);
+/* The three in one: replaces path with len bytes of data. */
+int sb_file_write(const char *path, const void *data, size_t len, sb_error *err);
+
 /* ------------------------------------------------------------ safetensors */
 
 typedef enum sb_dtype {

@@ -1,0 +1,120 @@
+#!/bin/bash
+# e2e-hostile.sh - hostile input, round two (issue 16): output targets that
+# are not regular files, --resume on files that are not seqboat's output,
+# unbounded reads, and the messages of these refusals. Each refusal must be
+# one line on stderr with the documented exit status, and leave what was
+# there untouched.
+set -u
+
+. "$(dirname "$0")/e2e-lib.sh"
+trap 'rm -rf "$TMP"' EXIT
+
+# expect NAME STATUS WORD CMD...: CMD exits STATUS and says one line on
+# stderr that names WORD.
+expect() {
+	local name=$1 want=$2 word=$3
+	shift 3
+	"$@" > "$TMP/out" 2> "$TMP/err" < /dev/null
+	local got=$?
+	[ "$got" = "$want" ] || fail "$name: exit $got, expected $want ($(head -c 300 "$TMP/err"))"
+	[ "$(wc -l < "$TMP/err")" = 1 ] || fail "$name: expected one line on stderr, got: $(head -c 600 "$TMP/err")"
+	grep -qi -- "$word" "$TMP/err" || fail "$name: the message does not name '$word': $(cat "$TMP/err")"
+}
+
+# ------------------------------------------------ output targets (item 3)
+mkdir "$TMP/t"
+mkfifo "$TMP/t/fifo"
+mkdir "$TMP/t/dir"
+echo keep > "$TMP/t/real"
+chmod 640 "$TMP/t/real"
+ln -s real "$TMP/t/link"
+ln -s fifo "$TMP/t/link-to-fifo"
+ln -s missing "$TMP/t/dangling"
+logits=(logits -m "$MODEL" --ids "4 5 6")
+for target in fifo dir link-to-fifo dangling; do
+	expect "logits -o $target" 74 "$TMP/t/$target" "$SEQBOAT" "${logits[@]}" -o "$TMP/t/$target"
+done
+expect "logits -o /dev/null" 74 "device" "$SEQBOAT" "${logits[@]}" -o /dev/null
+[ -p "$TMP/t/fifo" ] || fail "the FIFO was replaced"
+[ -d "$TMP/t/dir" ] || fail "the directory was replaced"
+[ -L "$TMP/t/dangling" ] || fail "the dangling link was replaced"
+[ -c /dev/null ] || fail "/dev/null was replaced"
+# Through a link to a regular file: the file is replaced, the link stays,
+# the mode is kept.
+"$SEQBOAT" "${logits[@]}" -o "$TMP/t/link" 2> "$TMP/err" || fail "logits -o a link to a file: $(cat "$TMP/err")"
+[ -L "$TMP/t/link" ] || fail "logits -o through a link replaced the link"
+[ "$(head -c 8 "$TMP/t/real" | wc -c)" = 8 ] && ! grep -q keep "$TMP/t/real" || fail "the link's file was not written"
+[ "$(stat -c %a "$TMP/t/real")" = 640 ] || fail "the replaced file lost its mode: $(stat -c %a "$TMP/t/real")"
+[ "$(ls -A "$TMP/t" | wc -l)" = 6 ] || fail "temporary files left: $(ls -A "$TMP/t")"
+
+for target in fifo dir; do
+	expect "activations -o $target" 74 "$TMP/t/$target" \
+		"$SEQBOAT" activations -m "$MODEL" -p "w4 w5" -o "$TMP/t/$target"
+done
+
+# chat /save: refused, the conversation goes on, no "saved".
+printf 'w4 w5\n/save %s\n/save %s\n/save %s\nw6\n' "$TMP/t/fifo" "$TMP/t/dir" /dev/null |
+	"$SEQBOAT" chat -m "$MODEL" --temp 0 -n 3 > "$TMP/chat.out" 2> "$TMP/chat.err" ||
+	fail "chat with refused /save targets exited $?"
+grep -q "saved" "$TMP/chat.err" && fail "chat said saved for a non-regular target: $(cat "$TMP/chat.err")"
+[ "$(grep -c "not replacing it" "$TMP/chat.err")" = 3 ] || fail "chat /save refusals: $(cat "$TMP/chat.err")"
+[ "$(wc -l < "$TMP/chat.out")" = 2 ] || fail "chat did not go on after the refused /save"
+[ -p "$TMP/t/fifo" ] && [ -d "$TMP/t/dir" ] || fail "chat /save replaced a FIFO or a directory"
+printf 'w4\n/save %s\n' "$TMP/t/link" | "$SEQBOAT" chat -m "$MODEL" --temp 0 -n 2 > /dev/null 2> "$TMP/chat.err"
+grep -q "saved" "$TMP/chat.err" && [ -L "$TMP/t/link" ] && [ "$(head -c 6 "$TMP/t/real")" = SBCHAT ] ||
+	fail "chat /save through a link: $(cat "$TMP/chat.err")"
+
+# quantize -o something that exists, even a dangling link: refused.
+expect "quantize -o a dangling link" 2 "exists" "$SEQBOAT" quantize -m "$MODEL" --type f16 -o "$TMP/t/dangling"
+[ -L "$TMP/t/dangling" ] || fail "quantize replaced a dangling link"
+
+# Empty file names (item 9): a message naming the flag, not "seqboat: : ...".
+expect "complete -o ''" 2 "-o" "$SEQBOAT" complete -m "$MODEL" -p w4 -n 1 -o ""
+expect "logits -o ''" 2 "empty" "$SEQBOAT" "${logits[@]}" -o ""
+grep -q "seqboat: :" "$TMP/err" && fail "logits -o '': $(cat "$TMP/err")"
+
+# ------------------------------------------- --resume recognition (item 2)
+complete=(complete -m "$MODEL" --temp 0 -n 2 --no-timings)
+printf '{"id": 1, "prompt": "w4"}\n{"id": 2, "prompt": "w5"}\n' > "$TMP/in.jsonl"
+head -c 4096 /dev/urandom | tr -d '\n' > "$TMP/binary"
+cp "$TMP/binary" "$TMP/binary.orig"
+expect "--resume on a binary file" 65 "left as it is" "$SEQBOAT" "${complete[@]}" -f "$TMP/in.jsonl" -o "$TMP/binary" --resume
+cmp -s "$TMP/binary" "$TMP/binary.orig" || fail "--resume changed a binary file it refused"
+printf 'dear diary,\nnothing today.\nthe last line' > "$TMP/text"
+cp "$TMP/text" "$TMP/text.orig"
+expect "--resume on a text file" 65 "line 1" "$SEQBOAT" "${complete[@]}" -f "$TMP/in.jsonl" -o "$TMP/text" --resume
+cmp -s "$TMP/text" "$TMP/text.orig" || fail "--resume changed a text file it refused"
+# Records, then a line that is not one, then a torn tail: untouched.
+"$SEQBOAT" "${complete[@]}" -f "$TMP/in.jsonl" -o "$TMP/rec" 2> /dev/null || fail "complete -o failed"
+head -n 1 "$TMP/rec" > "$TMP/mixed"
+printf 'not a record\n{"id": 2, "compl' >> "$TMP/mixed"
+cp "$TMP/mixed" "$TMP/mixed.orig"
+expect "--resume with a foreign line" 65 "line 2" "$SEQBOAT" "${complete[@]}" -f "$TMP/in.jsonl" -o "$TMP/mixed" --resume
+cmp -s "$TMP/mixed" "$TMP/mixed.orig" || fail "--resume changed a file with a foreign line"
+# A torn record after whole ones is repaired, and the run completes it.
+head -n 1 "$TMP/rec" > "$TMP/torn"
+printf '{"id":2,"compl' >> "$TMP/torn"
+"$SEQBOAT" "${complete[@]}" -f "$TMP/in.jsonl" -o "$TMP/torn" --resume 2> "$TMP/err" ||
+	fail "--resume of a torn record: $(cat "$TMP/err")"
+cmp -s "$TMP/torn" "$TMP/rec" || fail "--resume of a torn record did not give the full output"
+grep -q "torn" "$TMP/err" || fail "the torn line's removal was not reported"
+expect "--resume on a FIFO" 2 "regular file" "$SEQBOAT" "${complete[@]}" -f "$TMP/in.jsonl" -o "$TMP/t/fifo" --resume
+
+# ------------------------------------------------ --resume matching (item 8)
+# 100k items all done: the run only matches ids (hashed), so it ends in
+# seconds; comparing every record with every id took minutes.
+$PY - "$TMP/many.jsonl" "$TMP/many.out" <<'PYEOF'
+import json, sys
+n = 100000
+with open(sys.argv[1], "w") as f, open(sys.argv[2], "w") as g:
+    for i in range(n):
+        f.write(json.dumps({"id": "item-%d" % i, "prompt": "w4"}) + "\n")
+        g.write(json.dumps({"id": "item-%d" % i, "completion": "", "finish_reason": "length"},
+                           separators=(",", ":")) + "\n")
+PYEOF
+cp "$TMP/many.out" "$TMP/many.orig"
+"$SEQBOAT" "${complete[@]}" -f "$TMP/many.jsonl" -o "$TMP/many.out" --resume 2> "$TMP/err" ||
+	fail "--resume of 100k done items: $(tail -c 300 "$TMP/err")"
+cmp -s "$TMP/many.out" "$TMP/many.orig" || fail "--resume of done items changed the output"
+
+finish e2e-hostile
