@@ -122,8 +122,7 @@ void cli_kld_base_close(cli_kld_base *b)
 {
 	if (b->in)
 		fclose(b->in);
-	if (b->out.f || b->out.tmp)
-		cli_outfile_abort(&b->out);
+	cli_outfile_abort(&b->out);   /* accepts a zeroed or committed one */
 	free(b->row);
 	memset(b, 0, sizeof *b);
 }
