@@ -398,12 +398,7 @@ static int load_items(run *r, FILE *in, const char *path)
 			it->prompt[n] = 0;
 		}
 	}
-	if (got == -1) {
-		cli_error("%s: read error: %s", path, strerror(errno));
-		rc = CLI_EXIT_IO;
-	} else if (got == -2) {
-		goto nomem;
-	}
+	rc = cli_lines_fail(got, path);
 	goto done;
 nomem:
 	cli_error("out of memory reading the prompts");

@@ -1,6 +1,9 @@
 /* lines.c - bounded line reading and item ids (see lines.h). */
 #include "lines.h"
 
+#include <errno.h>
+#include "common.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,6 +100,19 @@ int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long)
 bool cli_lines_ended(const cli_lines *r)
 {
 	return r->ended;
+}
+
+int cli_lines_fail(int got, const char *path)
+{
+	if (got == -1) {
+		cli_error("%s: read error: %s", path, strerror(errno));
+		return CLI_EXIT_IO;
+	}
+	if (got == -2) {
+		cli_error("%s: out of memory reading it", path);
+		return CLI_EXIT_SOFTWARE;
+	}
+	return 0;
 }
 
 size_t cli_lines_number(const cli_lines *r)

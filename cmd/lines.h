@@ -26,6 +26,10 @@ void cli_lines_free(cli_lines *r);
  * 0 at the end of the input, -1 on a read error (errno), -2 when out of
  * memory. */
 int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long);
+/* After cli_lines_next returned `got`: for a read error (-1) or running
+ * out of memory (-2), prints one line naming path and returns the exit
+ * status; else 0. */
+int cli_lines_fail(int got, const char *path);
 /* The number of the line last returned (1-based). */
 size_t cli_lines_number(const cli_lines *r);
 /* Bytes consumed so far: the end of the last line returned, its '\n'

@@ -155,12 +155,7 @@ static int read_shard(merge *m, size_t si)
 		m->recs[m->n_recs++] = (rec){key, si, lineno, start, end - start, false};
 		start = end;
 	}
-	if (got == -1) {
-		cli_error("%s: read error: %s", path, strerror(errno));
-		rc = CLI_EXIT_IO;
-	} else if (got == -2) {
-		goto nomem;
-	}
+	rc = cli_lines_fail(got, path);
 	goto done;
 nomem:
 	cli_error("%s: out of memory", path);
@@ -248,12 +243,7 @@ static int read_input(merge *m)
 		}
 		free(key);
 	}
-	if (got == -1) {
-		cli_error("%s: read error: %s", m->in_path, strerror(errno));
-		rc = CLI_EXIT_IO;
-	} else if (got == -2) {
-		goto nomem;
-	}
+	rc = cli_lines_fail(got, m->in_path);
 	goto done;
 nomem:
 	cli_error("%s: out of memory", m->in_path);
