@@ -439,11 +439,13 @@ int cmd_activations(int argc, char **argv)
 		rc = CLI_EXIT_SOFTWARE;
 		goto out;
 	}
-	if (!(ctx = sb_ctx_new(m, threads, &err)) || !(st = sb_state_new(m, &err))) {
+	sb_ctx_params cp = sb_ctx_default_params();
+	cp.n_threads = threads;
+	cp.act_bias = act_bias;
+	if (!(ctx = sb_ctx_new(m, &cp, &err)) || !(st = sb_ctx_state_new(ctx, &err))) {
 		rc = cli_fail(&err);
 		goto out;
 	}
-	sb_ctx_set_act_bias(ctx, act_bias);
 	sb_outputs outs = {.act = act, .stride = T};
 	if (sb_prefill(ctx, st, ids, T, &outs, &err) < 0) {
 		if (ids_arg)

@@ -1182,11 +1182,13 @@ int cmd_bench(int argc, char **argv)
 		for (size_t ti = 0; ti < Tl->n; ti++) {
 			/* The BLAS thread count is process-wide, so one context
 			 * at a time. */
-			if (!(ctx = sb_ctx_new(m, (int)Tl->v[ti], &err))) {
+			sb_ctx_params cp = sb_ctx_default_params();
+			cp.n_threads = (int)Tl->v[ti];
+			cp.act_bias = b.act_bias;
+			if (!(ctx = sb_ctx_new(m, &cp, &err))) {
 				rc = cli_fail(&err);
 				goto out;
 			}
-			sb_ctx_set_act_bias(ctx, b.act_bias);
 			if (ti == 0 && fill_depth(&b, ctx, Dl->v[di], &err) < 0) {
 				rc = cli_fail(&err);
 				goto out;

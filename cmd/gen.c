@@ -193,12 +193,14 @@ int cli_gen_open(const cli_gen *g, sb_model **model, sb_tokenizer **tok,
 		goto fail;
 	}
 	sb_sampler_free(probe);
-	*ctx = sb_ctx_new(*model, g->threads, &err);
+	sb_ctx_params cp = sb_ctx_default_params();
+	cp.n_threads = g->threads;
+	cp.act_bias = g->act_bias;
+	*ctx = sb_ctx_new(*model, &cp, &err);
 	if (!*ctx) {
 		rc = cli_fail(&err);
 		goto fail;
 	}
-	sb_ctx_set_act_bias(*ctx, g->act_bias);
 	return 0;
 fail:
 	sb_tokenizer_free(*tok);

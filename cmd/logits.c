@@ -114,11 +114,13 @@ int cmd_logits(int argc, char **argv)
 		rc = CLI_EXIT_SOFTWARE;
 		goto out;
 	}
-	if (!(ctx = sb_ctx_new(m, threads, &err)) || !(st = sb_state_new(m, &err))) {
+	sb_ctx_params cp = sb_ctx_default_params();
+	cp.n_threads = threads;
+	cp.act_bias = act_bias;
+	if (!(ctx = sb_ctx_new(m, &cp, &err)) || !(st = sb_ctx_state_new(ctx, &err))) {
 		rc = cli_fail(&err);
 		goto out;
 	}
-	sb_ctx_set_act_bias(ctx, act_bias);
 	sb_outputs outs = {.logits = logits, .act = act, .hidden = hid, .stride = T, .offset = 0};
 	if (split > 0 && sb_prefill(ctx, st, ids, (size_t)split, &outs, &err) < 0) {
 		rc = cli_fail(&err);

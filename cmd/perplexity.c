@@ -385,11 +385,13 @@ int cmd_perplexity(int argc, char **argv)
 		rc = CLI_EXIT_SOFTWARE;
 		goto out;
 	}
-	if (!(ctx = sb_ctx_new(m, threads, &err)) || !(st = sb_state_new(m, &err))) {
+	sb_ctx_params cp = sb_ctx_default_params();
+	cp.n_threads = threads;
+	cp.act_bias = act_bias;
+	if (!(ctx = sb_ctx_new(m, &cp, &err)) || !(st = sb_ctx_state_new(ctx, &err))) {
 		rc = cli_fail(&err);
 		goto out;
 	}
-	sb_ctx_set_act_bias(ctx, act_bias);
 	size_t chunk_len = chunk > 0 && (size_t)chunk < n ? (size_t)chunk : n;
 	if (kld_path) {
 		kld.comparing = kld_compare;

@@ -1,149 +1,71 @@
 /*
- * forward.c - prefill and decode (docs/computation.md sections 1-4).
+ * forward.c - prefill and decode: the backend-independent orchestration.
  *
- * Both run one routine over a block of "rows": row t is one token read
- * into state S[t]. A prefill block is T consecutive tokens of one state; a
- * batched decode block is one token for each of B states. Rows are applied
- * to their states in order, so the EMA scan and the window ring see tokens
- * exactly as token-by-token decoding does, while the projections of all
- * rows (and the attention unit of only the activated rows, gathered) run
- * as matrix-matrix products.
+ * Checks the arguments, cuts a call into blocks of rows (backend.h: either
+ * consecutive tokens of one state, or one token of each of several
+ * distinct states), gives each row its position, and runs each block
+ * through the context's backend: embed, every layer, the logits asked
+ * for, sync. The arithmetic is the backend's (lib/cpu/ for the CPU).
  */
-#include <cblas.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "internal.h"
-#include "pool.h"
-
-/* Rows per block: bounds the scratch memory, whatever the prompt length. */
-#define BLOCK_ROWS 512
-/* From this ring size on, a prefill block's attention runs as two matrix
- * products over the ring plus the block (a band of the score matrix is
- * wasted, but sgemm is several times faster than row-by-row dot products). */
-#define BATCHED_ATTN_MIN_W1 64
-#define BATCHED_ATTN_MIN_ROWS 16
-/* A decoded token's attention over a ring this long is split over threads. */
-#define PARALLEL_ATTN_MIN 128
+#include "backend.h"
 
 struct sb_ctx {
 	const sb_model *m;
-	int n_threads;
+	const sb_backend *be;
+	sb_bctx *b;
+	int device;
+	char where[24];       // "cpu", "cuda:0"
+	sb_backend_info info; // max_rows, n_threads
 	float act_bias;
-	double *inv_freq;     // (Z/2) rotary frequencies
-	/* per-row bookkeeping: */
-	sb_state **rs;        // (R) state of each row
-	int64_t *pos;         // (R) raw position of each row's token
-	int *aidx;            // (R) rows the router activated in this layer
-	int *arow;            // (R) each row's index among them, or -1
-	float *pr1;           // (R) router probability of activation
-	/* activations, R = BLOCK_ROWS rows: */
-	float *x;             // (R, D) residual stream
-	float *xn;            // (R, D) normed input
-	float *mx;            // (R, D) silu(EMA output)
-	float *hxu;           // (R, 2+D) router logits then hx
-	float *mxa;           // (R, D) mx of the activated rows
-	float *zgv;           // (R, Z+2H) silu(mx_proj) of the activated rows
-	float *qv;            // (R, Z) rotated queries
-	float *og;            // (R, H) attention output times gate
-	float *att;           // (R, D) h_proj output
-	float *ffn;           // (R, F) FFN hidden
-	float *scores;        // (W+1) one query's attention weights
-	float *ws;            // matmul widening scratch
-	float *kbuf;          // (Z) one rotated key
-	sb_pool *pool;        // the threads of every product and attention
-	bool rows_distinct;   // each row of the current block has its own state
-	/* prefill attention as matrix products (windows of >= 64 only): */
-	float *ck;            // (W+1+R, Z) ring keys then the block's new keys
-	float *cv;            // (W+1+R, H) likewise values
-	int64_t *cpos;        // (W+1+R) their positions
-	float *sc;            // (R, W+1+R) scores, then weights
-	float *part_og;       // (threads, H) per-thread attention partial sums
+	size_t max_batch;
+	/* the current block's rows: */
+	sb_state **rs;        // (max_rows) state of each row
+	int64_t *pos;         // (max_rows) raw position of each row's token
 };
 
-/* Zeroed scratch whose pages are touched now (calloc of a large block maps
- * zero pages lazily): the context's memory is all resident from the start,
- * so RSS does not creep up the first time a long ring is attended. */
-static void *xcalloc(size_t n, size_t size, bool *ok)
+sb_ctx_params sb_ctx_default_params(void)
 {
-	size_t bytes;
-	if (!sb_size_mul(n ? n : 1, size, &bytes)) {
-		*ok = false;
-		return NULL;
-	}
-	void *p = malloc(bytes);
-	if (!p)
-		*ok = false;
-	else
-		memset(p, 0, bytes);
-	return p;
+	return (sb_ctx_params){.n_threads = 0, .act_bias = 0.0f, .max_batch = 512, .device = NULL};
 }
 
-sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err)
+sb_ctx *sb_ctx_new(const sb_model *m, const sb_ctx_params *p, sb_error *err)
 {
-	const sb_config *c = &m->cfg;
-	const size_t R = BLOCK_ROWS, D = (size_t)c->embed_dim, Z = (size_t)c->z_dim,
-	             H = (size_t)c->hidden_dim, F = (size_t)(c->ffn_dim > 0 ? c->ffn_dim : 0),
-	             W1 = (size_t)c->window + 1;
+	sb_ctx_params dp = sb_ctx_default_params();
+	if (!p)
+		p = &dp;
+	if (p->max_batch < 1) {
+		sb_error_set(err, SB_ERR_ARG, "max_batch is 0, expected at least 1");
+		return NULL;
+	}
+	int device;
+	const sb_backend *be = sb_backend_find(p->device, &device, err);
+	if (!be)
+		return NULL;
 	sb_ctx *x = calloc(1, sizeof *x);
 	if (!x) {
 		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
 		return NULL;
 	}
-	bool ok = true;
 	x->m = m;
-	if (n_threads <= 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		n_threads = n > 0 ? (int)n : 1;
-	}
-	if (n_threads > SB_MAX_THREADS)
-		n_threads = SB_MAX_THREADS;
-	x->n_threads = n_threads;
-	const size_t NT = (size_t)n_threads;
-	x->part_og = xcalloc(NT * H, sizeof(float), &ok);
-	x->inv_freq = xcalloc(Z / 2, sizeof(double), &ok);
-	x->rs = xcalloc(R, sizeof(sb_state *), &ok);
-	x->pos = xcalloc(R, sizeof(int64_t), &ok);
-	x->aidx = xcalloc(R, sizeof(int), &ok);
-	x->arow = xcalloc(R, sizeof(int), &ok);
-	x->pr1 = xcalloc(R, sizeof(float), &ok);
-	x->x = xcalloc(R * D, sizeof(float), &ok);
-	x->xn = xcalloc(R * D, sizeof(float), &ok);
-	x->mx = xcalloc(R * D, sizeof(float), &ok);
-	x->hxu = xcalloc(R * (2 + D), sizeof(float), &ok);
-	x->mxa = xcalloc(R * D, sizeof(float), &ok);
-	x->zgv = xcalloc(R * (Z + 2 * H), sizeof(float), &ok);
-	x->qv = xcalloc(R * Z, sizeof(float), &ok);
-	x->og = xcalloc(R * H, sizeof(float), &ok);
-	x->att = xcalloc(R * D, sizeof(float), &ok);
-	x->ffn = xcalloc(R * F, sizeof(float), &ok);
-	x->scores = xcalloc(NT * W1, sizeof(float), &ok);
-	size_t maxc = D > H ? D : H;
-	if (F > maxc)
-		maxc = F;
-	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc, n_threads), sizeof(float), &ok);
-	x->kbuf = xcalloc(Z, sizeof(float), &ok);
-	if (W1 >= BATCHED_ATTN_MIN_W1) {
-		x->ck = xcalloc((W1 + R) * Z, sizeof(float), &ok);
-		x->cv = xcalloc((W1 + R) * H, sizeof(float), &ok);
-		x->cpos = xcalloc(W1 + R, sizeof(int64_t), &ok);
-		x->sc = xcalloc(R * (W1 + R), sizeof(float), &ok);
-	}
-	if (!ok) {
-		sb_ctx_free(x);
-		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
+	x->be = be;
+	x->device = device;
+	x->act_bias = p->act_bias;
+	x->max_batch = p->max_batch;
+	sb_backend_device_name(be, device, x->where, sizeof x->where);
+	if (be->ctx_new(m, p, device, &x->b, &x->info, err) < 0) {
+		free(x);
 		return NULL;
 	}
-	for (size_t i = 0; i < Z / 2; i++)
-		x->inv_freq[i] = pow(10000.0, -2.0 * (double)i / (double)Z);
-	/* The pool splits every product; OpenBLAS's own threads would only
-	 * compete with it for the cores. */
-	openblas_set_num_threads(1);
-	if (!(x->pool = sb_pool_new(n_threads))) {
+	if ((size_t)x->info.max_rows < x->max_batch)
+		x->max_batch = (size_t)x->info.max_rows;
+	x->rs = calloc((size_t)x->info.max_rows, sizeof *x->rs);
+	x->pos = calloc((size_t)x->info.max_rows, sizeof *x->pos);
+	if (!x->rs || !x->pos) {
 		sb_ctx_free(x);
-		sb_error_set(err, SB_ERR_NOMEM, "cannot start %d threads", n_threads);
+		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
 		return NULL;
 	}
 	return x;
@@ -153,557 +75,22 @@ void sb_ctx_free(sb_ctx *x)
 {
 	if (!x)
 		return;
-	free(x->inv_freq);
+	x->be->ctx_free(x->b);
 	free(x->rs);
 	free(x->pos);
-	free(x->aidx);
-	free(x->arow);
-	free(x->pr1);
-	free(x->x);
-	free(x->xn);
-	free(x->mx);
-	free(x->hxu);
-	free(x->mxa);
-	free(x->zgv);
-	free(x->qv);
-	free(x->og);
-	free(x->att);
-	free(x->ffn);
-	free(x->scores);
-	free(x->ws);
-	free(x->kbuf);
-	free(x->ck);
-	free(x->cv);
-	free(x->cpos);
-	free(x->sc);
-	free(x->part_og);
-	sb_pool_free(x->pool);
 	free(x);
 }
 
 const sb_model *sb_ctx_model(const sb_ctx *x) { return x->m; }
 void sb_ctx_set_act_bias(sb_ctx *x, float b) { x->act_bias = b; }
 float sb_ctx_act_bias(const sb_ctx *x) { return x->act_bias; }
-int sb_ctx_threads(const sb_ctx *x) { return x->n_threads; }
-size_t sb_ctx_max_batch(const sb_ctx *x) { (void)x; return BLOCK_ROWS; }
+int sb_ctx_threads(const sb_ctx *x) { return x->info.n_threads; }
+size_t sb_ctx_max_batch(const sb_ctx *x) { return x->max_batch; }
+const char *sb_ctx_device(const sb_ctx *x) { return x->where; }
 
-/* Row-wise work (norms, EMA, activations) is split over the pool from this
- * many rows on; below it the dispatch would cost more than it saves. */
-#define PAR_MIN_ROWS 8
-
-typedef struct rows_fn_job {
-	sb_ctx *x;
-	const sb_layer *ly;
-	int l, T;
-	void (*fn)(struct rows_fn_job *j, int begin, int end);
-	int n;                 /* items to split: rows, channels or floats */
-	float *p;              /* activate: the floats */
-	const sb_norm *norm;   /* prenorm / residual */
-	bool ffn;              /* residual: the FFN's (x += f) or the block's */
-} rows_fn_job;
-
-static void rows_fn_part(void *arg, int ith, int nth)
+sb_state *sb_ctx_state_new(sb_ctx *x, sb_error *err)
 {
-	rows_fn_job *j = arg;
-	/* ranges of 16 items, so threads do not share cache lines */
-	int blocks = (j->n + 15) / 16;
-	int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
-	int e = b1 * 16 < j->n ? b1 * 16 : j->n;
-	if (b0 * 16 < e)
-		j->fn(j, b0 * 16, e);
-}
-
-/* Runs j->fn over [0, j->n), split over the pool when there are enough
- * rows to be worth it. */
-static void run_rows(sb_ctx *x, rows_fn_job *j)
-{
-	if (j->T >= PAR_MIN_ROWS)
-		sb_pool_run(x->pool, rows_fn_part, j);
-	else
-		j->fn(j, 0, j->n);
-}
-
-/* Multi-head damped EMA over the rows, in order (docs/computation.md section 2):
- * h = q*h + p*beta*xn;  mx = sum_n h*gamma/sqrt(N) + omega*xn. Channels are
- * independent, so threads take channel ranges and scan every row. */
-static void ema_channels(rows_fn_job *j, int d0, int d1)
-{
-	sb_ctx *x = j->x;
-	const sb_layer *ly = j->ly;
-	const int D = x->m->cfg.embed_dim, N = x->m->cfg.n_dim;
-	for (int t = 0; t < j->T; t++)
-		sb_ema_row(st_h(x->rs[t]) + (size_t)j->l * D * N, ly->ema_q, ly->ema_pb, ly->ema_g,
-		           ly->omega, x->xn + (size_t)t * D, x->mx + (size_t)t * D, d0, d1, N);
-}
-
-static void activate_range(rows_fn_job *j, int i0, int i1)
-{
-	sb_activate(j->x->m->cfg.activation, j->p + i0, (size_t)(i1 - i0));
-}
-
-/* The model's activation over n floats of T rows. */
-static void activate_rows(sb_ctx *x, float *p, int T, size_t n)
-{
-	rows_fn_job j = {.x = x, .T = T, .fn = activate_range, .n = (int)n, .p = p};
-	run_rows(x, &j);
-}
-
-static void ema_rows(sb_ctx *x, const sb_layer *ly, int l, int T)
-{
-	rows_fn_job j = {.x = x, .ly = ly, .l = l, .T = T, .fn = ema_channels,
-	                 .n = x->m->cfg.embed_dim};
-	run_rows(x, &j);
-	activate_rows(x, x->mx, T, (size_t)T * x->m->cfg.embed_dim);
-}
-
-/* xn = Norm(x) before a sublayer (pre-norm), or a copy (post-norm). */
-static void prenorm_range(rows_fn_job *j, int t0, int t1)
-{
-	const sb_config *c = &j->x->m->cfg;
-	const int D = c->embed_dim;
-	for (int t = t0; t < t1; t++) {
-		float *xi = j->x->x + (size_t)t * D, *xn = j->x->xn + (size_t)t * D;
-		if (c->normalize_before)
-			sb_norm_apply(j->norm, xn, xi, D);
-		else
-			memcpy(xn, xi, (size_t)D * sizeof(float));
-	}
-}
-
-/* The block: x = act(hx + att + x), or the FFN: x = f + x; then the
- * post-norm. */
-static void residual_range(rows_fn_job *j, int t0, int t1)
-{
-	sb_ctx *x = j->x;
-	const sb_config *c = &x->m->cfg;
-	const int D = c->embed_dim, D2 = 2 + D;
-	for (int t = t0; t < t1; t++) {
-		float *xi = x->x + (size_t)t * D;
-		if (j->ffn) {
-			const float *f = x->att + (size_t)t * D;
-			for (int d = 0; d < D; d++)
-				xi[d] += f[d];
-		} else {
-			const float *hx = x->hxu + (size_t)t * D2 + 2;
-			const float *att = x->arow[t] >= 0 ? x->att + (size_t)x->arow[t] * D : NULL;
-			for (int d = 0; d < D; d++)
-				xi[d] = hx[d] + (att ? att[d] : 0.0f) + xi[d];
-			sb_activate(c->activation, xi, (size_t)D);
-		}
-		if (!c->normalize_before) {
-			float *tmp = x->xn + (size_t)t * D;
-			sb_norm_apply(j->norm, tmp, xi, D);
-			memcpy(xi, tmp, (size_t)D * sizeof(float));
-		}
-	}
-}
-
-/* Pushes (k, v, pos) into a layer's ring, dropping the oldest entry when
- * it already holds W+1. */
-static void ring_push(const sb_config *c, sb_state *s, int l, const float *k,
-                      const float *v, int64_t pos)
-{
-	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim;
-	int32_t *len = st_ring_len(s) + l, *head = st_ring_head(s) + l;
-	int slot;
-	if (*len < W1) {
-		slot = (*head + *len) % W1;
-		(*len)++;
-	} else {
-		slot = *head;
-		*head = (*head + 1) % W1;
-	}
-	size_t e = (size_t)l * W1 + (size_t)slot;
-	memcpy(st_ring_k(s) + e * Z, k, (size_t)Z * sizeof(float));
-	memcpy(st_ring_v(s) + e * H, v, (size_t)H * sizeof(float));
-	st_ring_pos(s)[e] = pos;
-}
-
-/* Turns one query's scores a[0..n) (max mxs) into attention weights. */
-static void attn_weights(sb_attn_kind kind, float *a, int n, float mxs)
-{
-	switch (kind) {
-	case SB_ATTN_SOFTMAX: {
-		float sum = 0.0f;
-		for (int e = 0; e < n; e++) {
-			a[e] = expf(a[e] - mxs);
-			sum += a[e];
-		}
-		for (int e = 0; e < n; e++)
-			a[e] /= sum;
-		break;
-	}
-	case SB_ATTN_RELU2:
-		for (int e = 0; e < n; e++)
-			a[e] = a[e] > 0.0f ? a[e] * a[e] : 0.0f;
-		break;
-	case SB_ATTN_LAPLACE: {
-		/* fairseq's laplace with mu = 0.707107, sigma = 0.282095. */
-		const float mu = 0.707107f, inv = 1.0f / (0.282095f * sqrtf(2.0f));
-		for (int e = 0; e < n; e++)
-			a[e] = 0.5f * (1.0f + erff((a[e] - mu) * inv));
-		break;
-	}
-	}
-}
-
-/* The learned relative bias b(t, t_j) of docs/computation.md section 2, raw distance. */
-static inline float rel_bias(const sb_layer *ly, int M, int64_t pos_k, int64_t pos_q)
-{
-	int64_t idx = (int64_t)M - 1 + pos_k - pos_q;
-	if (idx < 0)
-		idx = 0;
-	if (idx > 2 * (int64_t)M - 2)
-		idx = 2 * (int64_t)M - 2;
-	return ly->rel_bias[idx];
-}
-
-/* One query against ring entries [e0, e1): unnormalized softmax weights
- * (exp(s - local max)) or final relu2/laplace weights, accumulated into
- * og (H). Returns the local max and *sum the weights' sum, so that parts
- * computed by different threads merge exactly as flash-decoding does. */
-typedef struct attn_job {
-	sb_ctx *x;
-	const sb_layer *ly;
-	int l;
-	sb_state *s;
-	const float *q;
-	int64_t pos;
-	float part_max[SB_MAX_THREADS];
-	float part_sum[SB_MAX_THREADS];
-} attn_job;
-
-static void attend_range(attn_job *j, int e0, int e1, float *a, float *og, float *mx_out,
-                         float *sum_out)
-{
-	const sb_config *c = &j->x->m->cfg;
-	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim, M = c->max_positions;
-	const int l = j->l, head = st_ring_head(j->s)[l];
-	const float *K = st_ring_k(j->s) + (size_t)l * W1 * Z;   // (W+1, Z)
-	const float *Vv = st_ring_v(j->s) + (size_t)l * W1 * H;  // (W+1, H)
-	const int64_t *P = st_ring_pos(j->s) + (size_t)l * W1;   // (W+1)
-	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
-	                                                    : 1.0f / (float)c->window;
-	float mxs = -INFINITY, sum = 0.0f;
-	memset(og, 0, (size_t)H * sizeof(float));
-	sb_ring_dots(j->q, K, Z, W1, head, e0, e1, scale, a);
-	for (int e = e0; e < e1; e++) {
-		float sc = a[e - e0];
-		if (j->ly->rel_bias)
-			a[e - e0] = sc += rel_bias(j->ly, M, P[(head + e) % W1], j->pos);
-		if (sc > mxs)
-			mxs = sc;
-	}
-	if (c->attention == SB_ATTN_SOFTMAX) {
-		for (int e = 0; e < e1 - e0; e++) {
-			a[e] = expf(a[e] - mxs);
-			sum += a[e];
-		}
-	} else {
-		attn_weights(c->attention, a, e1 - e0, mxs);
-	}
-	sb_ring_accum(og, a, Vv, H, W1, head, e0, e1);
-	*mx_out = mxs;
-	*sum_out = sum;
-}
-
-static void attend_part(void *arg, int ith, int nth)
-{
-	attn_job *j = arg;
-	const int len = st_ring_len(j->s)[j->l], H = j->x->m->cfg.hidden_dim;
-	int e0 = (int)((long)len * ith / nth), e1 = (int)((long)len * (ith + 1) / nth);
-	attend_range(j, e0, e1, j->x->scores + e0, j->x->part_og + (size_t)ith * H,
-	             &j->part_max[ith], &j->part_sum[ith]);
-}
-
-/* One activated row's attention over its ring (which already holds the
- * row itself): o = sum_j a_j v_j, written into og (H) times the gate g.
- * A long ring is split over the pool's threads. */
-static void attend(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, const float *q,
-                   int64_t pos, const float *g, float *og)
-{
-	const sb_config *c = &x->m->cfg;
-	const int H = c->hidden_dim, len = st_ring_len(s)[l];
-	attn_job j = {x, ly, l, s, q, pos, {0}, {0}};
-	int nth = len >= PARALLEL_ATTN_MIN ? sb_pool_threads(x->pool) : 1;
-	if (nth > 1) {
-		sb_pool_run(x->pool, attend_part, &j);
-	} else {
-		nth = 1;
-		attend_range(&j, 0, len, x->scores, x->part_og, &j.part_max[0], &j.part_sum[0]);
-	}
-	float gmax = -INFINITY, sum = 0.0f;
-	for (int t = 0; t < nth; t++)
-		gmax = fmaxf(gmax, j.part_max[t]);
-	memset(og, 0, (size_t)H * sizeof(float));
-	for (int t = 0; t < nth; t++) {
-		/* softmax parts rescale to the global max; other weights are final */
-		float w = c->attention == SB_ATTN_SOFTMAX
-		          ? (j.part_max[t] == -INFINITY ? 0.0f : expf(j.part_max[t] - gmax))
-		          : 1.0f;
-		sum += w * j.part_sum[t];
-		sb_axpy(og, w, x->part_og + (size_t)t * H, H);
-	}
-	float norm = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sum : 1.0f;
-	for (int i = 0; i < H; i++)
-		og[i] *= g[i] * norm;
-}
-
-/* Attention for Ta >= BATCHED_ATTN_MIN_ROWS activated rows of ONE state
- * (a prefill block): the ring (oldest first) and the block's new keys and
- * values are laid end to end, entry R+i being row i's own. Row i attends to
- * entries R+i-W .. R+i, exactly the ring it would see token by token. The
- * scores of all rows against that span are one sgemm, the weighted values a
- * second; then the ring keeps the last W+1 entries. q (Ta, Z) is in x->qv,
- * new keys and values already in ck/cv at R.. */
-typedef struct block_job {
-	sb_ctx *x;
-	const sb_layer *ly;
-	int Ta, R, lo, cols;
-} block_job;
-
-/* One thread's rows of the block: scores against the span, weights inside
- * each row's window (zero outside), weighted values, gate. */
-static void attend_block_part(void *arg, int ith, int nth)
-{
-	const block_job *j = arg;
-	sb_ctx *x = j->x;
-	const sb_config *c = &x->m->cfg;
-	const int W = c->window, Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H,
-	          M = c->max_positions, R = j->R, lo = j->lo, cols = j->cols;
-	const int i0 = (int)((long)j->Ta * ith / nth), i1 = (int)((long)j->Ta * (ith + 1) / nth);
-	if (i0 >= i1)
-		return;
-	const float scale = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z)
-	                                                    : 1.0f / (float)W;
-	float *sc = x->sc + (size_t)i0 * cols;
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, cols, Z, scale,
-	            x->qv + (size_t)i0 * Z, Z, x->ck + (size_t)lo * Z, Z, 0.0f, sc, cols);
-	for (int i = i0; i < i1; i++) {
-		float *row = x->sc + (size_t)i * cols;
-		const int e0 = R + i - W > lo ? R + i - W : lo, e1 = R + i; /* inclusive */
-		const int64_t pos = x->cpos[R + i];
-		float mxs = -INFINITY;
-		for (int e = e0; e <= e1; e++) {
-			float v = row[e - lo];
-			if (j->ly->rel_bias)
-				v += rel_bias(j->ly, M, x->cpos[e], pos);
-			row[e - lo] = v;
-			if (v > mxs)
-				mxs = v;
-		}
-		attn_weights(c->attention, row + (e0 - lo), e1 - e0 + 1, mxs);
-		for (int e = lo; e < e0; e++)
-			row[e - lo] = 0.0f;
-		for (int e = e1 + 1; e < R + j->Ta; e++)
-			row[e - lo] = 0.0f;
-	}
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, H, cols, 1.0f, sc, cols,
-	            x->cv + (size_t)lo * H, H, 0.0f, x->og + (size_t)i0 * H, H);
-	for (int i = i0; i < i1; i++) {
-		const float *g = x->zgv + (size_t)i * ZH + Z;
-		float *og = x->og + (size_t)i * H;
-		for (int k = 0; k < H; k++)
-			og[k] *= g[k];
-	}
-}
-
-static void attend_block(sb_ctx *x, const sb_layer *ly, int l, sb_state *s, int Ta)
-{
-	const sb_config *c = &x->m->cfg;
-	const int W = c->window, W1 = W + 1, Z = c->z_dim, H = c->hidden_dim;
-	const int R = st_ring_len(s)[l], head = st_ring_head(s)[l];
-	const float *K = st_ring_k(s) + (size_t)l * W1 * Z;
-	const float *Vv = st_ring_v(s) + (size_t)l * W1 * H;
-	const int64_t *P = st_ring_pos(s) + (size_t)l * W1;
-	const int lo = R - W > 0 ? R - W : 0;  /* first entry any row needs */
-	for (int e = lo; e < R; e++) {
-		int slot = (head + e) % W1;
-		memcpy(x->ck + (size_t)e * Z, K + (size_t)slot * Z, (size_t)Z * sizeof(float));
-		memcpy(x->cv + (size_t)e * H, Vv + (size_t)slot * H, (size_t)H * sizeof(float));
-		x->cpos[e] = P[slot];
-	}
-	block_job j = {x, ly, Ta, R, lo, R + Ta - lo};
-	sb_pool_run(x->pool, attend_block_part, &j);
-	for (int i = Ta > W1 ? Ta - W1 : 0; i < Ta; i++)
-		ring_push(c, s, l, x->ck + (size_t)(R + i) * Z, x->cv + (size_t)(R + i) * H,
-		          x->cpos[R + i]);
-}
-
-typedef struct rows_job {
-	sb_ctx *x;
-	const sb_layer *ly;
-	int l, Ta;
-} rows_job;
-
-/* Batched decode: rows of different states attend in parallel, one whole
- * row per thread at a time, each with its own score buffer. */
-static void attend_rows_part(void *arg, int ith, int nth)
-{
-	const rows_job *j = arg;
-	sb_ctx *x = j->x;
-	const sb_config *c = &x->m->cfg;
-	const int Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H, W1 = c->window + 1;
-	for (int i = ith; i < j->Ta; i += nth) {
-		const int t = x->aidx[i];
-		attn_job aj = {x, j->ly, j->l, x->rs[t], x->qv + (size_t)i * Z, x->pos[t], {0}, {0}};
-		float sum, mxs, *og = x->og + (size_t)i * H;
-		int len = st_ring_len(x->rs[t])[j->l];
-		attend_range(&aj, 0, len, x->scores + (size_t)ith * W1, og, &mxs, &sum);
-		const float *g = x->zgv + (size_t)i * ZH + Z;
-		float norm = c->attention == SB_ATTN_SOFTMAX ? 1.0f / sum : 1.0f;
-		for (int k = 0; k < H; k++)
-			og[k] *= g[k] * norm;
-	}
-}
-
-/* The gated attention unit for the activated rows of one layer: their
- * projections gathered into one product, their ring pushes and attention
- * in row order, and the output h_proj scaled by pr1 into att. */
-static void attention_rows(sb_ctx *x, const sb_layer *ly, int l, int Ta)
-{
-	const sb_config *c = &x->m->cfg;
-	const int D = c->embed_dim, Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H;
-	for (int i = 0; i < Ta; i++)
-		memcpy(x->mxa + (size_t)i * D, x->mx + (size_t)x->aidx[i] * D,
-		       (size_t)D * sizeof(float));
-	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws, x->pool);
-	activate_rows(x, x->zgv, Ta, (size_t)Ta * ZH);
-	/* One state for every row (a prefill block) and a wide window: the
-	 * matrix-product path. Otherwise row by row through the ring. */
-	bool block = x->ck && Ta >= BATCHED_ATTN_MIN_ROWS;
-	for (int i = 1; block && i < Ta; i++)
-		block = x->rs[x->aidx[i]] == x->rs[x->aidx[0]];
-	const int R = block ? st_ring_len(x->rs[x->aidx[0]])[l] : 0;
-	/* Rows of distinct states (a batched decode step) can attend in
-	 * parallel once every row's key is in its ring. */
-	bool parallel_rows = !block && Ta > 1 && sb_pool_threads(x->pool) > 1 && x->rows_distinct;
-	for (int i = 0; i < Ta; i++) {
-		const int t = x->aidx[i];
-		float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
-		float *q = x->qv + (size_t)i * Z;
-		float *k = block ? x->ck + (size_t)(R + i) * Z : x->kbuf;
-		for (int j = 0; j < Z; j++) {
-			q[j] = z[j] * ly->gq[j] + ly->bq[j];
-			k[j] = z[j] * ly->gk[j] + ly->bk[j];
-		}
-		if (c->rel_pos == SB_POS_ROTARY) {
-			sb_rotary(q, k, Z, x->pos[t], x->inv_freq);
-		}
-		if (block) {
-			memcpy(x->cv + (size_t)(R + i) * H, z + Z + H, (size_t)H * sizeof(float));
-			x->cpos[R + i] = x->pos[t];
-			continue;
-		}
-		ring_push(c, x->rs[t], l, k, z + Z + H, x->pos[t]);
-		if (!parallel_rows)
-			attend(x, ly, l, x->rs[t], q, x->pos[t], z + Z, x->og + (size_t)i * H);
-	}
-	if (block)
-		attend_block(x, ly, l, x->rs[x->aidx[0]], Ta);
-	if (parallel_rows) {
-		rows_job j = {x, ly, l, Ta};
-		sb_pool_run(x->pool, attend_rows_part, &j);
-	}
-	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws, x->pool);
-	for (int i = 0; i < Ta; i++) {
-		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];
-		for (int d = 0; d < D; d++)
-			a[d] *= p;
-	}
-}
-
-static void layer_rows(sb_ctx *x, int l, int T, const sb_outputs *out, size_t row0)
-{
-	const sb_model *m = x->m;
-	const sb_config *c = &m->cfg;
-	const sb_layer *ly = &m->layers[l];
-	const int D = c->embed_dim, D2 = 2 + D;
-
-	rows_fn_job pre = {.x = x, .T = T, .fn = prenorm_range, .n = T, .norm = &ly->norm};
-	run_rows(x, &pre);
-	ema_rows(x, ly, l, T);
-	sb_matmul(x->hxu, x->mx, T, &ly->hx, ly->hx_b, x->ws, x->pool);
-
-	/* Router: pr1 = softmax([u0 + act_bias, u1] / tau)[1]; a tie is
-	 * not activated. */
-	int Ta = 0;
-	for (int t = 0; t < T; t++) {
-		const float *u = x->hxu + (size_t)t * D2;
-		float a0 = (u[0] + x->act_bias) * ly->inv_tau, a1 = u[1] * ly->inv_tau;
-		float mxv = a0 > a1 ? a0 : a1;
-		float e0 = expf(a0 - mxv), e1 = expf(a1 - mxv);
-		float p1 = e1 / (e0 + e1), p0 = e0 / (e0 + e1);
-		x->pr1[t] = p1;
-		bool act = p1 > p0;
-		x->arow[t] = act ? Ta : -1;
-		if (act) {
-			x->aidx[Ta++] = t;
-			st_n_act(x->rs[t])[l]++;
-		}
-		if (out && out->act)
-			out->act[(size_t)l * out->stride + out->offset + row0 + t] = act;
-	}
-	if (Ta > 0)
-		attention_rows(x, ly, l, Ta);
-
-	rows_fn_job res = {.x = x, .T = T, .fn = residual_range, .n = T, .norm = &ly->norm};
-	run_rows(x, &res);
-
-	if (c->ffn_dim > 0) {
-		const int F = c->ffn_dim;
-		rows_fn_job fpre = {.x = x, .T = T, .fn = prenorm_range, .n = T, .norm = &ly->ffn_norm};
-		run_rows(x, &fpre);
-		sb_matmul(x->ffn, x->xn, T, &ly->fc1, ly->fc1_b, x->ws, x->pool);
-		activate_rows(x, x->ffn, T, (size_t)T * F);
-		sb_matmul(x->att, x->ffn, T, &ly->fc2, ly->fc2_b, x->ws, x->pool);
-		rows_fn_job fres = {.x = x, .T = T, .fn = residual_range, .n = T,
-		                    .norm = &ly->ffn_norm, .ffn = true};
-		run_rows(x, &fres);
-	}
-	if (out && out->hidden)
-		for (int t = 0; t < T; t++)
-			memcpy(out->hidden + ((size_t)l * out->stride + out->offset + row0 + t) * D,
-			       x->x + (size_t)t * D, (size_t)D * sizeof(float));
-}
-
-/* Runs T <= BLOCK_ROWS rows whose states are already in x->rs. */
-static void block_rows(sb_ctx *x, const int32_t *tokens, int T, const sb_outputs *out,
-                       size_t row0, bool last_block, float *last_logits)
-{
-	const sb_model *m = x->m;
-	const sb_config *c = &m->cfg;
-	const int D = c->embed_dim, V = c->vocab_size;
-
-	for (int t = 0; t < T; t++) {
-		/* Rows of one state take consecutive positions. */
-		x->pos[t] = (int64_t)x->rs[t]->n_tokens;
-		x->rs[t]->n_tokens++;
-		float *xi = x->x + (size_t)t * D;
-		sb_mat_row(&m->embed, tokens[t], xi);
-		for (int d = 0; d < D; d++)
-			xi[d] *= m->embed_scale;
-	}
-	for (int l = 0; l < c->layers; l++)
-		layer_rows(x, l, T, out, row0);
-
-	bool all = out && out->logits;
-	if (!all && !(last_block && last_logits))
-		return;
-	if (c->normalize_before)
-		for (int t = all ? 0 : T - 1; t < T; t++) {
-			float *xi = x->x + (size_t)t * D;
-			sb_norm_apply(&m->final_norm, x->xn, xi, D);
-			memcpy(xi, x->xn, (size_t)D * sizeof(float));
-		}
-	if (all) {
-		float *dst = out->logits + (out->offset + row0) * (size_t)V;
-		sb_matmul(dst, x->x, T, &m->out, NULL, x->ws, x->pool);
-		if (last_block && last_logits)
-			memcpy(last_logits, dst + (size_t)(T - 1) * V, (size_t)V * sizeof(float));
-	} else {
-		sb_matmul(last_logits, x->x + (size_t)(T - 1) * D, 1, &m->out, NULL, x->ws, x->pool);
-	}
+	return sb_state_new_on(x->m, x->be, x->device, err);
 }
 
 static int check_tokens(const sb_model *m, const int32_t *tokens, size_t T, sb_error *err)
@@ -716,21 +103,71 @@ static int check_tokens(const sb_model *m, const int32_t *tokens, size_t T, sb_e
 	return 0;
 }
 
+static int check_state(const sb_ctx *x, const sb_state *s, const char *which, sb_error *err)
+{
+	if (s->m != x->m)
+		return sb_error_set(err, SB_ERR_ARG, "%s belongs to another model than the context",
+		                    which);
+	if (s->be != x->be || s->device != x->device)
+		return sb_error_set(err, SB_ERR_ARG,
+		                    "%s lives on %s, the context computes on %s (sb_state_copy moves it)",
+		                    which, s->where, x->where);
+	return 0;
+}
+
+/* One block through the backend. Its rows' outputs land at rows row0.. of
+ * out (sb_outputs' indexing); logits_all: every row's logits into `logits`
+ * (rows row0..), last: the last row's into `last` (V floats). */
+static int run_block(sb_ctx *x, const sb_rows *r, const sb_outputs *out, size_t row0,
+                     float *logits_all, float *last, sb_error *err)
+{
+	const sb_config *c = &x->m->cfg;
+	const size_t V = (size_t)c->vocab_size, D = (size_t)c->embed_dim;
+	int rc = x->be->embed(x->b, r, err);
+	for (int l = 0; rc == 0 && l < c->layers; l++) {
+		uint8_t *act = NULL;
+		float *hidden = NULL;
+		if (out && out->act)
+			act = out->act + (size_t)l * out->stride + out->offset + row0;
+		if (out && out->hidden)
+			hidden = out->hidden + ((size_t)l * out->stride + out->offset + row0) * D;
+		rc = x->be->layer(x->b, r, l, act, hidden, err);
+	}
+	if (rc == 0 && logits_all)
+		rc = x->be->logits(x->b, r, 0, logits_all + row0 * V, err);
+	else if (rc == 0 && last)
+		rc = x->be->logits(x->b, r, r->T - 1, last, err);
+	if (rc == 0 && x->be->sync)
+		rc = x->be->sync(x->b, err);
+	if (rc == 0 && logits_all && last)
+		memcpy(last, logits_all + (row0 + (size_t)r->T - 1) * V, V * sizeof(float));
+	return rc;
+}
+
 int sb_prefill(sb_ctx *x, sb_state *s, const int32_t *tokens, size_t T,
                const sb_outputs *out, sb_error *err)
 {
-	if (s->m != x->m)
-		return sb_error_set(err, SB_ERR_ARG, "state and context belong to different models");
-	int rc = check_tokens(x->m, tokens, T, err);
+	int rc = check_state(x, s, "the state", err);
+	if (rc == 0)
+		rc = check_tokens(x->m, tokens, T, err);
 	if (rc < 0)
 		return rc;
-	for (size_t t0 = 0; t0 < T; t0 += BLOCK_ROWS) {
-		int n = T - t0 < BLOCK_ROWS ? (int)(T - t0) : BLOCK_ROWS;
-		for (int t = 0; t < n; t++)
+	const size_t R = (size_t)x->info.max_rows;
+	float *all = out && out->logits ? out->logits + out->offset * (size_t)x->m->cfg.vocab_size
+	                                : NULL;
+	for (size_t t0 = 0; t0 < T; t0 += R) {
+		int n = T - t0 < R ? (int)(T - t0) : (int)R;
+		for (int t = 0; t < n; t++) {
 			x->rs[t] = s;
-		x->rows_distinct = n == 1;
-		block_rows(x, tokens + t0, n, out, t0, t0 + (size_t)n == T,
-		           out ? out->last_logits : NULL);
+			x->pos[t] = (int64_t)s->n_tokens + t;
+		}
+		s->n_tokens += (uint64_t)n;
+		sb_rows r = {.T = n, .states = x->rs, .tokens = tokens + t0, .pos = x->pos,
+		             .one_state = true, .distinct = n == 1, .act_bias = x->act_bias};
+		bool last_block = t0 + (size_t)n == T;
+		rc = run_block(x, &r, out, t0, all, last_block && out ? out->last_logits : NULL, err);
+		if (rc < 0)
+			return rc;
 	}
 	return 0;
 }
@@ -744,28 +181,40 @@ int sb_decode(sb_ctx *x, sb_state *s, int32_t token, float *logits, sb_error *er
 int sb_decode_batch(sb_ctx *x, sb_state *const *states, const int32_t *tokens, size_t B,
                     float *logits, sb_error *err)
 {
-	if (B > BLOCK_ROWS)
-		return sb_error_set(err, SB_ERR_ARG, "batch of %zu sequences, at most %d", B,
-		                    BLOCK_ROWS);
+	if (B > x->max_batch)
+		return sb_error_set(err, SB_ERR_ARG, "batch of %zu sequences, at most %zu", B,
+		                    x->max_batch);
 	int rc = check_tokens(x->m, tokens, B, err);
 	if (rc < 0)
 		return rc;
 	for (size_t b = 0; b < B; b++) {
-		if (states[b]->m != x->m)
-			return sb_error_set(err, SB_ERR_ARG, "state %zu belongs to another model", b);
-		x->rs[b] = states[b];
+		char which[48];
+		snprintf(which, sizeof which, "state %zu", b);
+		if ((rc = check_state(x, states[b], which, err)) < 0)
+			return rc;
 	}
-	/* The same state twice in a batch is allowed (its rows then apply in
-	 * order, as a prefill); only distinct states attend in parallel. */
-	x->rows_distinct = true;
-	for (size_t a = 0; a < B && x->rows_distinct; a++)
-		for (size_t b = a + 1; b < B; b++)
-			if (states[a] == states[b]) {
-				x->rows_distinct = false;
+	/* The same state twice in a batch is allowed: its tokens are read in
+	 * order. The batch is cut before each repeat, so that every block's
+	 * states are distinct. */
+	for (size_t b0 = 0; b0 < B;) {
+		size_t n = 0;
+		for (; b0 + n < B; n++) {
+			bool repeat = false;
+			for (size_t a = b0; a < b0 + n && !repeat; a++)
+				repeat = states[a] == states[b0 + n];
+			if (repeat)
 				break;
-			}
-	sb_outputs out = {.logits = logits};
-	if (B)
-		block_rows(x, tokens, (int)B, logits ? &out : NULL, 0, true, NULL);
+			x->rs[n] = states[b0 + n];
+			x->pos[n] = (int64_t)states[b0 + n]->n_tokens;
+			states[b0 + n]->n_tokens++;
+		}
+		sb_rows r = {.T = (int)n, .states = x->rs, .tokens = tokens + b0, .pos = x->pos,
+		             .one_state = n == 1, .distinct = true, .act_bias = x->act_bias};
+		sb_outputs out = {.logits = logits};
+		rc = run_block(x, &r, logits ? &out : NULL, b0, logits, NULL, err);
+		if (rc < 0)
+			return rc;
+		b0 += n;
+	}
 	return 0;
 }

@@ -1,6 +1,7 @@
 /*
- * internal.h - the model's in-memory layout and the kernels, shared by
- * model.c, state.c, ops.c and forward.c. Not part of the public API.
+ * internal.h - the model's in-memory layout and the state's, shared by
+ * model.c, state.c, forward.c and the backends (backend.h). Not part of the
+ * public API.
  */
 #ifndef SB_INTERNAL_H
 #define SB_INTERNAL_H
@@ -88,37 +89,23 @@ typedef struct sb_state_layout {
 	size_t bytes;      // total
 } sb_state_layout;
 
+typedef struct sb_backend sb_backend;
+
 struct sb_state {
 	const sb_model *m;
+	const sb_backend *be;  // keeps the block: sb_backend_cpu for host states
+	int device;            // the backend's device index (0 on the CPU)
 	sb_state_layout lay;
-	uint64_t n_tokens;     // tokens read
-	unsigned char *block;  // lay.bytes
+	uint64_t n_tokens;     // tokens read (on the host for every backend)
+	unsigned char *block;  // lay.bytes in the backend's memory
+	void *priv;            // the backend's own per-state data, or NULL
+	char where[24];        // "cpu", "cuda:0": sb_state_device()
 };
 
 void sb_state_layout_of(const sb_model *m, sb_state_layout *lay);
 
-/* Typed views into a state's block. */
-static inline uint64_t *st_n_act(sb_state *s) { return (uint64_t *)(s->block + s->lay.n_act); }
-static inline int32_t *st_ring_len(sb_state *s) { return (int32_t *)(s->block + s->lay.ring_len); }
-static inline int32_t *st_ring_head(sb_state *s) { return (int32_t *)(s->block + s->lay.ring_head); }
-static inline int64_t *st_ring_pos(sb_state *s) { return (int64_t *)(s->block + s->lay.ring_pos); }
-static inline float *st_h(sb_state *s) { return (float *)(s->block + s->lay.h); }
-static inline float *st_ring_k(sb_state *s) { return (float *)(s->block + s->lay.ring_k); }
-static inline float *st_ring_v(sb_state *s) { return (float *)(s->block + s->lay.ring_v); }
+/* ---- dtype.c: weight formats ---- */
 
-/* Threads of one context at most (the pool and the per-thread buffers). */
-#define SB_MAX_THREADS 256
-
-/* ---- ops.c: kernels on float* ---- */
-
-/* Y (T, W.rows) = X (T, W.cols) W^T (+ bias). ws: scratch of
- * sb_matmul_ws_floats(cols, threads) floats. One row (decode) is a
- * matrix-vector product, more rows single-threaded OpenBLAS sgemm calls;
- * either way the output columns are split over the pool's threads. */
-typedef struct sb_pool sb_pool;
-void sb_matmul(float *Y, const float *X, int T, const sb_mat *W,
-               const float *bias, float *ws, sb_pool *pool);
-size_t sb_matmul_ws_floats(int max_cols, int n_threads);
 /* Rounding to nearest even, as torch's .half() and .bfloat16(). */
 uint16_t sb_f32_to_f16(float f);
 uint16_t sb_f32_to_bf16(float f);
@@ -127,28 +114,7 @@ float sb_f16_to_f32(uint16_t h);
 void sb_mat_row(const sb_mat *W, int r, float *out);
 /* Widen n elements of dtype dt at src to float32. */
 void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n);
-
-/* The damped EMA (docs/computation.md section 2) for channels d0..d1-1 of one row:
- * h (D, N) = q*h + pb*xn[d] per order, out[d] = sum_n h*g + omega[d]*xn[d]. */
-void sb_ema_row(float *h, const float *q, const float *pb, const float *g, const float *omega,
-                const float *xn, float *out, int d0, int d1, int N);
-
-/* A query against a window ring (keys K (W1, Z), values V (W1, H), entry
- * e in slot (head + e) % W1): out[e-e0] = scale * q.K[e] for e in e0..e1-1,
- * and og (H) += sum a[e-e0] V[e]. */
-void sb_ring_dots(const float *q, const float *K, int Z, int W1, int head, int e0, int e1,
-                  float scale, float *out);
-void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int head, int e0,
-                   int e1);
-
-/* y += a x over n floats (vectorized where the CPU allows). */
-void sb_axpy(float *y, float a, const float *x, int n);
-
-void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D);
-void sb_activate(sb_act_kind k, float *x, size_t n);
-float sb_silu(float x);
-/* Rotate the interleaved pairs of a query and a key (Z each) by position
- * pos (docs/computation.md section 3); inv_freq: (Z/2) 10000^(-2i/Z) in double. */
-void sb_rotary(float *q, float *k, int Z, int64_t pos, const double *inv_freq);
+/* The CPU has AVX2, FMA and F16C (x86-64, detected once). */
+bool sb_have_avx2(void);
 
 #endif /* SB_INTERNAL_H */

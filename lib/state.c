@@ -1,7 +1,9 @@
 /*
  * state.c - the per-sequence constant-size state: per layer the EMA state
  * and the window ring of the last W+1 activated tokens (keys, values,
- * positions). One allocation, sized by the model alone.
+ * positions). One block, sized by the model alone, kept by a backend in
+ * its memory (backend.h); its layout, its serialized form and the checks
+ * of a loaded file are here, the same for every backend.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -10,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "backend.h"
 
 #define STATE_MAGIC "SBSTATE"  /* 8 bytes with its NUL */
 #define STATE_VERSION 1u
@@ -42,7 +44,19 @@ size_t sb_state_bytes(const sb_model *m)
 	return lay.bytes + sizeof(uint64_t); /* + the token counter */
 }
 
-sb_state *sb_state_new(const sb_model *m, sb_error *err)
+sb_state_sizes sb_state_sizes_of(const sb_model *m)
+{
+	sb_state_layout lay;
+	sb_state_layout_of(m, &lay);
+	sb_state_sizes z;
+	z.total = sb_state_bytes(m);
+	z.ema = lay.ring_k - lay.h;
+	z.ring = lay.bytes - lay.ring_k + (lay.h - lay.ring_pos);
+	z.counters = z.total - z.ema - z.ring;
+	return z;
+}
+
+sb_state *sb_state_new_on(const sb_model *m, const sb_backend *be, int device, sb_error *err)
 {
 	sb_state *s = calloc(1, sizeof *s);
 	if (!s) {
@@ -50,47 +64,82 @@ sb_state *sb_state_new(const sb_model *m, sb_error *err)
 		return NULL;
 	}
 	s->m = m;
+	s->be = be;
+	s->device = device;
+	sb_backend_device_name(be, device, s->where, sizeof s->where);
 	sb_state_layout_of(m, &s->lay);
-	s->block = aligned_alloc(64, (s->lay.bytes + 63) & ~(size_t)63);
-	if (!s->block) {
-		sb_error_set(err, SB_ERR_NOMEM, "out of memory allocating a state of %zu bytes",
-		             s->lay.bytes);
+	if (be->state_alloc(s, err) < 0) {
 		free(s);
 		return NULL;
 	}
-	sb_state_reset(s);
 	return s;
+}
+
+sb_state *sb_state_new(const sb_model *m, sb_error *err)
+{
+	return sb_state_new_on(m, &sb_backend_cpu, 0, err);
 }
 
 void sb_state_free(sb_state *s)
 {
 	if (!s)
 		return;
-	free(s->block);
+	s->be->state_free(s);
 	free(s);
 }
 
 void sb_state_reset(sb_state *s)
 {
-	memset(s->block, 0, s->lay.bytes);
+	s->be->state_zero(s);
 	s->n_tokens = 0;
 }
 
-void sb_state_copy(sb_state *dst, const sb_state *src)
+static bool same_place(const sb_state *a, const sb_state *b)
+{
+	return a->be == b->be && a->device == b->device;
+}
+
+int sb_state_copy(sb_state *dst, const sb_state *src)
 {
 	if (dst == src)
-		return;
-	memcpy(dst->block, src->block, src->lay.bytes);
-	dst->n_tokens = src->n_tokens;
+		return 0;
+	if (dst->lay.bytes != src->lay.bytes)
+		return SB_ERR_ARG;
+	int rc;
+	if (same_place(dst, src))
+		rc = src->be->state_copy(dst, src);
+	else if (dst->be == &sb_backend_cpu)
+		rc = src->be->state_download(src, 0, src->lay.bytes, dst->block);
+	else if (src->be == &sb_backend_cpu)
+		rc = dst->be->state_upload(dst, 0, src->lay.bytes, src->block);
+	else {
+		/* device to another device: through the host, a piece at a time */
+		unsigned char buf[1 << 14];
+		rc = 0;
+		for (size_t off = 0; rc == 0 && off < src->lay.bytes; off += sizeof buf) {
+			size_t n = src->lay.bytes - off < sizeof buf ? src->lay.bytes - off : sizeof buf;
+			rc = src->be->state_download(src, off, n, buf);
+			if (rc == 0)
+				rc = dst->be->state_upload(dst, off, n, buf);
+		}
+	}
+	if (rc == 0)
+		dst->n_tokens = src->n_tokens;
+	return rc;
 }
 
 sb_state *sb_state_clone(const sb_state *src, sb_error *err)
 {
-	sb_state *s = sb_state_new(src->m, err);
-	if (s)
-		sb_state_copy(s, src);
+	sb_state *s = sb_state_new_on(src->m, src->be, src->device, err);
+	if (s && sb_state_copy(s, src) < 0) {
+		sb_error_set(err, SB_ERR_DEVICE, "%s: cannot copy a state", src->where);
+		sb_state_free(s);
+		return NULL;
+	}
 	return s;
 }
+
+const char *sb_state_device(const sb_state *s) { return s->where; }
 
 uint64_t sb_state_n_tokens(const sb_state *s) { return s->n_tokens; }
 
@@ -98,7 +147,10 @@ uint64_t sb_state_n_activated(const sb_state *s, int layer)
 {
 	if (layer < 0 || layer >= s->m->cfg.layers)
 		return 0;
-	return ((const uint64_t *)(s->block + s->lay.n_act))[layer];
+	uint64_t n = 0;
+	if (s->be->state_download(s, s->lay.n_act + (size_t)layer * sizeof n, sizeof n, &n) < 0)
+		return 0;
+	return n;
 }
 
 size_t sb_state_serialized_size(const sb_model *m)
@@ -125,27 +177,32 @@ int sb_state_serialize(const sb_state *s, void *buf, size_t cap, sb_error *err)
 	put_u64(p + 16, sb_model_fingerprint(s->m));
 	put_u64(p + 24, s->n_tokens);
 	put_u64(p + 32, s->lay.bytes);
-	memcpy(p + STATE_HEADER, s->block, s->lay.bytes);
+	if (s->be->state_download(s, 0, s->lay.bytes, p + STATE_HEADER) < 0)
+		return sb_error_set(err, SB_ERR_DEVICE, "%s: cannot read the state back", s->where);
 	return 0;
 }
 
 /* Every ring counter must be in range before the forward pass indexes
- * with it: a state file is untrusted input. */
-static int check_rings(sb_state *s, const char *label, sb_error *err)
+ * with it: a state file is untrusted input. block: a host copy. */
+static int check_rings(const sb_state *s, const unsigned char *block, uint64_t n_tokens,
+                       const char *label, sb_error *err)
 {
 	const int L = s->m->cfg.layers, W1 = s->m->cfg.window + 1;
+	const int32_t *lens = (const int32_t *)(block + s->lay.ring_len),
+	              *heads = (const int32_t *)(block + s->lay.ring_head);
+	const int64_t *P = (const int64_t *)(block + s->lay.ring_pos);
 	for (int l = 0; l < L; l++) {
-		int32_t len = st_ring_len(s)[l], head = st_ring_head(s)[l];
+		int32_t len = lens[l], head = heads[l];
 		if (len < 0 || len > W1 || head < 0 || head >= W1)
 			return sb_error_set(err, SB_ERR_FORMAT,
 			                    "%s: layer %d ring counters (length %d, head %d) out of range for window %d",
 			                    label, l, len, head, W1 - 1);
 		for (int e = 0; e < len; e++) {
-			int64_t pos = st_ring_pos(s)[(size_t)l * W1 + (head + e) % W1];
-			if (pos < 0 || (uint64_t)pos >= s->n_tokens)
+			int64_t pos = P[(size_t)l * W1 + (size_t)sb_ring_slot(head, e, W1)];
+			if (pos < 0 || (uint64_t)pos >= n_tokens)
 				return sb_error_set(err, SB_ERR_FORMAT,
 				                    "%s: layer %d ring holds position %lld, outside the %llu tokens read",
-				                    label, l, (long long)pos, (unsigned long long)s->n_tokens);
+				                    label, l, (long long)pos, (unsigned long long)n_tokens);
 		}
 	}
 	return 0;
@@ -171,19 +228,22 @@ int sb_state_deserialize(sb_state *s, const void *buf, size_t len, const char *l
 		return sb_error_set(err, SB_ERR_FORMAT,
 		                    "%s: state holds %llu bytes of %zu, expected %zu", label,
 		                    (unsigned long long)bytes, len, STATE_HEADER + s->lay.bytes);
-	/* Check into a scratch copy so that a bad file leaves s untouched. */
-	sb_state tmp = *s;
-	tmp.block = malloc(s->lay.bytes);
-	if (!tmp.block)
+	/* The buffer is checked in place, so a bad file leaves s untouched;
+	 * the counters are read from an aligned copy. */
+	uint64_t n_tokens = get_u64(p + 24);
+	size_t counters = s->lay.h; /* n_act, ring_len, ring_head, ring_pos */
+	unsigned char *head = malloc(counters ? counters : 1);
+	if (!head)
 		return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory", label);
-	memcpy(tmp.block, p + STATE_HEADER, s->lay.bytes);
-	tmp.n_tokens = get_u64(p + 24);
-	int rc = check_rings(&tmp, label, err);
+	memcpy(head, p + STATE_HEADER, counters);
+	int rc = check_rings(s, head, n_tokens, label, err);
+	free(head);
 	if (rc == 0) {
-		memcpy(s->block, tmp.block, s->lay.bytes);
-		s->n_tokens = tmp.n_tokens;
+		if (s->be->state_upload(s, 0, s->lay.bytes, p + STATE_HEADER) < 0)
+			return sb_error_set(err, SB_ERR_DEVICE, "%s: cannot write the state to %s", label,
+			                    s->where);
+		s->n_tokens = n_tokens;
 	}
-	free(tmp.block);
 	return rc;
 }
 
@@ -194,8 +254,11 @@ int sb_state_save(const sb_state *s, const char *path, sb_error *err)
 	if (!buf)
 		return sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory for a state of %zu bytes",
 		                    path, n);
-	sb_state_serialize(s, buf, n, NULL);
-	int rc = sb_file_write(path, buf, n, err);
+	int rc = sb_state_serialize(s, buf, n, err);
+	if (rc < 0)
+		sb_error_prefix(err, path);
+	else
+		rc = sb_file_write(path, buf, n, err);
 	free(buf);
 	return rc;
 }

@@ -90,7 +90,7 @@ static void check_parity(const char *name, run_mode mode)
 	ck_assert_uint_eq(e.L, (size_t)c->layers);
 	ck_assert_uint_eq(e.D, (size_t)c->embed_dim);
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
 	sb_state *s = sb_state_new(m, &err);
 	ck_assert(ctx && s);
 	float *logits = calloc(e.T * e.V, sizeof(float));
@@ -157,7 +157,7 @@ START_TEST(engine_prefill_long_matches_decode)
 	const size_t T = 700, V = (size_t)c->vocab_size, L = (size_t)c->layers;
 	int32_t *tok = random_tokens(T, c->vocab_size, 7);
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
 	sb_state *a = sb_state_new(m, &err), *b = sb_state_new(m, &err);
 	float *la = calloc(T * V, sizeof(float)), *lb = calloc(T * V, sizeof(float));
 	uint8_t *aa = calloc(L * T, 1), *ab = calloc(L * T, 1);
@@ -191,7 +191,7 @@ START_TEST(engine_state_size_is_constant)
 	sb_model *m = load(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
 	sb_state *s = sb_state_new(m, &err);
 	size_t bytes0 = sb_state_bytes(m), ser0 = sb_state_serialized_size(m);
 	int32_t *tok = random_tokens(100000, c->vocab_size, 3);
@@ -227,7 +227,7 @@ START_TEST(engine_decode_allocates_nothing)
 	sb_model *m = load(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
 	sb_state *s = sb_state_new(m, &err);
 	float *logits = malloc((size_t)c->vocab_size * sizeof(float));
 	int32_t *tok = random_tokens(2000, c->vocab_size, 11);
@@ -261,7 +261,7 @@ START_TEST(engine_snapshot_restore_is_identical)
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, N = 50, M = 40;
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
 	sb_state *s = sb_state_new(m, &err);
 	int32_t *tok = random_tokens(N + M, c->vocab_size, 5);
 	ck_assert_int_eq(sb_prefill(ctx, s, tok, N, NULL, &err), 0);
@@ -300,7 +300,7 @@ START_TEST(engine_state_load_rejects_bad_files)
 	sb_model *a = load(cases[0]), *b = load(cases[1]);
 	sb_error err = {0};
 	sb_state *sa = sb_state_new(a, &err), *sb = sb_state_new(b, &err);
-	sb_ctx *ctx = sb_ctx_new(a, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(a, 1, &err);
 	int32_t tok[20];
 	for (int i = 0; i < 20; i++)
 		tok[i] = 4 + i;
@@ -342,7 +342,7 @@ START_TEST(engine_batch_matches_single)
 	sb_error err = {0};
 	/* The batch runs on three threads (rows attend in parallel), the
 	 * single sequences on one. */
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err), *bctx = sb_ctx_new(m, 3, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err), *bctx = tu_ctx_new(m, 3, &err);
 	ck_assert_int_eq(sb_ctx_threads(bctx), 3);
 	sb_state *bs[3], *ss[3];
 	int32_t *tok = random_tokens(B * (steps + 20), c->vocab_size, 9);
@@ -385,7 +385,7 @@ START_TEST(engine_threads_match_one_thread)
 	const sb_config *c = sb_model_config(m);
 	const size_t T = 600, V = (size_t)c->vocab_size;
 	sb_error err = {0};
-	sb_ctx *c1 = sb_ctx_new(m, 1, &err), *c3 = sb_ctx_new(m, 3, &err);
+	sb_ctx *c1 = tu_ctx_new(m, 1, &err), *c3 = tu_ctx_new(m, 3, &err);
 	sb_state *a = sb_state_new(m, &err), *b = sb_state_new(m, &err);
 	int32_t *tok = random_tokens(T + 50, c->vocab_size, 13);
 	float *la = malloc(T * V * sizeof(float)), *lb = malloc(T * V * sizeof(float));
@@ -418,7 +418,7 @@ START_TEST(engine_act_bias_shifts_router)
 	sb_model *m = load(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
-	sb_ctx *ctx = sb_ctx_new(m, 1, &err);
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
 	sb_state *s = sb_state_new(m, &err);
 	int32_t *tok = random_tokens(64, c->vocab_size, 2);
 	ck_assert_float_eq(sb_ctx_act_bias(ctx), 0.0f);
@@ -442,6 +442,113 @@ START_TEST(engine_act_bias_shifts_router)
 }
 END_TEST
 
+/* A batch that names a state twice reads its tokens in order: the same
+ * numbers as decoding them one by one. */
+START_TEST(engine_batch_repeated_state)
+{
+	sb_model *m = load(cases[_i]);
+	const size_t V = (size_t)sb_model_config(m)->vocab_size;
+	sb_error err = {0};
+	sb_ctx *ctx = tu_ctx_new(m, 2, &err);
+	ck_assert_msg(ctx != NULL, "%s", err.msg);
+	sb_state *a = sb_ctx_state_new(ctx, &err), *b = sb_ctx_state_new(ctx, &err);
+	sb_state *a1 = sb_ctx_state_new(ctx, &err), *b1 = sb_ctx_state_new(ctx, &err);
+	int32_t *tok = random_tokens(40, sb_model_config(m)->vocab_size, 5);
+	ck_assert_int_eq(sb_prefill(ctx, a, tok, 11, NULL, &err), 0);
+	ck_assert_int_eq(sb_prefill(ctx, b, tok + 11, 4, NULL, &err), 0);
+	ck_assert_int_eq(sb_state_copy(a1, a), 0);
+	ck_assert_int_eq(sb_state_copy(b1, b), 0);
+	sb_state *batch[4] = {a, b, a, a};
+	int32_t bt[4] = {tok[20], tok[21], tok[22], tok[23]};
+	float *lb = malloc(4 * V * sizeof(float)), *ls = malloc(V * sizeof(float));
+	ck_assert_int_eq(sb_decode_batch(ctx, batch, bt, 4, lb, &err), 0);
+	const int which[4] = {0, 1, 0, 0};
+	for (int i = 0; i < 4; i++) {
+		ck_assert_int_eq(sb_decode(ctx, which[i] ? b1 : a1, bt[i], ls, &err), 0);
+		for (size_t v = 0; v < V; v++)
+			ck_assert_float_eq_tol(lb[(size_t)i * V + v], ls[v], 1e-4);
+	}
+	ck_assert_uint_eq(sb_state_n_tokens(a), 14);
+	ck_assert_uint_eq(sb_state_n_tokens(b), 5);
+	free(lb);
+	free(ls);
+	free(tok);
+	sb_state_free(a);
+	sb_state_free(b);
+	sb_state_free(a1);
+	sb_state_free(b1);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* Context parameters: defaults, the device string, the batch capacity. */
+START_TEST(engine_ctx_params)
+{
+	sb_model *m = load(cases[0]);
+	sb_error err = {0};
+	sb_ctx_params p = sb_ctx_default_params();
+	ck_assert_int_eq(p.n_threads, 0);
+	ck_assert_uint_eq(p.max_batch, 512);
+	ck_assert_ptr_null(p.device);
+	p.n_threads = 2;
+	p.act_bias = 0.5f;
+	p.max_batch = 3;
+	p.device = "cpu";
+	sb_ctx *ctx = sb_ctx_new(m, &p, &err);
+	ck_assert_msg(ctx != NULL, "%s", err.msg);
+	ck_assert_int_eq(sb_ctx_threads(ctx), 2);
+	ck_assert_float_eq(sb_ctx_act_bias(ctx), 0.5f);
+	ck_assert_uint_eq(sb_ctx_max_batch(ctx), 3);
+	ck_assert_str_eq(sb_ctx_device(ctx), "cpu");
+	sb_state *st[4];
+	for (int i = 0; i < 4; i++) {
+		st[i] = sb_ctx_state_new(ctx, &err);
+		ck_assert_str_eq(sb_state_device(st[i]), "cpu");
+	}
+	int32_t tk[4] = {1, 2, 3, 4};
+	ck_assert_int_eq(sb_decode_batch(ctx, st, tk, 4, NULL, &err), SB_ERR_ARG);
+	ck_assert_int_eq(sb_decode_batch(ctx, st, tk, 3, NULL, &err), 0);
+	for (int i = 0; i < 4; i++) {
+		ck_assert_uint_eq(sb_state_n_tokens(st[i]), i < 3 ? 1 : 0);
+		sb_state_free(st[i]);
+	}
+	sb_ctx_free(ctx);
+	const char *bad[] = {"cpu:1", "cuda:x", "cpu:", "nosuch", "cuda"};
+	const int code[] = {SB_ERR_ARG, SB_ERR_ARG, SB_ERR_ARG, SB_ERR_UNSUPPORTED, 0};
+	for (int i = 0; i < 5; i++) {
+		p = sb_ctx_default_params();
+		p.device = bad[i];
+		err.code = 0;
+		ctx = sb_ctx_new(m, &p, &err);
+		if (!code[i] && ctx) { /* a build with a CUDA backend */
+			sb_ctx_free(ctx);
+			continue;
+		}
+		ck_assert_msg(ctx == NULL, "device %s accepted", bad[i]);
+		if (code[i])
+			ck_assert_int_eq(err.code, code[i]);
+		ck_assert_msg(strstr(err.msg, bad[i]) != NULL, "%s: %s", bad[i], err.msg);
+	}
+	p = sb_ctx_default_params();
+	p.max_batch = 0;
+	ck_assert_ptr_null(sb_ctx_new(m, &p, &err));
+	ck_assert_int_eq(err.code, SB_ERR_ARG);
+	ctx = sb_ctx_new(m, NULL, &err);
+	ck_assert_ptr_nonnull(ctx);
+	sb_ctx_free(ctx);
+	/* The state's size breakdown adds up. */
+	sb_state_sizes z = sb_state_sizes_of(m);
+	const sb_config *c = sb_model_config(m);
+	ck_assert_uint_eq(z.total, sb_state_bytes(m));
+	ck_assert_uint_eq(z.total, z.ema + z.ring + z.counters);
+	ck_assert_uint_eq(z.ema, (size_t)c->layers * c->embed_dim * c->n_dim * sizeof(float));
+	ck_assert_uint_eq(z.ring, (size_t)c->layers * (c->window + 1) *
+	                          ((c->z_dim + c->hidden_dim) * sizeof(float) + sizeof(int64_t)));
+	sb_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("engine");
@@ -456,6 +563,8 @@ int main(void)
 	tcase_add_loop_test(tc, engine_snapshot_restore_is_identical, 0, N_CASES);
 	tcase_add_test(tc, engine_state_load_rejects_bad_files);
 	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_batch_repeated_state, 0, N_CASES);
+	tcase_add_test(tc, engine_ctx_params);
 	tcase_add_loop_test(tc, engine_act_bias_shifts_router, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_threads_match_one_thread, 0, N_CASES);
 	suite_add_tcase(s, tc);

@@ -55,3 +55,11 @@ int tu_run(Suite *s)
 	srunner_free(sr);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
+
+sb_ctx *tu_ctx_new(const sb_model *m, int n_threads, sb_error *err)
+{
+	sb_ctx_params p = sb_ctx_default_params();
+	p.n_threads = n_threads;
+	p.device = getenv("SB_TEST_DEVICE");
+	return sb_ctx_new(m, &p, err);
+}

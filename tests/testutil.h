@@ -16,6 +16,8 @@ const char *tu_tmpdir(void);
 /* Writes len bytes to dir/name; returns the full path (static buffer). */
 const char *tu_write_file(const char *dir, const char *name, const void *buf,
                           size_t len);
+/* A context of n_threads threads on $SB_TEST_DEVICE (unset: the CPU). */
+sb_ctx *tu_ctx_new(const sb_model *m, int n_threads, sb_error *err);
 /* Runs a Suite with the usual runner; returns the process exit status. */
 int tu_run(Suite *s);
 

@@ -40,6 +40,7 @@ typedef enum sb_status {
 	SB_ERR_IO = -3,          /* open/read/write/mmap failed */
 	SB_ERR_NOMEM = -4,       /* allocation failed or size overflowed */
 	SB_ERR_UNSUPPORTED = -5, /* valid input that seqboat does not run */
+	SB_ERR_DEVICE = -6,      /* a device (GPU) call failed */
 } sb_status;
 
 #define SB_ERROR_MAX 512
@@ -263,25 +264,43 @@ uint64_t sb_model_fingerprint(const sb_model *m);
 /* The per-sequence state: per layer the EMA state h (D x N) and a ring of
  * the keys (Z), values (H) and positions of the last W+1 activated tokens,
  * plus counters. Its size depends on the model only, never on how many
- * tokens were read. */
+ * tokens were read. A state lives where a backend keeps it: on the host
+ * (sb_state_new) or on a context's device (sb_ctx_state_new); every
+ * function below works for every placement. */
 typedef struct sb_state sb_state;
 
 /* Exact bytes of one state's buffers (EMA + ring + counters). */
 size_t sb_state_bytes(const sb_model *m);
 
+/* What those bytes are made of; total == sb_state_bytes(m). */
+typedef struct sb_state_sizes {
+	size_t total;
+	size_t ema;       /* L x D x N floats */
+	size_t ring;      /* L x (W+1) x (Z+H) floats + their positions */
+	size_t counters;  /* ring lengths and heads, activation and token counts */
+} sb_state_sizes;
+sb_state_sizes sb_state_sizes_of(const sb_model *m);
+
+/* A state in host memory (the CPU backend's). */
 sb_state *sb_state_new(const sb_model *m, sb_error *err);
 void sb_state_free(sb_state *s);
 void sb_state_reset(sb_state *s);
-/* Copies src into dst (same model). No allocation. */
-void sb_state_copy(sb_state *dst, const sb_state *src);
-/* A new state equal to src; caller frees. */
+/* Copies src into dst (same model), whatever their placements: host to
+ * device and back is how a state moves (snapshots, undo, shared prefixes).
+ * No allocation. Returns 0, SB_ERR_ARG for different models, or
+ * SB_ERR_DEVICE when a device copy failed (dst is then unspecified). */
+int sb_state_copy(sb_state *dst, const sb_state *src);
+/* A new state equal to src, in the same place; caller frees. */
 sb_state *sb_state_clone(const sb_state *src, sb_error *err);
+/* "cpu", or the device of the context that made it ("cuda:0"). */
+const char *sb_state_device(const sb_state *s);
 
 uint64_t sb_state_n_tokens(const sb_state *s);          /* tokens read */
 uint64_t sb_state_n_activated(const sb_state *s, int layer);
 
 /* Serialization: magic "SBSTATE\0", a format version, the model
- * fingerprint, then the buffers. The size is sb_state_serialized_size(). */
+ * fingerprint, then the buffers. The size is sb_state_serialized_size().
+ * The bytes are the same for every placement. */
 size_t sb_state_serialized_size(const sb_model *m);
 int sb_state_serialize(const sb_state *s, void *buf, size_t cap, sb_error *err);
 int sb_state_deserialize(sb_state *s, const void *buf, size_t len,
@@ -292,19 +311,35 @@ int sb_state_load(sb_state *s, const char *path, sb_error *err);
 
 /* --------------------------------------------------------------- forward */
 
-/* A compute context: scratch buffers sized once for the model and the
- * largest prefill piece, and the threads. One per thread of use; a context
- * serves any number of states of its model. */
+/* A compute context: a backend (the CPU, or a device where one is built
+ * in), its threads and scratch sized once for the model, the largest
+ * prefill piece and the batch capacity. One per thread of use; a context
+ * serves any number of states of its model that live where it computes. */
 typedef struct sb_ctx sb_ctx;
 
-/* n_threads <= 0: all cores. */
-sb_ctx *sb_ctx_new(const sb_model *m, int n_threads, sb_error *err);
+typedef struct sb_ctx_params {
+	int n_threads;        /* host threads; <= 0: all cores */
+	float act_bias;       /* router shift (docs/computation.md section 2): positive = fewer activations */
+	size_t max_batch;     /* most states one sb_decode_batch call takes (>= 1) */
+	const char *device;   /* NULL or "cpu"; "cuda" or "cuda:N" where built in */
+} sb_ctx_params;
+
+/* n_threads 0 (all cores), act_bias 0, max_batch 512, device NULL. */
+sb_ctx_params sb_ctx_default_params(void);
+
+/* p NULL: the defaults. SB_ERR_ARG for a malformed device or max_batch 0,
+ * SB_ERR_UNSUPPORTED for a device this build has no backend for. */
+sb_ctx *sb_ctx_new(const sb_model *m, const sb_ctx_params *p, sb_error *err);
 void sb_ctx_free(sb_ctx *c);
 const sb_model *sb_ctx_model(const sb_ctx *c);
-/* Router shift (docs/computation.md section 2): positive = fewer activations. Default 0. */
+/* Router shift (docs/computation.md section 2): positive = fewer activations. */
 void sb_ctx_set_act_bias(sb_ctx *c, float act_bias);
 float sb_ctx_act_bias(const sb_ctx *c);
 int sb_ctx_threads(const sb_ctx *c);
+/* "cpu", "cuda:0", ... */
+const char *sb_ctx_device(const sb_ctx *c);
+/* A new state where c computes (equal to sb_state_new on the CPU). */
+sb_state *sb_ctx_state_new(sb_ctx *c, sb_error *err);
 
 /* What a forward call may write besides advancing the state. Any pointer
  * may be NULL. Row t of the call's tokens lands at index `offset + t`:
@@ -322,7 +357,7 @@ typedef struct sb_outputs {
 } sb_outputs;
 
 /* Reads T tokens into the state in one call, continuing from whatever the
- * state holds. Long inputs are worked through in pieces of bounded size, so
+ * state holds (it must live where the context computes). Long inputs are worked through in pieces of bounded size, so
  * memory does not grow with T. Computes the same numbers as T calls of
  * sb_decode. Token ids must be in [0, V). */
 int sb_prefill(sb_ctx *c, sb_state *s, const int32_t *tokens, size_t T,

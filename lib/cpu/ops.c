@@ -1,47 +1,19 @@
 /*
- * ops.c - kernels on float32 arrays: matrix products over F32/F16/BF16
- * weights (OpenBLAS for the float32 work), norms, activations, rotary.
+ * ops.c - the CPU backend's kernels on float32 arrays: matrix products
+ * over F32/F16/BF16/q8 weights (OpenBLAS for the float32 work), norms,
+ * activations, rotary, the EMA and attention over the ring.
  */
 #include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
-#include "internal.h"
+#include "cpu.h"
+#include "dtype.h"
 #include "pool.h"
 
-static inline float bf16_to_f32(uint16_t h)
-{
-	uint32_t u = (uint32_t)h << 16;
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
-
-static inline float f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-	uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-	if (exp == 0) {
-		if (man == 0) {
-			u = sign;
-		} else { /* subnormal: renormalize */
-			exp = 127 - 15 + 1;
-			while (!(man & 0x400)) {
-				man <<= 1;
-				exp--;
-			}
-			u = sign | exp << 23 | (man & 0x3ff) << 13;
-		}
-	} else if (exp == 31) {
-		u = sign | 0x7f800000u | man << 13;
-	} else {
-		u = sign | (exp + 127 - 15) << 23 | man << 13;
-	}
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
+#define bf16_to_f32 sb_bf16_to_f32_inline
+#define f16_to_f32 sb_f16_to_f32_inline
 
 /* ---- x86 kernels (AVX2 + FMA + F16C), chosen at run time ---- */
 
@@ -50,20 +22,7 @@ static inline float f16_to_f32(uint16_t h)
 #include <immintrin.h>
 #define SB_X86 1
 
-static bool have_avx2(void)
-{
-	/* Threads may race to fill it; they all store the same value. */
-	static _Atomic int cached = -1;
-	if (cached < 0) {
-		/* F16C through cpuid: clang 14's __builtin_cpu_supports does not
-		 * know "f16c". */
-		unsigned a, b, c, d;
-		bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-		__builtin_cpu_init();
-		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-	}
-	return cached;
-}
+static bool have_avx2(void) { return sb_have_avx2(); }
 
 __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(sb_dtype dt, const void *p)
 {
@@ -215,19 +174,6 @@ static void rows_avx2(const sb_mat *W, int r0, int r1, const float *x, float *y)
 	}
 }
 
-__attribute__((target("avx2,fma,f16c"))) static void widen_avx2(sb_dtype dt, const void *src,
-                                                              float *dst, size_t n)
-{
-	const size_t esz = sb_dtype_size(dt);
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(dst + i, load8(dt, (const char *)src + i * esz));
-	for (; i < n; i++) {
-		uint16_t h;
-		memcpy(&h, (const char *)src + i * esz, 2);
-		dst[i] = dt == SB_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-	}
-}
 __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int n)
 {
 	__m256 va = _mm256_set1_ps(a);
@@ -289,13 +235,13 @@ __attribute__((target("avx2,fma"))) static void ema_row_avx2(float *h, const flo
 		out[d] = hsum8(acc) + omega[d] * xn[d];
 	}
 }
-/* Scores of one query against ring entries e0..e1-1 (slot (head+e) % W1). */
+/* Scores of one query against ring entries e0..e1-1 (slot sb_ring_slot(head, e, W1)). */
 __attribute__((target("avx2,fma"))) static void ring_dots_avx2(const float *q, const float *K,
                                                              int Z, int W1, int head, int e0,
                                                              int e1, float scale, float *out)
 {
 	for (int e = e0; e < e1; e++) {
-		const float *k = K + (size_t)((head + e) % W1) * Z;
+		const float *k = K + (size_t)sb_ring_slot(head, e, W1) * Z;
 		__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
 		int i = 0;
 		for (; i + 16 <= Z; i += 16) {
@@ -318,10 +264,10 @@ __attribute__((target("avx2,fma"))) static void ring_accum_avx2(float *og, const
 {
 	int e = e0;
 	for (; e + 4 <= e1; e += 4) {
-		const float *v0 = V + (size_t)((head + e) % W1) * H,
-		            *v1 = V + (size_t)((head + e + 1) % W1) * H,
-		            *v2 = V + (size_t)((head + e + 2) % W1) * H,
-		            *v3 = V + (size_t)((head + e + 3) % W1) * H;
+		const float *v0 = V + (size_t)sb_ring_slot(head, e, W1) * H,
+		            *v1 = V + (size_t)sb_ring_slot(head, e + 1, W1) * H,
+		            *v2 = V + (size_t)sb_ring_slot(head, e + 2, W1) * H,
+		            *v3 = V + (size_t)sb_ring_slot(head, e + 3, W1) * H;
 		__m256 a0 = _mm256_set1_ps(a[e - e0]), a1 = _mm256_set1_ps(a[e + 1 - e0]),
 		       a2 = _mm256_set1_ps(a[e + 2 - e0]), a3 = _mm256_set1_ps(a[e + 3 - e0]);
 		int i = 0;
@@ -338,7 +284,7 @@ __attribute__((target("avx2,fma"))) static void ring_accum_avx2(float *og, const
 			         a[e + 3 - e0] * v3[i];
 	}
 	for (; e < e1; e++) {
-		const float *v = V + (size_t)((head + e) % W1) * H;
+		const float *v = V + (size_t)sb_ring_slot(head, e, W1) * H;
 		__m256 ae = _mm256_set1_ps(a[e - e0]);
 		int i = 0;
 		for (; i + 8 <= H; i += 8)
@@ -349,96 +295,6 @@ __attribute__((target("avx2,fma"))) static void ring_accum_avx2(float *og, const
 	}
 }
 #endif
-
-uint16_t sb_f32_to_f16(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xff, man = u & 0x7fffff;
-	if (exp == 0xff) /* inf or nan */
-		return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-	int e = (int)exp - 127 + 15;
-	if (e >= 31)
-		return (uint16_t)(sign | 0x7c00);
-	if (e <= 0) { /* subnormal or zero */
-		if (e < -10)
-			return (uint16_t)sign;
-		man |= 0x800000;
-		int shift = 14 - e;
-		uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-		if (rem > mid || (rem == mid && (half & 1)))
-			half++;
-		return (uint16_t)(sign | half);
-	}
-	uint32_t h = sign | (uint32_t)e << 10 | man >> 13, rem = man & 0x1fff;
-	if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-		h++; /* may carry into the exponent, which is right */
-	return (uint16_t)h;
-}
-
-uint16_t sb_f32_to_bf16(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	if ((u & 0x7fffffff) > 0x7f800000)
-		return (uint16_t)((u >> 16) | 0x40);
-	return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
-float sb_f16_to_f32(uint16_t h)
-{
-	return f16_to_f32(h);
-}
-
-void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n)
-{
-	switch (dt) {
-	case SB_DTYPE_F32:
-		memcpy(dst, src, n * sizeof(float));
-		break;
-	case SB_DTYPE_F16:
-	case SB_DTYPE_BF16: {
-#ifdef SB_X86
-		if (have_avx2() && n >= 8) {
-			widen_avx2(dt, src, dst, n);
-			break;
-		}
-#endif
-		const uint16_t *s = src;
-		for (size_t i = 0; i < n; i++)
-			dst[i] = dt == SB_DTYPE_F16 ? f16_to_f32(s[i]) : bf16_to_f32(s[i]);
-		break;
-	}
-	default:
-		memset(dst, 0, n * sizeof(float));
-		break;
-	}
-}
-
-/* One row of 8-bit blocks widened: q * scale of its block. */
-static void q8_row(const sb_mat *W, int r, float *out)
-{
-	const int n = W->cols, nb = (n + SB_Q8_BLOCK - 1) / SB_Q8_BLOCK;
-	const int8_t *q = (const int8_t *)W->data + (size_t)r * n;
-	const uint16_t *sc = (const uint16_t *)W->scales + (size_t)r * nb;
-	for (int b = 0; b < nb; b++) {
-		float d = f16_to_f32(sc[b]);
-		int end = (b + 1) * SB_Q8_BLOCK < n ? (b + 1) * SB_Q8_BLOCK : n;
-		for (int i = b * SB_Q8_BLOCK; i < end; i++)
-			out[i] = (float)q[i] * d;
-	}
-}
-
-void sb_mat_row(const sb_mat *W, int r, float *out)
-{
-	if (W->dtype == SB_DTYPE_I8) {
-		q8_row(W, r, out);
-		return;
-	}
-	size_t esz = sb_dtype_size(W->dtype);
-	sb_widen(W->dtype, (const char *)W->data + (size_t)r * (size_t)W->cols * esz, out,
-	         (size_t)W->cols);
-}
 
 static void rows_scalar(const sb_mat *W, int r0, int r1, const float *x, float *y)
 {
@@ -598,7 +454,7 @@ void sb_ring_dots(const float *q, const float *K, int Z, int W1, int head, int e
 	}
 #endif
 	for (int e = e0; e < e1; e++) {
-		const float *k = K + (size_t)((head + e) % W1) * Z;
+		const float *k = K + (size_t)sb_ring_slot(head, e, W1) * Z;
 		float acc = 0.0f;
 		for (int i = 0; i < Z; i++)
 			acc += q[i] * k[i];
@@ -616,7 +472,7 @@ void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int
 	}
 #endif
 	for (int e = e0; e < e1; e++) {
-		const float *v = V + (size_t)((head + e) % W1) * H;
+		const float *v = V + (size_t)sb_ring_slot(head, e, W1) * H;
 		for (int i = 0; i < H; i++)
 			og[i] += a[e - e0] * v[i];
 	}

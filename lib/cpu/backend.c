@@ -1,0 +1,191 @@
+/*
+ * backend.c - the CPU backend's table (backend.h): contexts with their
+ * thread pool and scratch, and states as blocks of host memory.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu.h"
+#include "pool.h"
+
+/* Zeroed scratch whose pages are touched now (calloc of a large block maps
+ * zero pages lazily): the context's memory is all resident from the start,
+ * so RSS does not creep up the first time a long ring is attended. */
+static void *xcalloc(size_t n, size_t size, bool *ok)
+{
+	size_t bytes;
+	if (!sb_size_mul(n ? n : 1, size, &bytes)) {
+		*ok = false;
+		return NULL;
+	}
+	void *p = malloc(bytes);
+	if (!p)
+		*ok = false;
+	else
+		memset(p, 0, bytes);
+	return p;
+}
+
+static void cpu_ctx_free(sb_bctx *x)
+{
+	if (!x)
+		return;
+	free(x->inv_freq);
+	free(x->aidx);
+	free(x->arow);
+	free(x->pr1);
+	free(x->x);
+	free(x->xn);
+	free(x->mx);
+	free(x->hxu);
+	free(x->mxa);
+	free(x->zgv);
+	free(x->qv);
+	free(x->og);
+	free(x->att);
+	free(x->ffn);
+	free(x->scores);
+	free(x->ws);
+	free(x->kbuf);
+	free(x->ck);
+	free(x->cv);
+	free(x->cpos);
+	free(x->sc);
+	free(x->part_og);
+	sb_pool_free(x->pool);
+	free(x);
+}
+
+static int cpu_ctx_new(const sb_model *m, const sb_ctx_params *p, int device, sb_bctx **out,
+                       sb_backend_info *info, sb_error *err)
+{
+	const sb_config *c = &m->cfg;
+	*out = NULL;
+	if (device != 0)
+		return sb_error_set(err, SB_ERR_ARG, "device cpu:%d: the CPU backend has only cpu:0",
+		                    device);
+	if (p->max_batch > (size_t)1 << 20)
+		return sb_error_set(err, SB_ERR_ARG, "max_batch %zu is too large (at most %d)",
+		                    p->max_batch, 1 << 20);
+	const size_t R = p->max_batch > SB_CPU_BLOCK_ROWS ? p->max_batch : SB_CPU_BLOCK_ROWS;
+	const size_t D = (size_t)c->embed_dim, Z = (size_t)c->z_dim, H = (size_t)c->hidden_dim,
+	             F = (size_t)(c->ffn_dim > 0 ? c->ffn_dim : 0), W1 = (size_t)c->window + 1;
+	sb_bctx *x = calloc(1, sizeof *x);
+	if (!x)
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
+	bool ok = true;
+	x->m = m;
+	x->R = (int)R;
+	int n_threads = p->n_threads;
+	if (n_threads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		n_threads = n > 0 ? (int)n : 1;
+	}
+	if (n_threads > SB_MAX_THREADS)
+		n_threads = SB_MAX_THREADS;
+	x->n_threads = n_threads;
+	const size_t NT = (size_t)n_threads;
+	x->part_og = xcalloc(NT * H, sizeof(float), &ok);
+	x->inv_freq = xcalloc(Z / 2, sizeof(double), &ok);
+	x->aidx = xcalloc(R, sizeof(int), &ok);
+	x->arow = xcalloc(R, sizeof(int), &ok);
+	x->pr1 = xcalloc(R, sizeof(float), &ok);
+	x->x = xcalloc(R * D, sizeof(float), &ok);
+	x->xn = xcalloc(R * D, sizeof(float), &ok);
+	x->mx = xcalloc(R * D, sizeof(float), &ok);
+	x->hxu = xcalloc(R * (2 + D), sizeof(float), &ok);
+	x->mxa = xcalloc(R * D, sizeof(float), &ok);
+	x->zgv = xcalloc(R * (Z + 2 * H), sizeof(float), &ok);
+	x->qv = xcalloc(R * Z, sizeof(float), &ok);
+	x->og = xcalloc(R * H, sizeof(float), &ok);
+	x->att = xcalloc(R * D, sizeof(float), &ok);
+	x->ffn = xcalloc(R * F, sizeof(float), &ok);
+	x->scores = xcalloc(NT * W1, sizeof(float), &ok);
+	size_t maxc = D > H ? D : H;
+	if (F > maxc)
+		maxc = F;
+	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc, n_threads), sizeof(float), &ok);
+	x->kbuf = xcalloc(Z, sizeof(float), &ok);
+	if (W1 >= SB_CPU_BATCHED_ATTN_MIN_W1) {
+		x->ck = xcalloc((W1 + R) * Z, sizeof(float), &ok);
+		x->cv = xcalloc((W1 + R) * H, sizeof(float), &ok);
+		x->cpos = xcalloc(W1 + R, sizeof(int64_t), &ok);
+		x->sc = xcalloc(R * (W1 + R), sizeof(float), &ok);
+	}
+	if (!ok) {
+		cpu_ctx_free(x);
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
+	}
+	for (size_t i = 0; i < Z / 2; i++)
+		x->inv_freq[i] = pow(10000.0, -2.0 * (double)i / (double)Z);
+	/* The pool splits every product; OpenBLAS's own threads would only
+	 * compete with it for the cores. */
+	openblas_set_num_threads(1);
+	if (!(x->pool = sb_pool_new(n_threads))) {
+		cpu_ctx_free(x);
+		return sb_error_set(err, SB_ERR_NOMEM, "cannot start %d threads", n_threads);
+	}
+	info->max_rows = (int)R;
+	info->n_threads = n_threads;
+	*out = x;
+	return 0;
+}
+
+static int cpu_state_alloc(sb_state *s, sb_error *err)
+{
+	s->block = aligned_alloc(64, (s->lay.bytes + 63) & ~(size_t)63);
+	if (!s->block)
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory allocating a state of %zu bytes",
+		                    s->lay.bytes);
+	memset(s->block, 0, s->lay.bytes);
+	return 0;
+}
+
+static void cpu_state_free(sb_state *s)
+{
+	free(s->block);
+	s->block = NULL;
+}
+
+static int cpu_state_zero(sb_state *s)
+{
+	memset(s->block, 0, s->lay.bytes);
+	return 0;
+}
+
+static int cpu_state_copy(sb_state *dst, const sb_state *src)
+{
+	memcpy(dst->block, src->block, src->lay.bytes);
+	return 0;
+}
+
+static int cpu_state_download(const sb_state *s, size_t off, size_t len, void *host)
+{
+	memcpy(host, s->block + off, len);
+	return 0;
+}
+
+static int cpu_state_upload(sb_state *s, size_t off, size_t len, const void *host)
+{
+	memcpy(s->block + off, host, len);
+	return 0;
+}
+
+const sb_backend sb_backend_cpu = {
+	.name = "cpu",
+	.ctx_new = cpu_ctx_new,
+	.ctx_free = cpu_ctx_free,
+	.state_alloc = cpu_state_alloc,
+	.state_free = cpu_state_free,
+	.state_zero = cpu_state_zero,
+	.state_copy = cpu_state_copy,
+	.state_download = cpu_state_download,
+	.state_upload = cpu_state_upload,
+	.embed = sb_cpu_embed,
+	.layer = sb_cpu_layer,
+	.logits = sb_cpu_logits,
+	.sync = NULL,
+};
