@@ -181,7 +181,7 @@ sb_sched *sb_sched_new(sb_ctx *ctx, const sb_sched_params *p, sb_error *err)
 		slot *sl = &s->slots[i];
 		if (!(sl->logits = malloc(V * sizeof(float))))
 			goto nomem;
-		if (!(sl->st = sb_state_new(s->m, err)))
+		if (!(sl->st = sb_ctx_state_new(s->ctx, err)))
 			goto fail;
 		if (all && !(sl->dec = t->open(t->user, err)))
 			goto fail;
@@ -201,7 +201,7 @@ static sb_state *spare_take(sb_sched *s, sb_error *err)
 	if (s->n_spare)
 		st = s->spare[--s->n_spare];
 	pthread_mutex_unlock(&s->mu);
-	return st ? st : sb_state_new(s->m, err);
+	return st ? st : sb_ctx_state_new(s->ctx, err);
 }
 
 static void spare_give(sb_sched *s, sb_state *st)
