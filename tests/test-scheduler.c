@@ -47,7 +47,7 @@ static sb_model *load(const char *name)
 static sb_ctx *new_ctx(const sb_model *m)
 {
 	sb_error err = {0};
-	sb_ctx *c = sb_ctx_new(m, 1, &err);
+	sb_ctx *c = tu_ctx_new(m, 1, &err);
 	ck_assert_msg(c != NULL, "%s", err.msg);
 	return c;
 }
