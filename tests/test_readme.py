@@ -96,6 +96,22 @@ class Readme(unittest.TestCase):
         self.assertIn('"$(readme_command 1)"', ci)
         self.assertIn('"$(readme_command 2)"', ci)
 
+    def test_nothing_refers_outside_the_repository(self):
+        # The project stands on its own: no tracked file names the folder
+        # next to the checkout that the fixtures once came from.
+        outside = ".." + "/shared"
+        try:
+            files = subprocess.run(["git", "-C", SRCDIR, "ls-files", "-z"], check=True,
+                                   capture_output=True).stdout.decode().split("\0")
+        except (OSError, subprocess.CalledProcessError):
+            self.skipTest("not a git checkout")
+        hits = []
+        for name in filter(None, files):
+            path = os.path.join(SRCDIR, name)
+            if os.path.isfile(path) and outside.encode() in open(path, "rb").read():
+                hits.append(name)
+        self.assertEqual(hits, [], f"files that refer to {outside}")
+
     def test_skip_list_is_current(self):
         commands = {key(c) for _, cmds in self.blocks for _, c in cmds}
         stale = [c for c in self.skips if c not in commands]
