@@ -210,15 +210,18 @@ static void assert_same(const got *g, const int32_t *want, size_t n, const char 
 }
 
 /* Twelve sequences of mixed prompt and output lengths, greedy and seeded,
- * three slots: every slot is refilled several times. */
+ * three slots: every slot is refilled several times. Prompts are prefilled
+ * whole, or 5 tokens per step while the others decode (_i >= N_CASES). */
 START_TEST(scheduler_batches_equal_one_at_a_time)
 {
-	sb_model *m = load(cases[_i]);
+	const char *name = cases[_i % N_CASES];
+	sb_model *m = load(name);
 	int V = sb_model_config(m)->vocab_size;
 	sb_ctx *ctx = new_ctx(m);
 	sb_sched_params sp = sb_sched_default_params();
 	sp.max_batch = 3;
 	sp.eos_id = EOS;
+	sp.prefill_chunk = _i >= N_CASES ? 5 : 0;
 	sb_error err = {0};
 	sb_sched *s = sb_sched_new(ctx, &sp, &err);
 	ck_assert_msg(s != NULL, "%s", err.msg);
@@ -260,7 +263,7 @@ START_TEST(scheduler_batches_equal_one_at_a_time)
 		size_t n = reference(ctx, NULL, NULL, 0, toks[i], plen[i], &p.sampler, maxn[i],
 		                     i % 3 == 0, want, &eos);
 		char what[64];
-		snprintf(what, sizeof what, "%s sequence %d", cases[_i], i);
+		snprintf(what, sizeof what, "%s chunk %zu sequence %d", name, sp.prefill_chunk, i);
 		ck_assert_int_eq(g[i].n_done, 1);
 		assert_same(&g[i], want, n, what);
 		ck_assert_int_eq(g[i].finish, eos ? SB_FINISH_EOS : SB_FINISH_LENGTH);
@@ -736,7 +739,7 @@ int main(void)
 	Suite *s = suite_create("scheduler");
 	TCase *tc = tcase_create("scheduler");
 	tcase_set_timeout(tc, 300);
-	tcase_add_loop_test(tc, scheduler_batches_equal_one_at_a_time, 0, N_CASES);
+	tcase_add_loop_test(tc, scheduler_batches_equal_one_at_a_time, 0, 2 * N_CASES);
 	tcase_add_loop_test(tc, scheduler_snapshot_start_equals_full_prefill, 0, N_CASES);
 	tcase_add_loop_test(tc, scheduler_cancel_one_and_all, 0, N_CASES);
 	tcase_add_loop_test(tc, scheduler_stop_string_cuts_the_text, 0, N_CASES);

@@ -1,5 +1,7 @@
 /*
- * seqboat.h - the one public header of libseqboat.
+ * seqboat.h - the public header of libseqboat's engine. The generation
+ * scheduler built on it (many sequences, continuous batching) has its own:
+ * scheduler.h.
  *
  * libseqboat runs SeqBoat language models (Ren et al., NeurIPS 2023) as
  * docs/computation.md defines them: a damped multi-head EMA plus a gated
