@@ -10,6 +10,7 @@ int cmd_logits(int argc, char **argv);
 int cmd_complete(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_activations(int argc, char **argv);

@@ -19,6 +19,7 @@ static const struct command {
 	{"complete", cmd_complete, "complete prompts from flags, a file or stdin (text or JSONL)"},
 	{"merge", cmd_merge, "join the outputs of complete --shard runs in input order"},
 	{"chat", cmd_chat, "talk with a model (line editing, /undo, /save, /load)"},
+	{"serve", cmd_serve, "an OpenAI-compatible HTTP server whose conversations resume in O(1)"},
 	{"bench", cmd_bench, "measure prefill and generation speed and memory at any depth"},
 	{"perplexity", cmd_perplexity, "score a text: mean NLL, perplexity, bits per token and per byte"},
 	{"activations", cmd_activations, "draw which tokens each layer's router activated (HTML or SVG)"},
