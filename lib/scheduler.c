@@ -307,7 +307,9 @@ int sb_sched_submit(sb_sched *s, const sb_seq_params *p, uint64_t *id, sb_error 
 	q->stage = STAGE_PENDING;
 
 	pthread_mutex_lock(&s->mu);
-	q->id = s->next_id++;
+	/* Read under the lock: once it is released the sequence may run and
+	 * finish (and be freed) on the scheduler's thread. */
+	uint64_t qid = q->id = s->next_id++;
 	q->epoch = atomic_load(&s->epoch);
 	if (s->tail_q)
 		s->tail_q->next = q;
@@ -319,7 +321,7 @@ int sb_sched_submit(sb_sched *s, const sb_seq_params *p, uint64_t *id, sb_error 
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	if (id)
-		*id = q->id;
+		*id = qid;
 	return SB_OK;
 nomem:
 	sb_error_set(err, SB_ERR_NOMEM, "sequence: out of memory");
