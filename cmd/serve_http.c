@@ -516,20 +516,33 @@ static json_t *timings_object(const serve_job *j)
 	                 "ttft_ms", ttft * 1e3);
 }
 
+/* A token's text as it reads inside a text (a SentencePiece piece keeps
+ * its leading space), so that the pieces of a completion join into it. */
 static json_t *piece_json(serve_server *s, int32_t id)
 {
-	char *t = NULL;
-	size_t len = 0;
 	sb_error err = {0};
-	if (sb_tokenizer_decode(s->tok, &id, 1, &t, &len, &err) < 0)
-		return json_string("");
-	json_t *v = json_stringn_nocheck(t, len);
-	if (!v || !json_is_string(v) || !json_string_value(v)) {
-		json_decref(v);
-		v = json_string("");
+	sb_detok *d = sb_detok_new(s->tok, &err);
+	const char *o = NULL, *f = NULL;
+	size_t ol = 0, fl = 0;
+	json_t *v = NULL;
+	if (d) {
+		sb_detok_reset(d, false);
+		if (sb_detok_push(d, id, &o, &ol, &err) == 0) {
+			char *t = malloc(ol + 16);
+			if (t) {
+				memcpy(t, o, ol);
+				sb_detok_flush(d, &f, &fl);
+				if (fl <= 15) {
+					memcpy(t + ol, f, fl);
+					ol += fl;
+				}
+				v = json_stringn(t, ol);
+				free(t);
+			}
+		}
 	}
-	free(t);
-	return v;
+	sb_detok_free(d);
+	return v ? v : json_string("");
 }
 
 static json_t *bytes_json(serve_server *s, int32_t id)
