@@ -179,13 +179,38 @@ static void set_model_id(serve_server *s)
 	}
 }
 
+/* The one global the conventions allow: the signal that came. Threads
+ * started before main (OpenBLAS starts its own) do not block SIGTERM, so
+ * a signal may land on one of them: the handler records it there, and the
+ * main thread, which otherwise takes the signal with sigtimedwait, looks
+ * at it every 100 ms. */
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+	got_signal = sig;
+}
+
 /* Sleeps up to `seconds`, returning early with the signal if one comes. */
 static int wait_signal(const sigset_t *set, double seconds)
 {
-	struct timespec ts = {.tv_sec = (time_t)seconds,
-	                      .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
-	int sig = sigtimedwait(set, NULL, &ts);
-	return sig > 0 ? sig : 0;
+	double until = cli_now() + seconds;
+	for (;;) {
+		if (got_signal) {
+			int sig = got_signal;
+			got_signal = 0;
+			return sig;
+		}
+		double left = until - cli_now();
+		if (left <= 0)
+			return 0;
+		if (left > 0.1)
+			left = 0.1;
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(left * 1e9)};
+		int sig = sigtimedwait(set, NULL, &ts);
+		if (sig > 0)
+			return sig;
+	}
 }
 
 int cmd_serve(int argc, char **argv)
@@ -238,6 +263,12 @@ int cmd_serve(int argc, char **argv)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	if ((rc = serve_http_start(s)))
@@ -291,7 +322,7 @@ int cmd_serve(int argc, char **argv)
 	          o->cache_dir ? " in " : "", o->cache_dir ? o->cache_dir : "");
 
 	int sig;
-	while (sigwait(&sigs, &sig) != 0)
+	while (!(sig = wait_signal(&sigs, 3600)))
 		;
 	serve_log("%s: draining %d request(s) in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT",
 	          atomic_load(&s->inflight));

@@ -27,7 +27,7 @@ static void setup(void)
 	ck_assert_msg(model, "%s", err.msg);
 	other = sb_model_load(fixture_model("simple-relu2-ffn"), &err);
 	ck_assert_msg(other, "%s", err.msg);
-	ctx = sb_ctx_new(model, 1, &err);
+	ctx = tu_ctx_new(model, 1, &err);
 	ck_assert_msg(ctx, "%s", err.msg);
 }
 
