@@ -117,4 +117,29 @@ cp "$TMP/many.out" "$TMP/many.orig"
 	fail "--resume of 100k done items: $(tail -c 300 "$TMP/err")"
 cmp -s "$TMP/many.out" "$TMP/many.orig" || fail "--resume of done items changed the output"
 
+# ------------------------------------- SentencePiece charsmaps (item 1)
+# A well-formed charsmap passes the check and SentencePiece applies it
+# (A -> a, B -> bb); the malformed ones are in tests/malformed.
+mkdir "$TMP/spm"
+SRC=${SB_SRCDIR:?}
+$PY - "$SRC" "$TMP/spm" <<'PYEOF' || fail "could not write the charsmap models"
+import importlib.util, os, shutil, sys
+src, out = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location("gen", os.path.join(src, "tests/malformed/generate.py"))
+g = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(g)
+spm = open(os.path.join(src, "tests/data/spm-tiny.model"), "rb").read()
+open(os.path.join(out, "good.model"), "wb").write(
+    g.spm_with_charsmap(spm, g.charsmap({ord("A"): 0, ord("B"): 2}, b"a\0bb\0")))
+PYEOF
+# The bundled model's directory with this tokenizer.model (its vocabulary
+# is larger than spm-tiny's 400 pieces).
+mkdir "$TMP/spm/model"
+cp "$SRC/models/sotu-small/config.yaml" "$TMP/spm/model/"
+ln -s "$SRC/models/sotu-small/model.safetensors" "$TMP/spm/model/model.safetensors"
+cp "$TMP/spm/good.model" "$TMP/spm/model/tokenizer.model"
+a=$("$SEQBOAT" tokenize -m "$TMP/spm/model" "a abb" 2> "$TMP/err") || fail "tokenize with a good charsmap: $(cat "$TMP/err")"
+b=$("$SEQBOAT" tokenize -m "$TMP/spm/model" "A aB" 2> "$TMP/err") || fail "tokenize with a good charsmap: $(cat "$TMP/err")"
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "the charsmap was not applied: '$a' vs '$b'"
+
 finish e2e-hostile

@@ -12,6 +12,9 @@
 
 #include "spm_shim.h"
 
+// The largest tokenizer.model read (real ones are a few MB).
+#define SB_SPM_FILE_MAX (static_cast<size_t>(64) << 20)
+
 struct sb_spm {
 	sentencepiece::SentencePieceProcessor proc;
 	std::string path;
@@ -116,6 +119,141 @@ void read_decode_opts(const std::string &proto, sb_spm *s)
 	s->opts.unk_surface = s->unk_surface.c_str();
 }
 
+// The precompiled_charsmap of a NormalizerSpec (SentencePiece 0.1.97):
+// a uint32 little-endian byte count of a double-array trie (darts-clone
+// units of 32 bits), the trie, then the normalized strings, each ending in
+// NUL. SentencePiece's normalizer follows the trie without bounds checks
+// and reads a C string at whatever offset a leaf holds, so a malformed
+// blob crashes it. Every trie position reachable from the root by any
+// input bytes is visited here (each at most once): all 256 children of
+// each must lie inside the trie, every leaf's value unit too, and every
+// value must start a NUL-terminated string inside the string area.
+// Returns nullptr when the blob is well-formed, else what is wrong.
+const char *check_charsmap(const unsigned char *blob, size_t len)
+{
+	if (len <= 4)
+		return "the blob is shorter than its trie size field";
+	uint64_t trie_bytes = static_cast<uint64_t>(blob[0]) | static_cast<uint64_t>(blob[1]) << 8 |
+	                      static_cast<uint64_t>(blob[2]) << 16 | static_cast<uint64_t>(blob[3]) << 24;
+	if (trie_bytes >= len)
+		return "the trie size exceeds the blob";
+	if (trie_bytes > len - 4)
+		return "the trie size exceeds the blob";
+	const unsigned char *trie = blob + 4;
+	const size_t n = static_cast<size_t>(trie_bytes) / 4;
+	const unsigned char *strings = trie + trie_bytes;
+	const size_t n_strings = len - 4 - static_cast<size_t>(trie_bytes);
+	if (n == 0)
+		return "the trie is empty";
+	auto unit = [trie](size_t i) {
+		const unsigned char *p = trie + 4 * i;
+		return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+		       static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
+	};
+	// darts-clone's unit fields.
+	auto offset = [](uint32_t u) -> size_t { return (u >> 10) << ((u & (1u << 9)) >> 6); };
+	auto label = [](uint32_t u) { return u & ((1u << 31) | 0xFFu); };
+	auto has_leaf = [](uint32_t u) { return ((u >> 8) & 1) == 1; };
+	auto value = [](uint32_t u) -> size_t { return u & ((1u << 31) - 1); };
+	// nul_at[i]: whether a NUL follows position i of the strings (scanned
+	// once from the end).
+	std::vector<bool> terminated(n_strings, false);
+	for (size_t i = n_strings, seen = 0; i-- > 0;) {
+		if (strings[i] == 0)
+			seen = 1;
+		terminated[i] = seen != 0;
+	}
+	std::vector<bool> visited(n, false);
+	std::vector<size_t> todo;
+	size_t root = offset(unit(0));   // 0 ^ offset
+	todo.push_back(root);
+	while (!todo.empty()) {
+		size_t pos = todo.back();
+		todo.pop_back();
+		if (pos >= n || (pos | 0xFF) >= n)
+			return "a trie node's children lie outside the trie";
+		if (visited[pos])
+			continue;
+		visited[pos] = true;
+		for (size_t c = 0; c < 256; c++) {
+			size_t child = pos ^ c;
+			uint32_t u = unit(child);
+			if (label(u) != c)
+				continue;
+			size_t next = child ^ offset(u);
+			if (has_leaf(u)) {
+				if (next >= n)
+					return "a trie leaf lies outside the trie";
+				size_t v = value(unit(next));
+				if (v >= n_strings || !terminated[v])
+					return "a trie value points outside the normalized strings or at one without its NUL";
+			}
+			if (next < n && visited[next])
+				continue;
+			todo.push_back(next);
+		}
+	}
+	return nullptr;
+}
+
+// Walks ModelProto far enough to check every precompiled_charsmap of its
+// normalizer_spec (3) and denormalizer_spec (5), each occurrence (a
+// message field given twice is merged, a bytes field's last value wins).
+// Returns 0, or fills err.
+int check_model_proto(const unsigned char *data, size_t len, const char *path, sb_error *err)
+{
+	Wire top{data, data + len};
+	uint32_t f, t;
+	uint64_t v;
+	const unsigned char *d = nullptr;
+	size_t n = 0;
+	size_t pieces = 0;
+	while (top.p < top.end) {
+		if (!top.next(&f, &t, &v, &d, &n))
+			return sb_error_set(err, SB_ERR_FORMAT,
+			                    "%s: not a SentencePiece model (protobuf parse failed)", path);
+		if (f == 1 && t == 2)
+			pieces++;
+		if (t != 2 || (f != 3 && f != 5))
+			continue;
+		Wire sub{d, d + n};
+		uint32_t sf, st;
+		uint64_t sv = 0;
+		const unsigned char *sd = nullptr;
+		size_t sn = 0;
+		while (sub.p < sub.end) {
+			if (!sub.next(&sf, &st, &sv, &sd, &sn))
+				return sb_error_set(err, SB_ERR_FORMAT,
+				                    "%s: not a SentencePiece model (protobuf parse failed in %s)",
+				                    path, f == 3 ? "normalizer_spec" : "denormalizer_spec");
+			if (sf != 2 || st != 2 || sn == 0)
+				continue;
+			if (const char *why = check_charsmap(sd, sn))
+				return sb_error_set(err, SB_ERR_FORMAT,
+				                    "%s: %s.precompiled_charsmap is malformed: %s", path,
+				                    f == 3 ? "normalizer_spec" : "denormalizer_spec", why);
+		}
+	}
+	if (pieces == 0)
+		return sb_error_set(err, SB_ERR_FORMAT, "%s: not a SentencePiece model (no pieces)", path);
+	return 0;
+}
+
+// SentencePiece's messages start with its source location
+// ("./src/x.cc(12) [cond] "): what the user gets is the text after it.
+std::string plain_message(const sentencepiece::util::Status &st)
+{
+	std::string m = st.error_message() ? st.error_message() : "";
+	if (m.rfind("./src/", 0) == 0 || m.rfind("src/", 0) == 0) {
+		size_t close = m.find("] ");
+		if (close != std::string::npos)
+			m = m.substr(close + 2);
+		else if ((close = m.find(") ")) != std::string::npos)
+			m = m.substr(close + 2);
+	}
+	return m;
+}
+
 } // namespace
 
 extern "C" {
@@ -125,12 +263,23 @@ sb_spm *sb_spm_load(const char *path, sb_error *err)
 	try {
 		std::unique_ptr<sb_spm> s(new sb_spm());
 		s->path = path;
-		auto st = s->proc.Load(path);
+		// Read here, with a limit, and checked before SentencePiece sees it.
+		char *buf = nullptr;
+		size_t len = 0;
+		if (sb_file_read(path, SB_SPM_FILE_MAX, "a SentencePiece model", &buf, &len, err))
+			return nullptr;
+		std::unique_ptr<char, void (*)(void *)> hold(buf, std::free);
+		if (check_model_proto(reinterpret_cast<const unsigned char *>(buf), len, path, err))
+			return nullptr;
+		auto st = s->proc.LoadFromSerializedProto(absl::string_view(buf, len));
 		if (!st.ok()) {
-			int code = st.code() == sentencepiece::util::StatusCode::kNotFound ||
-			           st.code() == sentencepiece::util::StatusCode::kPermissionDenied
-			                   ? SB_ERR_IO : SB_ERR_FORMAT;
-			status_error(st, s->path, code, err);
+			std::string m = plain_message(st);
+			if (m.find("ParseFromArray") != std::string::npos || m.empty())
+				sb_error_set(err, SB_ERR_FORMAT,
+				             "%s: not a SentencePiece model (protobuf parse failed)", path);
+			else
+				sb_error_set(err, SB_ERR_FORMAT, "%s: not a usable SentencePiece model: %s",
+				             path, m.c_str());
 			return nullptr;
 		}
 		if (s->proc.GetPieceSize() <= 0) {

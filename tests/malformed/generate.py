@@ -75,6 +75,112 @@ def model_case(name, file, words, replace=None, drop=(), cmd="info", status=(65,
     case(name, argv, file, words, status)
 
 
+# ------------------------------------------------ SentencePiece protobufs
+
+def pb_varint(x):
+    out = b""
+    while True:
+        b = x & 0x7F
+        x >>= 7
+        if x:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def pb_fields(data):
+    """The (field, wire type, raw bytes of the whole field) of a message."""
+    i, out = 0, []
+    while i < len(data):
+        start = i
+        key = 0
+        shift = 0
+        while True:
+            c = data[i]
+            i += 1
+            key |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                break
+        f, t = key >> 3, key & 7
+        body = None
+        if t == 0:
+            while data[i] & 0x80:
+                i += 1
+            i += 1
+        elif t == 1:
+            i += 8
+        elif t == 5:
+            i += 4
+        elif t == 2:
+            n = 0
+            shift = 0
+            while True:
+                c = data[i]
+                i += 1
+                n |= (c & 0x7F) << shift
+                shift += 7
+                if c < 0x80:
+                    break
+            body = data[i:i + n]
+            i += n
+        else:
+            raise ValueError("wire type %d" % t)
+        out.append((f, t, data[start:i], body))
+    return out
+
+
+def pb_bytes_field(f, body):
+    return pb_varint(f << 3 | 2) + pb_varint(len(body)) + body
+
+
+def spm_with_charsmap(model, charsmap, spec=3):
+    """model with the precompiled_charsmap of normalizer_spec (spec 3) or
+    denormalizer_spec (5) replaced by charsmap."""
+    out, done = b"", False
+    for f, t, raw, body in pb_fields(model):
+        if f == spec and t == 2 and not done:
+            sub = b"".join(r for sf, st, r, _ in pb_fields(body) if sf != 2)
+            out += pb_bytes_field(spec, pb_bytes_field(2, charsmap) + sub)
+            done = True
+        else:
+            out += raw
+    if not done:
+        out += pb_bytes_field(spec, pb_bytes_field(2, charsmap))
+    return out
+
+
+def darts_unit(label=0, offset=0, leaf=False, value=None):
+    """One darts-clone double-array unit (32 bits, little-endian)."""
+    if value is not None:
+        return struct.pack("<I", (1 << 31) | value)
+    u = label
+    if leaf:
+        u |= 1 << 8
+    if offset < (1 << 21):
+        u |= offset << 10
+    else:
+        assert offset % 256 == 0
+        u |= (offset << 2) | (1 << 9)
+    return struct.pack("<I", u)
+
+
+def charsmap(rules, strings, n_units=512, trie_bytes=None):
+    """A precompiled_charsmap mapping each one-byte key of rules
+    ({byte: string index}) through a two-block trie: the root's children
+    lie at 256 ^ byte, each a leaf whose value unit is at 511 ^ byte."""
+    units = [b"\0\0\0\0"] * n_units
+    units[0] = darts_unit(offset=256)
+    for c, v in rules.items():
+        child = 256 ^ c
+        leafpos = 511 ^ c if (511 ^ c) != child else 510 ^ c
+        units[child] = darts_unit(label=c, offset=child ^ leafpos, leaf=True)
+        units[leafpos] = darts_unit(value=v)
+    trie = b"".join(units)
+    size = len(trie) if trie_bytes is None else trie_bytes
+    return struct.pack("<I", size) + trie + strings
+
+
 # ------------------------------------------------------------- safetensors
 
 def st_case(name, content, words):
@@ -326,6 +432,26 @@ def tokenizer_cases():
                            ("garbage", bytes(range(256)) * 4)):
         model_case("spm-" + label, "tokenizer.model", ["sentencepiece", "parse", "model", "invalid", "empty"],
                    {CFG: cfg, "tokenizer.model": content}, drop=(DICT,), cmd="tokenize")
+    # A malformed normalizer charsmap crashed SentencePiece's normalizer:
+    # each is refused before SentencePiece sees it, naming the field.
+    words = ["precompiled_charsmap", "charsmap"]
+    A = ord("A")
+    bad = {
+        # the issue's example: a trie of 0xff units, then "a\0"
+        "ff-trie": struct.pack("<I", 0x40) + b"\xff" * 64 + b"a\0",
+        "value-past-strings": charsmap({A: 9}, b"a\0"),
+        "string-without-nul": charsmap({A: 0}, b"ab"),
+        "trie-size-past-blob": charsmap({A: 0}, b"a\0", trie_bytes=1 << 20),
+        "blob-3-bytes": b"\0\0\0",
+        "root-offset-outside": struct.pack("<I", 1024) + darts_unit(offset=1 << 20) + b"\0" * 1020 + b"a\0",
+        "children-past-trie": charsmap({A: 0}, b"a\0", trie_bytes=300 * 4),
+    }
+    for label, blob in bad.items():
+        model_case("spm-charsmap-" + label, "tokenizer.model", words,
+                   {CFG: cfg, "tokenizer.model": spm_with_charsmap(spm, blob)}, drop=(DICT,), cmd="tokenize")
+    model_case("spm-denormalizer-charsmap", "tokenizer.model", ["denormalizer_spec", "charsmap"],
+               {CFG: cfg, "tokenizer.model": spm_with_charsmap(spm, bad["ff-trie"], spec=5)},
+               drop=(DICT,), cmd="tokenize")
 
 
 # --------------------------------------------------------------- JSONL input
