@@ -6,7 +6,6 @@
 
 #include "commands.h"
 #include "common.h"
-#include "internal.h"
 
 static const char usage_text[] =
 	"usage: seqboat info [-m DIR] [--json]\n\n"
@@ -43,12 +42,8 @@ int cmd_info(int argc, char **argv)
 	if (rc)
 		return rc;
 	const sb_config *c = sb_model_config(m);
-	sb_state_layout lay;
-	sb_state_layout_of(m, &lay);
-	size_t ema = lay.ring_k - lay.h;
-	size_t ring = lay.bytes - lay.ring_k + (lay.h - lay.ring_pos);
-	size_t state = sb_state_bytes(m);
-	size_t counters = state - ema - ring;
+	sb_state_sizes sz = sb_state_sizes_of(m);
+	size_t ema = sz.ema, ring = sz.ring, state = sz.total, counters = sz.counters;
 	if (json) {
 		json_t *o = json_pack(
 			"{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:s, s:s,"

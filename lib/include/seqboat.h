@@ -261,6 +261,26 @@ sb_dtype sb_model_weight_dtype(const sb_model *m);
 /* A 64-bit fingerprint of config and weights, recorded in saved states. */
 uint64_t sb_model_fingerprint(const sb_model *m);
 
+/* Weight formats a model can be rewritten in. q8: each weight an int8
+ * with one F16 scale per block of 32 of its row (weight = q * scale). */
+typedef enum sb_quant_type {
+	SB_QUANT_F32, SB_QUANT_F16, SB_QUANT_BF16, SB_QUANT_Q8
+} sb_quant_type;
+
+/* "f32", "f16", "bf16", "q8", and back (false for anything else). */
+const char *sb_quant_type_name(sb_quant_type t);
+bool sb_quant_type_parse(const char *s, sb_quant_type *t);
+
+/* Writes a copy of model m as the new directory out_dir whose weight
+ * matrices (embedding, projections, FFN) are stored as type; norms, EMA
+ * parameters and biases stay float32; config.yaml and the tokenizer file
+ * are copied unchanged. The directory is built under a temporary name
+ * next to out_dir, loaded back, and only then renamed into place: a failed
+ * or interrupted run leaves no out_dir. SB_ERR_ARG if out_dir exists (a
+ * dangling link counts) or is empty, SB_ERR_IO, SB_ERR_NOMEM. */
+int sb_model_quantize(const sb_model *m, const char *out_dir, sb_quant_type type,
+                      sb_error *err);
+
 /* ----------------------------------------------------------------- state */
 
 /* The per-sequence state: per layer the EMA state h (D x N) and a ring of
