@@ -36,7 +36,7 @@ echo "seqboat serve under wrk: $(nproc) cores, $(build/seqboat serve --help > /d
 printf '%-12s %12s %12s %12s %14s\n' connections requests/s tokens/s non-2xx "latency p50"
 for c in 1 8 32; do
 	t0=$(tokens)
-	wrk -t1 -c"$c" -d"${secs}s" --latency -s "$tmp/post.lua" "$url/v1/completions" > "$tmp/wrk$c"
+	wrk -t1 -c"$c" -d"${secs}s" --timeout 30s --latency -s "$tmp/post.lua" "$url/v1/completions" > "$tmp/wrk$c"
 	t1=$(tokens)
 	rps=$(sed -n 's/^Requests\/sec: *//p' "$tmp/wrk$c")
 	non2xx=$(sed -n 's/^ *Non-2xx or 3xx responses: *//p' "$tmp/wrk$c")
