@@ -123,6 +123,21 @@ assert [r["id"] for r in recs] == [1, 2], recs' || fail "several -p should give 
 "$SEQBOAT" complete -m "$MODEL" -p "w4" -n 3 --echo --format jsonl > /dev/null 2>&1
 [ $? = 2 ] || fail "--echo with records should be a usage error"
 
+# Text to a pipe is flushed per token: a run killed while it streams has
+# delivered a byte count that is not a whole number of stdio buffers.
+$PY - "$SEQBOAT" "$MODEL" <<'EOF' || fail "text to a pipe is not flushed per token"
+import os, signal, subprocess, sys, time
+p = subprocess.Popen([sys.argv[1], "complete", "-m", sys.argv[2], "-p", "w4 w5", "-n", "1000000",
+                      "--logit-bias", "2=-inf", "-t", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+first = os.read(p.stdout.fileno(), 1 << 16)
+time.sleep(0.2)
+os.kill(p.pid, signal.SIGKILL)
+rest = p.stdout.read()
+p.wait()
+n = len(first) + len(rest)
+assert first and n % 4096 != 0, "%d bytes: a whole number of 4096-byte buffers" % n
+EOF
+
 # The output file must not be the input file.
 cp "$TMP/plain.txt" "$TMP/same.txt"
 "$SEQBOAT" complete -m "$MODEL" -f "$TMP/same.txt" -o "$TMP/same.txt" -n 2 2> /dev/null
