@@ -87,7 +87,9 @@ struct sb_sched {
 	size_t n_pending, n_running;
 	sb_state *spare[MAX_SPARE_STATES];
 	size_t n_spare;
-	uint64_t next_id, submitted, prompt_tokens, completion_tokens;
+	uint64_t next_id, submitted;
+	/* counted as they happen, without the lock */
+	atomic_uint_fast64_t prompt_tokens, completion_tokens;
 	atomic_uint epoch;
 	atomic_bool shutdown;
 };
@@ -163,6 +165,8 @@ sb_sched *sb_sched_new(sb_ctx *ctx, const sb_sched_params *p, sb_error *err)
 	s->next_id = 1;
 	atomic_init(&s->epoch, 0);
 	atomic_init(&s->shutdown, false);
+	atomic_init(&s->prompt_tokens, 0);
+	atomic_init(&s->completion_tokens, 0);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -363,8 +367,8 @@ void sb_sched_stats_get(sb_sched *s, sb_sched_stats *out)
 	out->running = s->n_running;
 	out->slots = s->nslots;
 	out->submitted = s->submitted;
-	out->prompt_tokens = s->prompt_tokens;
-	out->completion_tokens = s->completion_tokens;
+	out->prompt_tokens = atomic_load_explicit(&s->prompt_tokens, memory_order_relaxed);
+	out->completion_tokens = atomic_load_explicit(&s->completion_tokens, memory_order_relaxed);
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -461,7 +465,6 @@ static void finish(sb_sched *s, slot *sl, seq *q, sb_finish why, const sb_error 
 		sl->q = NULL;
 		s->n_running--;
 	}
-	s->completion_tokens += q->n_gen;
 	pthread_mutex_unlock(&s->mu);
 	if (q->on_done)
 		q->on_done(&r);
@@ -535,9 +538,7 @@ static bool prefill(sb_sched *s, slot *sl)
 			return false;
 		}
 		q->n_read += n;
-		pthread_mutex_lock(&s->mu);
-		s->prompt_tokens += n;
-		pthread_mutex_unlock(&s->mu);
+		atomic_fetch_add_explicit(&s->prompt_tokens, n, memory_order_relaxed);
 		if (q->n_read < q->n_tokens)
 			return true;
 	}
@@ -593,6 +594,7 @@ static bool sample(sb_sched *s, slot *sl)
 	}
 	sb_sampler_accept(q->smp, t);
 	size_t index = q->n_gen++;
+	atomic_fetch_add_explicit(&s->completion_tokens, 1, memory_order_relaxed);
 	const char *piece = "", *o = "";
 	size_t piece_len = 0, ol = 0;
 	bool matched = false;

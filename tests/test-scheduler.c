@@ -282,6 +282,11 @@ START_TEST(scheduler_batches_equal_one_at_a_time)
 	sb_sched_stats_get(s, &st);
 	ck_assert_uint_eq(st.submitted, N);
 	ck_assert_uint_eq(st.pending + st.running, 0);
+	size_t prompt_total = 0;
+	for (int i = 0; i < N; i++)
+		prompt_total += plen[i];
+	ck_assert_uint_eq(st.prompt_tokens, prompt_total);
+	ck_assert_uint_eq(st.completion_tokens, total);
 	sb_sched_free(s);
 	sb_ctx_free(ctx);
 	sb_model_free(m);

@@ -282,11 +282,12 @@ typedef struct sb_sched_stats {
 	size_t running;          /* in a slot (prefilling or generating) */
 	size_t slots;            /* max_batch */
 	uint64_t submitted;      /* sequences, over the scheduler's life */
-	uint64_t prompt_tokens;  /* tokens prefilled */
-	uint64_t completion_tokens; /* tokens sampled */
+	uint64_t prompt_tokens;  /* tokens prefilled, over the scheduler's life */
+	uint64_t completion_tokens; /* tokens sampled (end-of-text ids not counted) */
 } sb_sched_stats;
 
-/* A consistent snapshot of the counters. Thread-safe. */
+/* The counters now (pending, running and submitted read together; the token
+ * counts grow as tokens are prefilled and sampled). Thread-safe. */
 void sb_sched_stats_get(sb_sched *s, sb_sched_stats *out);
 
 #ifdef __cplusplus
