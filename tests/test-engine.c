@@ -549,6 +549,53 @@ START_TEST(engine_ctx_params)
 }
 END_TEST
 
+/* Reset and copy leave exactly the bytes of a fresh state or of the
+ * source, whatever the destination held before (the CPU backend touches
+ * only the used part of each ring). */
+START_TEST(engine_state_reset_and_copy_are_exact)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	sb_error err = {0};
+	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
+	const size_t n = sb_state_serialized_size(m), T = (size_t)c->window * 3 + 40;
+	unsigned char *a = malloc(n), *b = malloc(n);
+	sb_state *longs = sb_ctx_state_new(ctx, &err), *shorts = sb_ctx_state_new(ctx, &err);
+	sb_state *fresh = sb_ctx_state_new(ctx, &err);
+	int32_t *tok = random_tokens(T, c->vocab_size, 21);
+	sb_ctx_set_act_bias(ctx, -1000.0f); /* every token activated: rings wrap */
+	ck_assert_int_eq(sb_prefill(ctx, longs, tok, T, NULL, &err), 0);
+	sb_ctx_set_act_bias(ctx, 0.0f);
+	ck_assert_int_eq(sb_prefill(ctx, shorts, tok, 7, NULL, &err), 0);
+	/* long -> short copy */
+	sb_state *dst = sb_state_clone(longs, &err);
+	ck_assert_int_eq(sb_state_copy(dst, shorts), 0);
+	ck_assert_int_eq(sb_state_serialize(dst, a, n, &err), 0);
+	ck_assert_int_eq(sb_state_serialize(shorts, b, n, &err), 0);
+	ck_assert(memcmp(a, b, n) == 0);
+	/* reset after a long sequence */
+	sb_state_reset(longs);
+	ck_assert_int_eq(sb_state_serialize(longs, a, n, &err), 0);
+	ck_assert_int_eq(sb_state_serialize(fresh, b, n, &err), 0);
+	ck_assert(memcmp(a, b, n) == 0);
+	/* a loaded state (bytes from outside), then reset */
+	ck_assert_int_eq(sb_state_serialize(dst, a, n, &err), 0);
+	ck_assert_int_eq(sb_state_deserialize(longs, a, n, "mem", &err), 0);
+	sb_state_reset(longs);
+	ck_assert_int_eq(sb_state_serialize(longs, a, n, &err), 0);
+	ck_assert(memcmp(a, b, n) == 0);
+	free(a);
+	free(b);
+	free(tok);
+	sb_state_free(longs);
+	sb_state_free(shorts);
+	sb_state_free(fresh);
+	sb_state_free(dst);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("engine");
@@ -565,6 +612,7 @@ int main(void)
 	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_batch_repeated_state, 0, N_CASES);
 	tcase_add_test(tc, engine_ctx_params);
+	tcase_add_loop_test(tc, engine_state_reset_and_copy_are_exact, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_act_bias_shifts_router, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_threads_match_one_thread, 0, N_CASES);
 	suite_add_tcase(s, tc);

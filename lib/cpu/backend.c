@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "cpu.h"
@@ -134,31 +135,98 @@ static int cpu_ctx_new(const sb_model *m, const sb_ctx_params *p, int device, sb
 	return 0;
 }
 
+/* Blocks from this size on are mapped directly: the kernel hands out
+ * zero pages lazily, so a state costs resident memory only for what its
+ * sequence has touched (malloc would recycle and re-zero heap memory). */
+#define MAP_MIN ((size_t)1 << 20)
+
 static int cpu_state_alloc(sb_state *s, sb_error *err)
 {
-	s->block = aligned_alloc(64, (s->lay.bytes + 63) & ~(size_t)63);
-	if (!s->block)
+	const int L = s->m->cfg.layers;
+	sb_cpu_state *cs = calloc(1, sizeof *cs + (size_t)L * sizeof(int32_t));
+	if (!cs)
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory allocating a state");
+	size_t bytes = s->lay.bytes ? s->lay.bytes : 1;
+	if (bytes >= MAP_MIN) {
+		void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p != MAP_FAILED) {
+			s->block = p;
+			cs->mapped = true;
+		}
+	}
+	if (!cs->mapped)
+		s->block = calloc(1, bytes);
+	if (!s->block) {
+		free(cs);
 		return sb_error_set(err, SB_ERR_NOMEM, "out of memory allocating a state of %zu bytes",
 		                    s->lay.bytes);
-	memset(s->block, 0, s->lay.bytes);
+	}
+	s->priv = cs;
 	return 0;
 }
 
 static void cpu_state_free(sb_state *s)
 {
-	free(s->block);
+	sb_cpu_state *cs = s->priv;
+	if (cs && cs->mapped)
+		munmap(s->block, s->lay.bytes);
+	else
+		free(s->block);
+	free(cs);
 	s->block = NULL;
+	s->priv = NULL;
+}
+
+/* The ring arrays of a layer, as (offset, bytes per slot) of the block. */
+static void ring_arrays(const sb_state *s, int l, size_t off[3], size_t per[3])
+{
+	const sb_config *c = &s->m->cfg;
+	const size_t W1 = (size_t)c->window + 1;
+	per[0] = sizeof(int64_t);
+	per[1] = (size_t)c->z_dim * sizeof(float);
+	per[2] = (size_t)c->hidden_dim * sizeof(float);
+	off[0] = s->lay.ring_pos + (size_t)l * W1 * per[0];
+	off[1] = s->lay.ring_k + (size_t)l * W1 * per[1];
+	off[2] = s->lay.ring_v + (size_t)l * W1 * per[2];
+}
+
+/* Zeroes slots [from, to) of layer l's ring. */
+static void zero_slots(sb_state *s, int l, int from, int to)
+{
+	size_t off[3], per[3];
+	ring_arrays(s, l, off, per);
+	for (int a = 0; from < to && a < 3; a++)
+		memset(s->block + off[a] + (size_t)from * per[a], 0, (size_t)(to - from) * per[a]);
 }
 
 static int cpu_state_zero(sb_state *s)
 {
-	memset(s->block, 0, s->lay.bytes);
+	sb_cpu_state *cs = s->priv;
+	/* counters and the EMA state, then the used part of each ring */
+	memset(s->block, 0, s->lay.ring_pos);
+	memset(s->block + s->lay.h, 0, s->lay.ring_k - s->lay.h);
+	for (int l = 0; l < s->m->cfg.layers; l++) {
+		zero_slots(s, l, 0, cs->dirty[l]);
+		cs->dirty[l] = 0;
+	}
 	return 0;
 }
 
 static int cpu_state_copy(sb_state *dst, const sb_state *src)
 {
-	memcpy(dst->block, src->block, src->lay.bytes);
+	sb_cpu_state *cd = dst->priv;
+	const sb_cpu_state *cs = src->priv;
+	memcpy(dst->block, src->block, src->lay.ring_pos);
+	memcpy(dst->block + src->lay.h, src->block + src->lay.h, src->lay.ring_k - src->lay.h);
+	for (int l = 0; l < src->m->cfg.layers; l++) {
+		size_t off[3], per[3];
+		ring_arrays(src, l, off, per);
+		for (int a = 0; a < 3; a++)
+			memcpy(dst->block + off[a], src->block + off[a], (size_t)cs->dirty[l] * per[a]);
+		if (cd->dirty[l] > cs->dirty[l])
+			zero_slots(dst, l, cs->dirty[l], cd->dirty[l]);
+		cd->dirty[l] = cs->dirty[l];
+	}
 	return 0;
 }
 
@@ -171,6 +239,11 @@ static int cpu_state_download(const sb_state *s, size_t off, size_t len, void *h
 static int cpu_state_upload(sb_state *s, size_t off, size_t len, const void *host)
 {
 	memcpy(s->block + off, host, len);
+	/* Bytes from outside may land anywhere in the rings. */
+	sb_cpu_state *cs = s->priv;
+	if (off + len > s->lay.ring_pos)
+		for (int l = 0; l < s->m->cfg.layers; l++)
+			cs->dirty[l] = s->m->cfg.window + 1;
 	return 0;
 }
 

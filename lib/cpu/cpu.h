@@ -62,6 +62,15 @@ int sb_cpu_layer(sb_bctx *b, const sb_rows *r, int l, uint8_t *act, float *hidde
                  sb_error *err);
 int sb_cpu_logits(sb_bctx *b, const sb_rows *r, int t0, float *dst, sb_error *err);
 
+/* What the CPU backend keeps with each state (s->priv): how far into
+ * each layer's ring the block may hold non-zero bytes, so that reset and
+ * copy touch only the slots a sequence has used, not the whole W+1 ring
+ * (a new block's pages are mapped lazily and stay untouched until used). */
+typedef struct sb_cpu_state {
+	bool mapped;          // block came from mmap (else from calloc)
+	int32_t dirty[];      // (L) slots [0, dirty[l]) may be non-zero
+} sb_cpu_state;
+
 /* Typed views into a host state's block (the layout of backend.h). */
 static inline uint64_t *st_n_act(sb_state *s) { return (uint64_t *)(s->block + s->lay.n_act); }
 static inline int32_t *st_ring_len(sb_state *s) { return (int32_t *)(s->block + s->lay.ring_len); }

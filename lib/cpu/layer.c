@@ -147,6 +147,9 @@ static void ring_push(const sb_config *c, sb_state *s, int l, const float *k,
 {
 	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim;
 	int slot = sb_ring_push(st_ring_len(s) + l, st_ring_head(s) + l, W1);
+	int32_t *dirty = ((sb_cpu_state *)s->priv)->dirty + l;
+	if (slot >= *dirty)
+		*dirty = slot + 1;
 	size_t e = (size_t)l * W1 + (size_t)slot;
 	memcpy(st_ring_k(s) + e * Z, k, (size_t)Z * sizeof(float));
 	memcpy(st_ring_v(s) + e * H, v, (size_t)H * sizeof(float));

@@ -355,9 +355,13 @@ static void matvec_part(void *arg, int ith, int nth)
 	rows_scalar(j->W, r0, r1, j->x, j->y);
 }
 
-/* Rows of a 16-bit matrix widened per block, so that the float32 product
- * runs at BLAS speed without a float32 copy of the whole model. */
-#define WIDEN_ROWS 64
+/* Rows of a 16-bit or q8 matrix widened per slab, so that the float32
+ * product runs at BLAS speed without a float32 copy of the whole model.
+ * A slab is large enough that each sgemm call does real work (OpenBLAS
+ * packs X again for every call), small enough to stay in the L2. */
+#define WIDEN_ROWS 256
+/* Threads split the output columns in multiples of this (cache lines of Y). */
+#define SPLIT_ROWS 16
 
 size_t sb_matmul_ws_floats(int max_cols, int n_threads)
 {
@@ -374,21 +378,23 @@ typedef struct matmul_job {
 } matmul_job;
 
 /* One thread's share of Y = X W^T: a contiguous range of output columns
- * (rows of W), in slabs of WIDEN_ROWS, so each thread reads its own part
- * of W once. OpenBLAS runs single-threaded inside; the pool is the only
- * set of threads, so the two never compete for the cores. */
+ * (rows of W), so each thread reads its own part of W once: float32
+ * weights in one sgemm call, others widened slab by slab. OpenBLAS runs
+ * single-threaded inside; the pool is the only set of threads, so the two
+ * never compete for the cores. */
 static void matmul_part(void *arg, int ith, int nth)
 {
 	const matmul_job *j = arg;
 	const sb_mat *W = j->W;
 	const int NO = W->rows, NI = W->cols, T = j->T;
-	const int slabs = (NO + WIDEN_ROWS - 1) / WIDEN_ROWS;
-	const int o_begin = (int)((long)slabs * ith / nth) * WIDEN_ROWS;
-	const int o_end_raw = (int)((long)slabs * (ith + 1) / nth) * WIDEN_ROWS;
+	const int blocks = (NO + SPLIT_ROWS - 1) / SPLIT_ROWS;
+	const int o_begin = (int)((long)blocks * ith / nth) * SPLIT_ROWS;
+	const int o_end_raw = (int)((long)blocks * (ith + 1) / nth) * SPLIT_ROWS;
 	const int o_end = o_end_raw < NO ? o_end_raw : NO;
 	float *ws = j->ws + (size_t)ith * WIDEN_ROWS * NI;
-	for (int o0 = o_begin; o0 < o_end; o0 += WIDEN_ROWS) {
-		int n = o_end - o0 < WIDEN_ROWS ? o_end - o0 : WIDEN_ROWS;
+	const int slab = W->dtype == SB_DTYPE_F32 ? NO : WIDEN_ROWS;
+	for (int o0 = o_begin; o0 < o_end; o0 += slab) {
+		int n = o_end - o0 < slab ? o_end - o0 : slab;
 		const float *w;
 		if (W->dtype == SB_DTYPE_F32) {
 			w = (const float *)W->data + (size_t)o0 * NI;
