@@ -1260,6 +1260,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 	return dispatch(c, method);
 }
 
+/* One line per generation request, when its connection is done with it. */
+static void log_job(conn *c, enum MHD_RequestTerminationCode why)
+{
+	serve_job *j = c->job;
+	pthread_mutex_lock(&j->mu);
+	const char *fin = j->cancel == SERVE_CANCEL_CLIENT  ? "client gone"
+	                  : j->cancel == SERVE_CANCEL_TIMEOUT ? "timeout"
+	                                                      : sb_finish_name(j->finish);
+	serve_log("%s %s: %s%s, prompt %zu tokens (%zu cached), completion %zu, ttft %.1f ms, "
+	          "%.1f ms in all",
+	          c->id, route_names[c->route], fin,
+	          why == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed)",
+	          j->prompt_tokens + j->cached_tokens, j->cached_tokens, j->completion_tokens,
+	          j->t_first ? (j->t_first - j->t_start) * 1e3 : 0.0,
+	          (cli_now() - j->t_start) * 1e3);
+	pthread_mutex_unlock(&j->mu);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *mc, void **ctx,
                          enum MHD_RequestTerminationCode why)
 {
@@ -1269,6 +1287,15 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **ctx,
 	conn *c = *ctx;
 	if (!c)
 		return;
+	if (c->job) {
+		/* A job still running has lost its client: end it, then log it. */
+		serve_job_cancel(c->job, SERVE_CANCEL_CLIENT);
+		pthread_mutex_lock(&c->job->mu);
+		while (!c->job->done)
+			pthread_cond_wait(&c->job->cv, &c->job->mu);
+		pthread_mutex_unlock(&c->job->mu);
+		log_job(c, why);
+	}
 	serve_job_release(c->job);
 	if (c->counted)
 		atomic_fetch_sub(&s->inflight, 1);

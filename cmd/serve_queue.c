@@ -211,8 +211,10 @@ int serve_job_start(serve_server *s, const serve_job_spec *spec, serve_job **out
 	j->logprobs = spec->logprobs;
 	j->t_start = cli_now();
 	j->deadline = j->t_start + s->o.timeout_s;
+	/* The final state is kept only by a cache that can hold one. */
+	bool keep = s->o.cache_bytes >= sb_state_bytes(s->m);
 	if (!(j->tokens = malloc(spec->n_tokens * sizeof *j->tokens)) ||
-	    !(j->final = sb_state_new(s->m, err))) {
+	    (keep && !(j->final = sb_state_new(s->m, err)))) {
 		job_free(j);
 		goto nomem;
 	}

@@ -205,9 +205,22 @@ for i in $(seq 1 50); do
 	sleep 0.1
 done
 [ -n "$ok" ] || fail "the slot was not freed after the client hung up (HTTP $(status))"
+# A client waiting for a whole (non-streamed) reply hangs up too: it is
+# seen on its socket before any byte is written.
+curl -s -o /dev/null --max-time 1 -H 'Content-Type: application/json' \
+	-d '{"prompt": "w4", "max_tokens": 100000000, "logit_bias": {"2": -100}}' "$SERVE_URL/v1/completions"
+ok=
+for i in $(seq 1 50); do
+	post /v1/completions '{"prompt": "w4", "max_tokens": 2}' > /dev/null
+	[ "$(status)" = 200 ] && { ok=1; break; }
+	sleep 0.1
+done
+[ -n "$ok" ] || fail "the slot was not freed after a non-streaming client hung up (HTTP $(status))"
 curl -s "$SERVE_URL/metrics" > "$TMP/metrics"
-grep -q '^seqboat_requests_cancelled_total [1-9]' "$TMP/metrics" ||
-	fail "the hung-up request was not cancelled: $(grep cancelled "$TMP/metrics")"
+grep -q '^seqboat_requests_cancelled_total [2-9]' "$TMP/metrics" ||
+	fail "the hung-up requests were not both cancelled: $(grep cancelled "$TMP/metrics")"
+[ "$(grep -c 'completions: client gone' "$SERVE_LOG")" = 2 ] ||
+	fail "the log does not show two requests ended by their clients: $(grep completions "$SERVE_LOG")"
 grep -q '^seqboat_rejected_total [1-9]' "$TMP/metrics" || fail "metrics: no rejected request counted"
 for m in requests_total completion_tokens_total tokens_per_second queue_depth slots_busy \
 	cache_hits_total cache_bytes; do
