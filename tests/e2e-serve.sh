@@ -75,7 +75,7 @@ reply=$(jq -c '.choices[0].message' "$TMP/turn1")
 total1=$(jq '.usage.total_tokens' "$TMP/turn1")
 [ "$(jq -r '.choices[0].message.role' "$TMP/turn1")" = assistant ] || fail "chat reply role: $reply"
 m2=$(jq -cn --argjson m "$m1" --argjson r "$reply" '$m + [$r, {role: "user", content: "w9 w10"}]')
-post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, \"logit_bias\": {\"2\": -100}}" > /dev/null
+post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, \"logit_bias\": {\"2\": -100}, \"frequency_penalty\": 0.8, \"presence_penalty\": 0.5}" > /dev/null
 cached=$(jqf '.usage.prompt_tokens_details.cached_tokens')
 [ "$cached" = "$total1" ] || fail "chat turn 2: cached_tokens $cached, expected turn 1's $total1 tokens: $(cat "$TMP/body")"
 cp "$TMP/body" "$TMP/turn2"
@@ -170,9 +170,10 @@ serve_stop
 [ "$SERVE_RC" = 0 ] || fail "main server: exit $SERVE_RC"
 
 # ---- The cache changes nothing but speed: turn 2 read from nothing by a
-# server without a cache gives the same reply (same seed).
+# server without a cache gives the same reply (same seed; the penalties see
+# the same last tokens, which come from the cached prefix otherwise).
 serve_start nocache -m "$MODEL" -t 1 --cache-bytes 0
-post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, \"logit_bias\": {\"2\": -100}}" > /dev/null
+post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, \"logit_bias\": {\"2\": -100}, \"frequency_penalty\": 0.8, \"presence_penalty\": 0.5}" > /dev/null
 [ "$(jqf '.usage.prompt_tokens_details.cached_tokens')" = 0 ] || fail "--cache-bytes 0 still cached: $(cat "$TMP/body")"
 [ "$(jqf '.usage.prompt_tokens')" = "$(jq '.usage.prompt_tokens' "$TMP/turn2")" ] ||
 	fail "turn 2 has another prompt length without the cache"
@@ -289,7 +290,7 @@ grep -q "1 states .* read from" "$SERVE_LOG" || fail "the valid state was not re
 reply=$(jq -c '.choices[0].message' "$TMP/d1")
 total1=$(jq '.usage.total_tokens' "$TMP/d1")
 m2=$(jq -cn --argjson m "$m1" --argjson r "$reply" '$m + [$r, {role: "user", content: "w9 w10"}]')
-post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, \"logit_bias\": {\"2\": -100}}" > /dev/null
+post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, \"logit_bias\": {\"2\": -100}, \"frequency_penalty\": 0.8, \"presence_penalty\": 0.5}" > /dev/null
 [ "$(jqf '.usage.prompt_tokens_details.cached_tokens')" = "$total1" ] ||
 	fail "after a restart: expected $total1 cached tokens: $(cat "$TMP/body")"
 # And it is the same reply the first server gave.
