@@ -182,28 +182,72 @@ int sb_state_serialize(const sb_state *s, void *buf, size_t cap, sb_error *err)
 	return 0;
 }
 
-/* Every ring counter must be in range before the forward pass indexes
- * with it: a state file is untrusted input. block: a host copy. */
+/* The most tokens a loaded state may claim: positions are int64 and the
+ * forward pass adds to them and subtracts them, so a claim near 2^63
+ * would overflow there (2^62 tokens take millennia to read). */
+#define STATE_MAX_TOKENS (UINT64_C(1) << 62)
+
+/* A state file is untrusted input: every counter must be one the forward
+ * pass can have left, before anything indexes with it. Per layer: the
+ * activations counted are at most the tokens read; the ring holds exactly
+ * the last min(activations, W+1) of them, so its length is that, its head
+ * stays 0 until it is full, and its positions rise strictly from oldest to
+ * newest and lie below the tokens read. */
 static int check_rings(const sb_state *s, const unsigned char *block, uint64_t n_tokens,
                        const char *label, sb_error *err)
 {
 	const int L = s->m->cfg.layers, W1 = s->m->cfg.window + 1;
+	if (n_tokens > STATE_MAX_TOKENS)
+		return sb_error_set(err, SB_ERR_FORMAT,
+		                    "%s: state claims %llu tokens read, more than the %llu a state can reach",
+		                    label, (unsigned long long)n_tokens,
+		                    (unsigned long long)STATE_MAX_TOKENS);
+	const uint64_t *acts = (const uint64_t *)(block + s->lay.n_act);
 	const int32_t *lens = (const int32_t *)(block + s->lay.ring_len),
 	              *heads = (const int32_t *)(block + s->lay.ring_head);
 	const int64_t *P = (const int64_t *)(block + s->lay.ring_pos);
 	for (int l = 0; l < L; l++) {
 		int32_t len = lens[l], head = heads[l];
-		if (len < 0 || len > W1 || head < 0 || head >= W1)
+		uint64_t act = acts[l];
+		if (act > n_tokens)
 			return sb_error_set(err, SB_ERR_FORMAT,
-			                    "%s: layer %d ring counters (length %d, head %d) out of range for window %d",
-			                    label, l, len, head, W1 - 1);
+			                    "%s: layer %d counts %llu activated tokens of %llu read", label, l,
+			                    (unsigned long long)act, (unsigned long long)n_tokens);
+		uint64_t want = act < (uint64_t)W1 ? act : (uint64_t)W1;
+		if (len < 0 || (uint64_t)len != want || head < 0 || head >= W1 || (len < W1 && head != 0))
+			return sb_error_set(err, SB_ERR_FORMAT,
+			                    "%s: layer %d ring counters (length %d, head %d) do not fit %llu activated tokens and window %d",
+			                    label, l, len, head, (unsigned long long)act, W1 - 1);
+		int64_t prev = -1;
 		for (int e = 0; e < len; e++) {
 			int64_t pos = P[(size_t)l * W1 + (size_t)sb_ring_slot(head, e, W1)];
 			if (pos < 0 || (uint64_t)pos >= n_tokens)
 				return sb_error_set(err, SB_ERR_FORMAT,
 				                    "%s: layer %d ring holds position %lld, outside the %llu tokens read",
 				                    label, l, (long long)pos, (unsigned long long)n_tokens);
+			if (pos <= prev)
+				return sb_error_set(err, SB_ERR_FORMAT,
+				                    "%s: layer %d ring positions are not in reading order (%lld after %lld)",
+				                    label, l, (long long)pos, (long long)prev);
+			prev = pos;
 		}
+	}
+	return 0;
+}
+
+/* The EMA state and the ring's keys and values (floats from byte `from`
+ * of the block on) must be finite: a NaN or an infinity would flow into
+ * every later logit. */
+static int check_finite(const unsigned char *block, size_t from, size_t to, const char *label,
+                        sb_error *err)
+{
+	for (size_t off = from; off + 4 <= to; off += 4) {
+		uint32_t u;
+		memcpy(&u, block + off, 4);
+		if ((u & 0x7f800000u) == 0x7f800000u)
+			return sb_error_set(err, SB_ERR_FORMAT,
+			                    "%s: state holds a non-finite value (%s) at byte %zu", label,
+			                    (u & 0x007fffffu) ? "NaN" : "infinity", off);
 	}
 	return 0;
 }
@@ -238,6 +282,8 @@ int sb_state_deserialize(sb_state *s, const void *buf, size_t len, const char *l
 	memcpy(head, p + STATE_HEADER, counters);
 	int rc = check_rings(s, head, n_tokens, label, err);
 	free(head);
+	if (rc == 0)
+		rc = check_finite(p + STATE_HEADER, s->lay.h, s->lay.bytes, label, err);
 	if (rc == 0) {
 		if (s->be->state_upload(s, 0, s->lay.bytes, p + STATE_HEADER) < 0)
 			return sb_error_set(err, SB_ERR_DEVICE, "%s: cannot write the state to %s", label,

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "testutil.h"
 
 /* Allocation counter: the test links with -Wl,--wrap=malloc,... so every
@@ -290,6 +291,79 @@ START_TEST(engine_snapshot_restore_is_identical)
 	sb_state_free(s);
 	sb_ctx_free(ctx);
 	sb_model_free(m);
+}
+END_TEST
+
+/* Every counter of a state file must be one the model can reach (issue
+ * 16: n_tokens >= 2^63 overflowed a position in the forward pass), and its
+ * floats finite. Genuine states pass, full rings with a moved head too;
+ * each refusal leaves the state as it was. */
+START_TEST(engine_state_load_checks_every_counter)
+{
+	sb_model *a = load(cases[0]);
+	sb_error err = {0};
+	sb_state *sa = sb_state_new(a, &err), *sc = sb_state_new(a, &err);
+	sb_ctx *ctx = tu_ctx_new(a, 1, &err);
+	int32_t tok[300];
+	for (int i = 0; i < 300; i++)
+		tok[i] = 4 + i % 60;
+	ck_assert_int_eq(sb_prefill(ctx, sa, tok, 300, NULL, &err), 0);
+	size_t n = sb_state_serialized_size(a);
+	unsigned char *good = malloc(n), *buf = malloc(n);
+	ck_assert_int_eq(sb_state_serialize(sa, good, n, &err), 0);
+	ck_assert_int_eq(sb_state_deserialize(sc, good, n, "x.state", &err), 0);
+	ck_assert_uint_eq(sb_state_n_tokens(sc), 300);
+	sb_state_layout lay;
+	sb_state_layout_of(a, &lay);
+	const size_t H0 = 40;   /* the header before the block */
+	const int W1 = sb_model_config(a)->window + 1;
+	int32_t len0;
+	memcpy(&len0, good + H0 + lay.ring_len, 4);
+	ck_assert_int_eq(len0, W1);   /* 300 tokens fill layer 0's ring */
+	struct { const char *what, *word; } cases_[] = {
+		{"n_tokens 2^63", "tokens"},
+		{"n_act above n_tokens", "activated"},
+		{"ring length below the activations", "ring"},
+		{"head moved in a ring not full", "ring"},
+		{"positions out of order", "order"},
+		{"NaN in the EMA state", "NaN"},
+		{"infinity in a ring value", "infinity"},
+	};
+	for (int k = 0; k < 7; k++) {
+		memcpy(buf, good, n);
+		uint64_t u64;
+		int32_t i32;
+		int64_t p0, p1;
+		float f;
+		switch (k) {
+		case 0: u64 = UINT64_C(1) << 63; memcpy(buf + 24, &u64, 8); break;
+		case 1: u64 = 301; memcpy(buf + H0 + lay.n_act, &u64, 8); break;
+		case 2: i32 = W1 - 1; memcpy(buf + H0 + lay.ring_len, &i32, 4);
+		        i32 = 0; memcpy(buf + H0 + lay.ring_head, &i32, 4); break;
+		case 3: u64 = 3; memcpy(buf + H0 + lay.n_act, &u64, 8);
+		        i32 = 3; memcpy(buf + H0 + lay.ring_len, &i32, 4);
+		        i32 = 1; memcpy(buf + H0 + lay.ring_head, &i32, 4); break;
+		case 4: memcpy(&p0, buf + H0 + lay.ring_pos, 8);
+		        memcpy(&p1, buf + H0 + lay.ring_pos + 8, 8);
+		        memcpy(buf + H0 + lay.ring_pos, &p1, 8);
+		        memcpy(buf + H0 + lay.ring_pos + 8, &p0, 8); break;
+		case 5: f = NAN; memcpy(buf + H0 + lay.h + 4 * 7, &f, 4); break;
+		case 6: f = -INFINITY; memcpy(buf + H0 + lay.ring_v + 4 * 3, &f, 4); break;
+		}
+		sb_state_reset(sc);
+		ck_assert_int_eq(sb_prefill(ctx, sc, tok, 5, NULL, &err), 0);
+		ck_assert_msg(sb_state_deserialize(sc, buf, n, "x.state", &err) == SB_ERR_FORMAT,
+		              "%s was accepted", cases_[k].what);
+		ck_assert_msg(strstr(err.msg, cases_[k].word) && strstr(err.msg, "x.state"),
+		              "%s: %s", cases_[k].what, err.msg);
+		ck_assert_uint_eq(sb_state_n_tokens(sc), 5);
+	}
+	free(good);
+	free(buf);
+	sb_ctx_free(ctx);
+	sb_state_free(sa);
+	sb_state_free(sc);
+	sb_model_free(a);
 }
 END_TEST
 
@@ -609,6 +683,7 @@ int main(void)
 	tcase_add_loop_test(tc, engine_decode_allocates_nothing, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_snapshot_restore_is_identical, 0, N_CASES);
 	tcase_add_test(tc, engine_state_load_rejects_bad_files);
+	tcase_add_test(tc, engine_state_load_checks_every_counter);
 	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_batch_repeated_state, 0, N_CASES);
 	tcase_add_test(tc, engine_ctx_params);
