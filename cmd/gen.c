@@ -28,6 +28,8 @@ const char cli_gen_help[] =
 	"      --stop TEXT          stop when TEXT is generated (not printed); repeatable\n"
 	"      --act-bias B         router shift: positive = fewer attention activations\n"
 	"                           (default 0)\n"
+	"      --check              read every weight first and refuse a NaN or an\n"
+	"                           infinity (loading checks only the small tensors)\n"
 	"  -h, --help               show this help\n";
 
 void cli_gen_init(cli_gen *g, long default_max_tokens)
@@ -132,6 +134,10 @@ int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 	int st = 0;
 #define FLAG(s, l) cli_flag_value(argc, argv, i, s, l, &v, &st)
 #define OK(expr) (st ? -st : ((expr) ? 1 : -CLI_EXIT_USAGE))
+	if (!strcmp(argv[*i], "--check")) {
+		g->check = true;
+		return 1;
+	}
 	if (FLAG("-m", "--model")) {
 		g->model_dir = v;
 		return OK(true);
@@ -186,6 +192,10 @@ int cli_gen_open(const cli_gen *g, sb_model **model, sb_tokenizer **tok,
 	int rc = cli_load_model(g->model_dir, model, tok, SB_BYTES_AUTO);
 	if (rc)
 		return rc;
+	if (g->check && sb_model_check_weights(*model, &err) < 0) {
+		rc = cli_fail(&err);
+		goto fail;
+	}
 	/* Checks the sampler flags against the vocabulary once, up front. */
 	sb_sampler *probe = sb_sampler_new(&g->sp, sb_model_config(*model)->vocab_size, &err);
 	if (!probe) {

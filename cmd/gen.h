@@ -22,6 +22,7 @@ typedef struct cli_gen {
 	int32_t *bias_ids;       /* (n_bias) --logit-bias */
 	float *bias_values;      /* (n_bias) */
 	size_t n_bias;
+	bool check;              /* --check: read every weight at load */
 } cli_gen;
 
 /* Defaults: llama.cpp's sampler defaults, the given token limit. */

@@ -8,12 +8,15 @@
 #include "common.h"
 
 static const char usage_text[] =
-	"usage: seqboat info [-m DIR] [--json]\n\n"
+	"usage: seqboat info [-m DIR] [--json] [--check]\n\n"
 	"Shows a model's architecture, every hyper-parameter, the parameter count,\n"
 	"the weights' file size and dtype, and the exact bytes of the per-sequence\n"
 	"state (EMA plus window ring), which does not depend on the sequence length.\n\n"
 	"  -m, --model DIR   model directory (default: the bundled model)\n"
 	"      --json        print one JSON object instead of text\n"
+	"      --check       also read every weight and refuse a NaN or an infinity\n"
+	"                    (loading checks only the small tensors; see --check of\n"
+	"                    the generating commands)\n"
 	"  -h, --help        show this help\n";
 
 int cmd_info(int argc, char **argv)
@@ -21,16 +24,18 @@ int cmd_info(int argc, char **argv)
 	static const struct option opts[] = {
 		{"model", required_argument, 0, 'm'},
 		{"json", no_argument, 0, 'j'},
+		{"check", no_argument, 0, 'c'},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	const char *dir = NULL;
-	bool json = false;
+	bool json = false, check = false;
 	int o;
 	while ((o = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm': dir = optarg; break;
 		case 'j': json = true; break;
+		case 'c': check = true; break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("info", argv);
 		}
@@ -41,6 +46,11 @@ int cmd_info(int argc, char **argv)
 	int rc = cli_load_model(dir, &m, NULL, SB_BYTES_AUTO);
 	if (rc)
 		return rc;
+	sb_error err = {0};
+	if (check && sb_model_check_weights(m, &err) < 0) {
+		sb_model_free(m);
+		return cli_fail(&err);
+	}
 	const sb_config *c = sb_model_config(m);
 	sb_state_sizes sz = sb_state_sizes_of(m);
 	size_t ema = sz.ema, ring = sz.ring, state = sz.total, counters = sz.counters;

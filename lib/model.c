@@ -76,6 +76,65 @@ static const sb_tensor *bind(binder *b, const char *name, int ndim, const uint64
 	return bind_any(b, name, ndim, shape, false);
 }
 
+/* The index of the first non-finite element of n values of dtype dt at
+ * data, or n when all are finite (integer dtypes always are). Chunks are
+ * OR-reduced without branches so that a full scan runs at memory speed. */
+static size_t first_non_finite(sb_dtype dt, const void *data, size_t n)
+{
+	if (dt == SB_DTYPE_F32) {
+		const uint32_t *u = data;
+		for (size_t i = 0; i < n; i += 1024) {
+			size_t e = n - i < 1024 ? n - i : 1024;
+			uint32_t bad = 0;
+			for (size_t k = 0; k < e; k++)
+				bad |= ((u[i + k] & 0x7f800000u) == 0x7f800000u);
+			if (bad)
+				for (size_t k = 0; k < e; k++)
+					if ((u[i + k] & 0x7f800000u) == 0x7f800000u)
+						return i + k;
+		}
+	} else if (dt == SB_DTYPE_F16 || dt == SB_DTYPE_BF16) {
+		const uint16_t *h = data;
+		const uint16_t mask = dt == SB_DTYPE_F16 ? 0x7c00 : 0x7f80;
+		for (size_t i = 0; i < n; i += 1024) {
+			size_t e = n - i < 1024 ? n - i : 1024;
+			uint16_t bad = 0;
+			for (size_t k = 0; k < e; k++)
+				bad |= (uint16_t)((h[i + k] & mask) == mask);
+			if (bad)
+				for (size_t k = 0; k < e; k++)
+					if ((h[i + k] & mask) == mask)
+						return i + k;
+		}
+	} else if (dt == SB_DTYPE_F64) {
+		const uint64_t *d = data;
+		for (size_t i = 0; i < n; i++)
+			if ((d[i] & UINT64_C(0x7ff0000000000000)) == UINT64_C(0x7ff0000000000000))
+				return i;
+	}
+	return n;
+}
+
+static int non_finite_error(sb_error *err, const sb_tensor *t, size_t i)
+{
+	return sb_error_set(err, SB_ERR_FORMAT,
+	                    ST_NAME ": tensor '%s' element %zu is not a finite number (NaN or infinity); expected finite weights",
+	                    t->name, i);
+}
+
+int sb_model_check_weights(const sb_model *m, sb_error *err)
+{
+	for (size_t i = 0; i < sb_st_count(m->st); i++) {
+		const sb_tensor *t = sb_st_tensor_at(m->st, i);
+		size_t bad = first_non_finite(t->dtype, t->data, t->numel);
+		if (bad < t->numel) {
+			non_finite_error(err, t, bad);
+			return sb_error_prefix(err, m->dir);
+		}
+	}
+	return 0;
+}
+
 /* A float32 copy of a (small) tensor in the arena. */
 static const float *bind_vec(binder *b, const char *name, int ndim, const uint64_t *shape)
 {
@@ -84,6 +143,12 @@ static const float *bind_vec(binder *b, const char *name, int ndim, const uint64
 		return NULL;
 	if ((size_t)(b->arena_end - b->arena_next) < t->numel) {
 		sb_error_set(b->err, SB_ERR_FORMAT, "internal: model arena too small at '%s'", name);
+		return NULL;
+	}
+	/* These are read whole at load anyway, so they are always checked. */
+	size_t bad = first_non_finite(t->dtype, t->data, t->numel);
+	if (bad < t->numel) {
+		non_finite_error(b->err, t, bad);
 		return NULL;
 	}
 	float *dst = b->arena_next;
@@ -114,6 +179,11 @@ static bool bind_mat(binder *b, const char *name, int rows, int cols, sb_mat *ou
 		if (sc->dtype != SB_DTYPE_F16) {
 			sb_error_set(b->err, SB_ERR_FORMAT, ST_NAME ": tensor '%s' has dtype %s, expected F16",
 			             sname, sb_dtype_name(sc->dtype));
+			return false;
+		}
+		size_t bad = first_non_finite(sc->dtype, sc->data, sc->numel);
+		if (bad < sc->numel) {
+			non_finite_error(b->err, sc, bad);
 			return false;
 		}
 		b->n_params -= sc->numel; /* scales are not parameters */

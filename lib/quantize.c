@@ -193,6 +193,10 @@ int sb_model_quantize(const sb_model *m, const char *outdir, sb_quant_type type,
 	if (lstat(outdir, &sbuf) == 0)
 		return sb_error_set(err, SB_ERR_ARG, "%s: already exists; choose a new directory",
 		                    outdir);
+	/* Non-finite weights would be written as they are (or as NaN q8
+	 * scales): refused before anything is written. */
+	if (sb_model_check_weights(m, err) < 0)
+		return err ? err->code : SB_ERR_FORMAT;
 	const sb_config *c = &m->cfg;
 	const sb_st_file *st = m->st;
 	int rc = 0;
@@ -265,6 +269,15 @@ int sb_model_quantize(const sb_model *m, const char *outdir, sb_quant_type type,
 	sb_model *check = sb_model_load(tmp, err);
 	if (!check) {
 		rc = err ? err->code : SB_ERR_FORMAT;
+		goto out;
+	}
+	/* A finite F32 weight beyond F16's range became an infinity. */
+	sb_error cerr = {0};
+	if (sb_model_check_weights(check, &cerr) < 0) {
+		const char *what = strstr(cerr.msg, "tensor '");
+		rc = sb_error_set(err, SB_ERR_FORMAT, "%s: not written: %s %s", outdir,
+		                  what ? what : cerr.msg, "after conversion (out of the target type's range)");
+		sb_model_free(check);
 		goto out;
 	}
 	sb_model_free(check);

@@ -258,6 +258,11 @@ uint64_t sb_model_n_params(const sb_model *m);   /* tied weights counted once */
 size_t sb_model_file_bytes(const sb_model *m);   /* size of model.safetensors */
 /* The storage dtype of the large matrices (the most common one). */
 sb_dtype sb_model_weight_dtype(const sb_model *m);
+/* Reads every weight and refuses a NaN or an infinity (SB_ERR_FORMAT
+ * naming the tensor and the element). Loading checks only the small
+ * tensors it widens to float32 (norms, biases, EMA parameters, q8
+ * scales); this is the full scan behind `--check`. */
+int sb_model_check_weights(const sb_model *m, sb_error *err);
 /* A 64-bit fingerprint of config and weights, recorded in saved states. */
 uint64_t sb_model_fingerprint(const sb_model *m);
 

@@ -119,7 +119,7 @@ def main():
     for c in cases:
         if only and c["name"] not in only:
             continue
-        d = os.path.join(corpus, c["name"])
+        d = os.path.join(corpus, c.get("dir", c["name"]))
         argv = [seqboat] + [a.replace("{dir}", d).replace("{good}", good) for a in c["argv"]]
         code, out, err, wall = run(argv)
         if code < 0:

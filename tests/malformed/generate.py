@@ -404,6 +404,37 @@ def config_cases():
                {CFG: sub("vocab_size: 72", "vocab_size: 73")})
 
 
+def st_poke(name, index, value):
+    """The good model.safetensors with element `index` of F32 tensor
+    `name` set to value."""
+    raw = read(ST)
+    (n,) = struct.unpack("<Q", raw[:8])
+    h = json.loads(raw[8:8 + n])
+    assert h[name]["dtype"] == "F32"
+    at = 8 + n + h[name]["data_offsets"][0] + 4 * index
+    return raw[:at] + struct.pack("<f", value) + raw[at + 4:]
+
+
+def nonfinite_cases():
+    nan, inf = float("nan"), float("inf")
+    # A small tensor (widened at load) is checked on every load.
+    for label, t, v in (("nan-ema-delta", "layers.0.slag_layer.move.delta", nan),
+                        ("inf-norm-bias", "layers.1.slag_layer.norm.norm.bias", -inf)):
+        model_case("weights-" + label, ST, [t, "finite", "nan", "infinity"], {ST: st_poke(t, 5, v)})
+    # A large matrix is read whole only with --check (and by quantize).
+    big = "layers.0.slag_layer.mx_proj.weight"
+    model_dir("weights-nan-matrix", {ST: st_poke(big, 100, nan)})
+    for cmd in (["info", "--check"], ["complete", "--check", "-p", "w4", "-n", "2"],
+                ["quantize", "--type", "f16", "-o", "{dir}/q"]):
+        case("weights-nan-matrix-" + cmd[0], cmd[:1] + ["-m", "{dir}"] + cmd[1:], ST,
+             [big, "finite", "nan"], dir="weights-nan-matrix")
+    # A finite F32 weight beyond F16's range: quantize --type f16 would
+    # write an infinity.
+    model_dir("weights-huge-for-f16", {ST: st_poke(big, 7, 1e6)})
+    case("weights-huge-for-f16", ["quantize", "-m", "{dir}", "--type", "f16", "-o", "{dir}/q"], ST,
+         [big, "f16", "finite"])
+
+
 # --------------------------------------------------------------- tokenizers
 
 def dict_case(name, content, words):
@@ -518,6 +549,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     safetensors_cases()
     config_cases()
+    nonfinite_cases()
     tokenizer_cases()
     jsonl_cases()
     usage_cases()
