@@ -274,9 +274,10 @@ int sb_model_quantize(const sb_model *m, const char *outdir, sb_quant_type type,
 	/* A finite F32 weight beyond F16's range became an infinity. */
 	sb_error cerr = {0};
 	if (sb_model_check_weights(check, &cerr) < 0) {
-		const char *what = strstr(cerr.msg, "tensor '");
-		rc = sb_error_set(err, SB_ERR_FORMAT, "%s: not written: %s %s", outdir,
-		                  what ? what : cerr.msg, "after conversion (out of the target type's range)");
+		const char *what = strstr(cerr.msg, "model.safetensors: ");
+		rc = sb_error_set(err, SB_ERR_FORMAT,
+		                  "%s: not written: %s after conversion (a weight out of the target type's range)",
+		                  outdir, what ? what : cerr.msg);
 		sb_model_free(check);
 		goto out;
 	}

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
 #include "testutil.h"
 
 /* Allocation counter: the test links with -Wl,--wrap=malloc,... so every
@@ -313,10 +312,24 @@ START_TEST(engine_state_load_checks_every_counter)
 	ck_assert_int_eq(sb_state_serialize(sa, good, n, &err), 0);
 	ck_assert_int_eq(sb_state_deserialize(sc, good, n, "x.state", &err), 0);
 	ck_assert_uint_eq(sb_state_n_tokens(sc), 300);
-	sb_state_layout lay;
-	sb_state_layout_of(a, &lay);
+	/* The block's layout as lib/backend.h documents it: 8-aligned arrays
+	 * n_act (L u64), ring_len, ring_head (L i32), ring_pos (L, W+1) i64,
+	 * h (L, D, N), ring_k (L, W+1, Z), ring_v (L, W+1, H) floats. */
+	const sb_config *cf = sb_model_config(a);
+	const int W1 = cf->window + 1;
+	const size_t L = (size_t)cf->layers;
+#define A8(x) (((x) + 7) & ~(size_t)7)
+	struct { size_t n_act, ring_len, ring_head, ring_pos, h, ring_k, ring_v; } lay;
+	lay.n_act = 0;
+	lay.ring_len = A8(L * 8);
+	lay.ring_head = lay.ring_len + A8(L * 4);
+	lay.ring_pos = lay.ring_head + A8(L * 4);
+	lay.h = lay.ring_pos + A8(L * W1 * 8);
+	lay.ring_k = lay.h + A8(L * cf->embed_dim * cf->n_dim * 4);
+	lay.ring_v = lay.ring_k + A8(L * W1 * cf->z_dim * 4);
+#undef A8
+	ck_assert_uint_eq(lay.ring_v + ((L * W1 * cf->hidden_dim * 4 + 7) & ~(size_t)7) + 40, n);
 	const size_t H0 = 40;   /* the header before the block */
-	const int W1 = sb_model_config(a)->window + 1;
 	int32_t len0;
 	memcpy(&len0, good + H0 + lay.ring_len, 4);
 	ck_assert_int_eq(len0, W1);   /* 300 tokens fill layer 0's ring */
