@@ -8,8 +8,8 @@
  * stop strings. The scheduler prefills it into a free slot, then on every
  * step samples one token for each running sequence and reads all of them
  * with one sb_decode_batch call. A sequence that finishes frees its slot,
- * and the next pending sequence takes it in the same step (continuous
- * batching). Text streams out through a per-token callback; when the
+ * and the next pending sequence takes it at the start of the next step
+ * (continuous batching). Text streams out through a per-token callback; when the
  * sequence ends a done callback gets the finish reason, the usage counts
  * and, when asked for, the final state.
  *
@@ -19,7 +19,9 @@
  * a sequence gives the same tokens alone, in a batch, or refilled into a
  * slot mid-run.
  *
- * Layering: the scheduler is part of lib, which never calls the tokenizer.
+ * Layering: the scheduler is part of lib, so that every front-end
+ * (complete, chat, serve) and the tests share one loop built on the public
+ * engine API; lib never calls the tokenizer (cmd -> tokenizer -> lib).
  * Text comes from a streaming detokenizer the caller plugs in as a small
  * table of functions (sb_sched_text); tokenizer.h provides the one for an
  * sb_tokenizer (sb_tokenizer_sched_text). Without one the scheduler works
@@ -32,7 +34,7 @@
  *     _serve, _free. Every callback is called on that thread, never with an
  *     internal lock held, so a callback may call sb_sched_submit,
  *     sb_sched_cancel and sb_sched_cancel_all (but not step/run/serve/free).
- *   - sb_sched_submit, sb_sched_cancel, sb_sched_stats may be called from
+ *   - sb_sched_submit, sb_sched_cancel, sb_sched_stats_get may be called from
  *     any thread at any time, also while another thread runs the scheduler.
  *   - sb_sched_cancel_all and sb_sched_shutdown are async-signal-safe (one
  *     atomic store each): a SIGINT/SIGTERM handler may call them.
