@@ -14,7 +14,7 @@
 static const char usage_text[] =
 	"usage: seqboat activations [-m DIR] (-p TEXT | -f FILE | --ids \"ID ...\")\n"
 	"                           [-o FILE] [--format html|svg] [--no-bos]\n"
-	"                           [--act-bias X] [-t N]\n\n"
+	"                           [--act-bias X] [-t N] [--device D]\n\n"
 	"Reads a text and shows, for every layer, which of its tokens the router\n"
 	"activated (sent to the gated attention over the window), and each layer's\n"
 	"activation rate. The page is self-contained: it opens in any browser.\n\n"
@@ -29,9 +29,11 @@ static const char usage_text[] =
 	"      --act-bias X    shift the routers: positive = fewer activations (default 0)\n"
 	"  -t, --threads N     threads (default and 0: all cores; more than the cores\n"
 	"                      are lowered to their number, with a warning)\n"
+	"      --device D      compute on D: cpu (default), or cuda / cuda:N where\n"
+	"                      this build has the CUDA backend\n"
 	"  -h, --help          show this help\n";
 
-enum { OPT_IDS = 256, OPT_FORMAT, OPT_NO_BOS, OPT_ACT_BIAS };
+enum { OPT_IDS = 256, OPT_FORMAT, OPT_NO_BOS, OPT_ACT_BIAS, OPT_DEVICE };
 
 /* What each token shows: its text, or (for control ids and bytes that do
  * not complete a character yet) its piece, drawn as special. */
@@ -349,6 +351,7 @@ int cmd_activations(int argc, char **argv)
 		{"no-bos", no_argument, 0, OPT_NO_BOS},
 		{"act-bias", required_argument, 0, OPT_ACT_BIAS},
 		{"threads", required_argument, 0, 't'},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -357,6 +360,7 @@ int cmd_activations(int argc, char **argv)
 	bool bos = true;
 	float act_bias = 0.0f;
 	int threads = 0, o;
+	const char *device = NULL;
 	while ((o = getopt_long(argc, argv, "m:p:f:o:t:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm': dir = optarg; break;
@@ -380,6 +384,7 @@ int cmd_activations(int argc, char **argv)
 			if (!cli_parse_threads(optarg, &threads))
 				return CLI_EXIT_USAGE;
 			break;
+		case OPT_DEVICE: device = optarg; break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("activations", argv);
 		}
@@ -442,6 +447,7 @@ int cmd_activations(int argc, char **argv)
 	sb_ctx_params cp = sb_ctx_default_params();
 	cp.n_threads = threads;
 	cp.act_bias = act_bias;
+	cp.device = device;
 	if (!(ctx = sb_ctx_new(m, &cp, &err)) || !(st = sb_ctx_state_new(ctx, &err))) {
 		rc = cli_fail(&err);
 		goto out;

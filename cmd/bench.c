@@ -21,7 +21,8 @@
 static const char usage_text[] =
 	"usage: seqboat bench [-m DIR] [-p N,...] [-n N,...] [-pg PP,TG] [-d N,...]\n"
 	"                     [-t N,...] [-r N] [-o md|csv|json|jsonl|sql] [--plot FILE.svg]\n"
-	"                     [--act-bias X] [--seed N] [--no-warmup] [--progress]\n\n"
+	"                     [--act-bias X] [--seed N] [--no-warmup] [--progress]\n"
+	"                     [--device D]\n\n"
 	"Measures tokens per second as llama-bench does: test ppN prefills N random\n"
 	"tokens in one call, tgN decodes N tokens one at a time (with their logits),\n"
 	"ppP+tgG (-pg P,G) prefills P tokens and then decodes G, timed together\n"
@@ -41,6 +42,9 @@ static const char usage_text[] =
 	"  -d, --n-depth N,...     depths (default 0)\n"
 	"  -t, --threads N,...     thread counts (default and 0: all cores; a count above\n"
 	"                          the cores is measured as asked, with a warning)\n"
+	"      --device D          compute on D: cpu (default), or cuda / cuda:N where this\n"
+	"                          build has the CUDA backend (the md table's threads column\n"
+	"                          then names the backend; gpu_info names the GPU)\n"
 	"  -r, --repetitions N     timed runs per test (default 5)\n"
 	"  -o, --output FORMAT     md (default), csv, json, jsonl or sql, on standard output\n"
 	"      --plot FILE.svg     draw tokens/s and memory against depth (log scale); with\n"
@@ -61,7 +65,7 @@ static const char usage_text[] =
 	"The md table fits 120 columns: the model column holds the parameter count\n"
 	"and weight type, and is shortened when the test names are long.\n";
 
-enum { OPT_PLOT = 256, OPT_ACT_BIAS, OPT_SEED, OPT_NO_WARMUP, OPT_PG, OPT_PROGRESS };
+enum { OPT_PLOT = 256, OPT_ACT_BIAS, OPT_SEED, OPT_NO_WARMUP, OPT_PG, OPT_PROGRESS, OPT_DEVICE };
 enum bench_format { FMT_MD, FMT_CSV, FMT_JSON, FMT_JSONL, FMT_SQL };
 
 /* Depth is read in pieces of this many tokens, so that the token buffer
@@ -91,6 +95,10 @@ typedef struct bench {
 	const char *model_path;
 	char model_type[96];
 	char cpu_info[256];
+	const char *device;      /* --device, NULL: the CPU */
+	char backend[16];        /* "CPU", "CUDA" */
+	bool gpu;                /* not the CPU */
+	char gpu_info[128];      /* the GPU's name, or "" */
 	enum bench_format fmt;
 	int reps;
 	bool warmup;
@@ -319,8 +327,8 @@ static json_t *result_json(const bench *b, const bench_result *r)
 	json_object_set_new(o, "build_commit", json_string(SB_BUILD_COMMIT));
 	json_object_set_new(o, "build_version", json_string(SB_VERSION));
 	json_object_set_new(o, "cpu_info", json_string(b->cpu_info));
-	json_object_set_new(o, "gpu_info", json_string(""));
-	json_object_set_new(o, "backends", json_string("CPU"));
+	json_object_set_new(o, "gpu_info", json_string(b->gpu_info));
+	json_object_set_new(o, "backends", json_string(b->backend));
 	json_object_set_new(o, "model_filename", json_string(b->model_path));
 	json_object_set_new(o, "model_type", json_string(b->model_type));
 	json_object_set_new(o, "model_size", json_integer((json_int_t)sb_model_file_bytes(b->m)));
@@ -454,8 +462,10 @@ static void print_header(bench *b)
 		b->test_w = b->test_w < 16 ? 16 : b->test_w;
 		b->model_w = MD_MAX_COLS - fixed - b->test_w;
 		b->model_w = b->model_w < MD_MIN_MODEL_W ? MD_MIN_MODEL_W : b->model_w;
+		/* on a GPU the threads column names the backend, as llama-bench's does */
 		printf("| %-*s | %*s | %*s | %*s | %*s | %*s | %*s | %*s |\n", b->model_w, "model",
-		       MD_SIZE_W, "size", MD_THREADS_W, "threads", b->test_w, "test", MD_TS_W, "t/s",
+		       MD_SIZE_W, "size", MD_THREADS_W, b->gpu ? "backend" : "threads", b->test_w,
+		       "test", MD_TS_W, "t/s",
 		       MD_STATE_W, "state", MD_PEAK_W, "peak RSS", MD_ACT_W, "act");
 		printf("|");
 		md_rule(b->model_w, false);
@@ -512,8 +522,13 @@ static int print_result(bench *b, const bench_result *r)
 			mean_act += r->act_rate[l] / b->c->layers;
 		snprintf(act, sizeof act, "%.1f%%", 100.0 * mean_act);
 		/* The ± takes two bytes and one column. */
-		printf("| %-*.*s | %*s | %*d | %*s | %*s | %*s | %*s | %*s |\n", b->model_w, b->model_w,
-		       b->model_type, MD_SIZE_W, size, MD_THREADS_W, r->threads, b->test_w, test,
+		char thr[16];
+		if (b->gpu)
+			snprintf(thr, sizeof thr, "%s", b->backend);
+		else
+			snprintf(thr, sizeof thr, "%d", r->threads);
+		printf("| %-*.*s | %*s | %*s | %*s | %*s | %*s | %*s | %*s |\n", b->model_w, b->model_w,
+		       b->model_type, MD_SIZE_W, size, MD_THREADS_W, thr, b->test_w, test,
 		       MD_TS_W + 1, ts, MD_STATE_W, state, MD_PEAK_W, peak, MD_ACT_W, act);
 		break;
 	}
@@ -1021,6 +1036,7 @@ int cmd_bench(int argc, char **argv)
 		{"no-warmup", no_argument, 0, OPT_NO_WARMUP},
 		{"pg", required_argument, 0, OPT_PG},
 		{"progress", no_argument, 0, OPT_PROGRESS},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -1067,6 +1083,7 @@ int cmd_bench(int argc, char **argv)
 			break;
 		}
 		case OPT_PROGRESS: b.progress = true; break;
+		case OPT_DEVICE: b.device = optarg; break;
 		case 'r':
 			if (!cli_parse_int("--repetitions", optarg, 1, 1000000, &b.reps))
 				rc = CLI_EXIT_USAGE;
@@ -1171,10 +1188,8 @@ int cmd_bench(int argc, char **argv)
 		rc = CLI_EXIT_SOFTWARE;
 		goto out;
 	}
-	if (!(b.st = sb_state_new(m, &err)) || !(b.snap = sb_state_new(m, &err))) {
-		rc = cli_fail(&err);
-		goto out;
-	}
+	b.gpu = b.device && !strncmp(b.device, "cuda", 4);
+	snprintf(b.backend, sizeof b.backend, "%s", b.gpu ? "CUDA" : "CPU");
 
 	print_header(&b);
 	json_open = b.fmt == FMT_JSON;
@@ -1185,10 +1200,19 @@ int cmd_bench(int argc, char **argv)
 			sb_ctx_params cp = sb_ctx_default_params();
 			cp.n_threads = (int)Tl->v[ti];
 			cp.act_bias = b.act_bias;
+			cp.device = b.device;
 			if (!(ctx = sb_ctx_new(m, &cp, &err))) {
 				rc = cli_fail(&err);
 				goto out;
 			}
+			/* The states live where the contexts compute (all on one
+			 * device), made with the first context. */
+			if (!b.st && (!(b.st = sb_ctx_state_new(ctx, &err)) ||
+			              !(b.snap = sb_ctx_state_new(ctx, &err)))) {
+				rc = cli_fail(&err);
+				goto out;
+			}
+			snprintf(b.gpu_info, sizeof b.gpu_info, "%s", sb_ctx_device_name(ctx));
 			if (ti == 0 && fill_depth(&b, ctx, Dl->v[di], &err) < 0) {
 				rc = cli_fail(&err);
 				goto out;

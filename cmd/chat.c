@@ -586,7 +586,7 @@ static int load(chat *c, const char *path, char **system_out, sb_error *err)
 			goto done;
 		}
 	}
-	if (!(st = sb_state_new(c->m, err))) {
+	if (!(st = sb_ctx_state_new(c->ctx, err))) {
 		rc = err->code;
 		goto done;
 	}
@@ -862,7 +862,7 @@ int cmd_chat(int argc, char **argv)
 	sp.max_batch = 1;
 	sp.eos_id = c.eos;
 	sp.text = sb_tokenizer_sched_text(c.tok);
-	if (!(c.st = sb_state_new(c.m, &err)) || !(c.sched = sb_sched_new(c.ctx, &sp, &err))) {
+	if (!(c.st = sb_ctx_state_new(c.ctx, &err)) || !(c.sched = sb_sched_new(c.ctx, &sp, &err))) {
 		rc = cli_fail(&err);
 		goto done;
 	}

@@ -704,7 +704,7 @@ static int prefill_prefix(run *r)
 	}
 	if (!r->n_prefix)
 		goto done;
-	if (!(r->base = sb_state_new(r->model, &err))) {
+	if (!(r->base = sb_ctx_state_new(r->ctx, &err))) {
 		rc = cli_fail(&err);
 		goto done;
 	}

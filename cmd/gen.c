@@ -13,6 +13,8 @@ const char cli_gen_help[] =
 	"  -m, --model DIR          model directory (default: the bundled model)\n"
 	"  -t, --threads N          compute threads (default and 0: all cores; more than\n"
 	"                           the cores are lowered to their number, with a warning)\n"
+	"      --device D           compute on D: cpu (default), or cuda / cuda:N where this\n"
+	"                           build has the CUDA backend\n"
 	"  -n, --max-tokens N       most tokens to generate; -1: until end of text\n"
 	"      --temp T             temperature; 0 = greedy (default 0.8)\n"
 	"      --top-k K            keep the K most likely tokens; 0 = off (default 40)\n"
@@ -144,6 +146,10 @@ int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 	}
 	if (FLAG("-t", "--threads"))
 		return OK(cli_parse_threads(v, &g->threads));
+	if (FLAG(NULL, "--device")) {
+		g->device = v;
+		return OK(true);
+	}
 	if (FLAG(NULL, "--act-bias"))
 		return OK(cli_parse_float("--act-bias", v, -1e6, 1e6, &g->act_bias));
 	if (FLAG("-n", "--max-tokens") || FLAG(NULL, "--n-predict"))
@@ -206,6 +212,7 @@ int cli_gen_open(const cli_gen *g, sb_model **model, sb_tokenizer **tok,
 	sb_ctx_params cp = sb_ctx_default_params();
 	cp.n_threads = g->threads;
 	cp.act_bias = g->act_bias;
+	cp.device = g->device;
 	*ctx = sb_ctx_new(*model, &cp, &err);
 	if (!*ctx) {
 		rc = cli_fail(&err);

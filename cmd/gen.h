@@ -13,6 +13,7 @@
 typedef struct cli_gen {
 	const char *model_dir;   /* -m; NULL: the default model */
 	int threads;             /* -t; 0: all cores */
+	const char *device;      /* --device; NULL: the CPU */
 	float act_bias;          /* --act-bias */
 	long max_tokens;         /* -n; -1: until end of sequence or a stop */
 	sb_sampler_params sp;    /* bias_ids/bias_values point at the arrays below */

@@ -9,7 +9,8 @@
 
 static const char usage_text[] =
 	"usage: seqboat logits [-m DIR] --ids \"ID ID ...\" -o OUT.safetensors\n"
-	"                      [--prefill | --split K] [--hidden] [--act-bias X] [-t N]\n\n"
+	"                      [--prefill | --split K] [--hidden] [--act-bias X] [-t N]\n"
+	"                      [--device D]\n\n"
 	"Reads the token ids and writes, for every position t, the logits after\n"
 	"ids[0..t] ('logits', F32 [T, V]) and each layer's router decision ('act',\n"
 	"U8 [L, T]). Default: token-by-token decode.\n\n"
@@ -22,7 +23,11 @@ static const char usage_text[] =
 	"      --act-bias X    shift the router: positive = fewer activations (default 0)\n"
 	"  -t, --threads N     threads (default and 0: all cores; more than the cores\n"
 	"                      are lowered to their number, with a warning)\n"
+	"      --device D      compute on D: cpu (default), or cuda / cuda:N where\n"
+	"                      this build has the CUDA backend\n"
 	"  -h, --help          show this help\n";
+
+enum { OPT_DEVICE = 256 };
 
 int cmd_logits(int argc, char **argv)
 {
@@ -35,6 +40,7 @@ int cmd_logits(int argc, char **argv)
 		{"hidden", no_argument, 0, 'H'},
 		{"act-bias", required_argument, 0, 'b'},
 		{"threads", required_argument, 0, 't'},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -43,6 +49,7 @@ int cmd_logits(int argc, char **argv)
 	bool prefill = false, hidden = false;
 	float act_bias = 0.0f;
 	int threads = 0, o;
+	const char *device = NULL;
 	while ((o = getopt_long(argc, argv, "m:o:t:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm': dir = optarg; break;
@@ -62,6 +69,7 @@ int cmd_logits(int argc, char **argv)
 			if (!cli_parse_threads(optarg, &threads))
 				return CLI_EXIT_USAGE;
 			break;
+		case OPT_DEVICE: device = optarg; break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("logits", argv);
 		}
@@ -117,6 +125,7 @@ int cmd_logits(int argc, char **argv)
 	sb_ctx_params cp = sb_ctx_default_params();
 	cp.n_threads = threads;
 	cp.act_bias = act_bias;
+	cp.device = device;
 	if (!(ctx = sb_ctx_new(m, &cp, &err)) || !(st = sb_ctx_state_new(ctx, &err))) {
 		rc = cli_fail(&err);
 		goto out;

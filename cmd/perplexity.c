@@ -21,7 +21,7 @@
 
 static const char usage_text[] =
 	"usage: seqboat perplexity [-m DIR] (-f FILE | --ids \"ID ID ...\") [--chunk N]\n"
-	"                          [--json] [--act-bias X] [-t N]\n"
+	"                          [--json] [--act-bias X] [-t N] [--device D]\n"
 	"                          [--kl-divergence-base FILE [--kl-divergence]]\n\n"
 	"Scores a text with the model. The token stream is the beginning-of-sequence\n"
 	"id (when the model has one), then the file's tokens. Without --chunk the\n"
@@ -63,9 +63,11 @@ static const char usage_text[] =
 	"      --act-bias X    shift the routers: positive = fewer activations (default 0)\n"
 	"  -t, --threads N     threads (default and 0: all cores; more than the cores\n"
 	"                      are lowered to their number, with a warning)\n"
+	"      --device D      compute on D: cpu (default), or cuda / cuda:N where\n"
+	"                      this build has the CUDA backend\n"
 	"  -h, --help          show this help\n";
 
-enum { OPT_IDS = 256, OPT_JSON, OPT_ACT_BIAS, OPT_KLD_BASE, OPT_KLD };
+enum { OPT_IDS = 256, OPT_JSON, OPT_ACT_BIAS, OPT_KLD_BASE, OPT_KLD, OPT_DEVICE };
 
 /* Rows of logits per prefill call: at most 512, and at most 4 Mi floats. */
 #define PIECE_ROWS 512
@@ -288,6 +290,7 @@ int cmd_perplexity(int argc, char **argv)
 		{"json", no_argument, 0, OPT_JSON},
 		{"act-bias", required_argument, 0, OPT_ACT_BIAS},
 		{"threads", required_argument, 0, 't'},
+		{"device", required_argument, 0, OPT_DEVICE},
 		{"kl-divergence-base", required_argument, 0, OPT_KLD_BASE},
 		{"kl-divergence", no_argument, 0, OPT_KLD},
 		{"help", no_argument, 0, 'h'},
@@ -298,6 +301,7 @@ int cmd_perplexity(int argc, char **argv)
 	bool json = false, kld_compare = false;
 	float act_bias = 0.0f;
 	int threads = 0, o;
+	const char *device = NULL;
 	while ((o = getopt_long(argc, argv, "m:f:c:t:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm': dir = optarg; break;
@@ -318,6 +322,7 @@ int cmd_perplexity(int argc, char **argv)
 			break;
 		case OPT_KLD_BASE: kld_path = optarg; break;
 		case OPT_KLD: kld_compare = true; break;
+		case OPT_DEVICE: device = optarg; break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return cli_bad_option("perplexity", argv);
 		}
@@ -388,6 +393,7 @@ int cmd_perplexity(int argc, char **argv)
 	sb_ctx_params cp = sb_ctx_default_params();
 	cp.n_threads = threads;
 	cp.act_bias = act_bias;
+	cp.device = device;
 	if (!(ctx = sb_ctx_new(m, &cp, &err)) || !(st = sb_ctx_state_new(ctx, &err))) {
 		rc = cli_fail(&err);
 		goto out;

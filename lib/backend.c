@@ -10,6 +10,9 @@
  * its meson option) and its own files. */
 static const sb_backend *const backends[] = {
 	&sb_backend_cpu,
+#ifdef SB_HAVE_CUDA
+	&sb_backend_cuda,
+#endif
 };
 
 const sb_backend *sb_backend_find(const char *device, int *index, sb_error *err)

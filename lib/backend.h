@@ -111,6 +111,7 @@ typedef struct sb_rows {
 typedef struct sb_backend_info {
 	int max_rows;                 /* rows per block it accepts, >= max_batch */
 	int n_threads;                /* host threads it uses */
+	char device_name[128];        /* the device's own name ("NVIDIA H200"), or "" */
 } sb_backend_info;
 
 typedef struct sb_backend {
@@ -170,6 +171,10 @@ typedef struct sb_backend {
 
 /* The CPU backend (lib/cpu/), always present; host states use it. */
 extern const sb_backend sb_backend_cpu;
+#ifdef SB_HAVE_CUDA
+/* The CUDA backend (lib/cuda/), built with -Dcuda. */
+extern const sb_backend sb_backend_cuda;
+#endif
 
 /* The backend for a device string ("cpu", "cuda", "cuda:1"; NULL = "cpu")
  * and its device index, or NULL with err set (SB_ERR_UNSUPPORTED: not built

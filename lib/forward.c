@@ -87,6 +87,7 @@ float sb_ctx_act_bias(const sb_ctx *x) { return x->act_bias; }
 int sb_ctx_threads(const sb_ctx *x) { return x->info.n_threads; }
 size_t sb_ctx_max_batch(const sb_ctx *x) { return x->max_batch; }
 const char *sb_ctx_device(const sb_ctx *x) { return x->where; }
+const char *sb_ctx_device_name(const sb_ctx *x) { return x->info.device_name; }
 
 sb_state *sb_ctx_state_new(sb_ctx *x, sb_error *err)
 {

@@ -365,6 +365,8 @@ float sb_ctx_act_bias(const sb_ctx *c);
 int sb_ctx_threads(const sb_ctx *c);
 /* "cpu", "cuda:0", ... */
 const char *sb_ctx_device(const sb_ctx *c);
+/* The device's own name ("NVIDIA H200"); "" for the CPU. */
+const char *sb_ctx_device_name(const sb_ctx *c);
 /* A new state where c computes (equal to sb_state_new on the CPU). */
 sb_state *sb_ctx_state_new(sb_ctx *c, sb_error *err);
 

@@ -1,0 +1,758 @@
+/*
+ * engine.cu - the CUDA engine: weights uploaded once per context, scratch
+ * for max_rows rows, and the order of the kernels for a block of rows.
+ *
+ * Two kinds of block (backend.h): rows of ONE state (a prefill piece) run
+ * the layer as matrix products over all rows, the attention of the
+ * activated rows as two products over the span "ring + the block's new
+ * keys" (each row masked to its own window), then the ring keeps the last
+ * W+1; rows of DISTINCT states (a decode step) attend each over its own
+ * ring, split in chunks across the GPU. The router's decisions stay on the
+ * device: counts, gathers and masks are computed there, so no layer waits
+ * for the host, and a decode step is one CUDA graph.
+ */
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda.h"
+#include "kernels.cuh"
+
+typedef struct dlayer {
+	sbk_norm norm, ffn_norm;
+	sbk_layer_vecs v;
+	sbk_mat hx, mx, ho, fc1, fc2;
+	const float *hx_b, *mx_b, *ho_b, *fc1_b, *fc2_b;
+} dlayer;
+
+/* A host output waiting for the block's sync: bytes copied from pinned
+ * staging to the caller's pointer. */
+typedef struct pending {
+	void *dst;
+	const void *src;
+	size_t bytes;
+} pending;
+
+#define MAX_ALLOCS 4096
+
+struct sb_cuda_ctx {
+	int device;
+	cudaStream_t st;
+	cublasHandle_t blas;
+	void *blas_ws;
+	sbk_geo g;
+	int L, R, nch;
+	bool prenorm, ffn;
+	float embed_scale;
+	sbk_mat embed, out;
+	sbk_norm final_norm;
+	dlayer *layers;        // (L), host array of device pointers
+	void *allocs[MAX_ALLOCS];
+	int n_allocs;
+	size_t dev_bytes;
+	/* device scratch, R rows */
+	float *x, *xn, *mx, *hxu, *zgv, *Q, *og, *att, *ffn_h, *pr1;  // (R, *)
+	float *S;              // (R, W+R)
+	float *CK, *CV;        // (W+R, Z), (W+R, H)
+	int64_t *cpos;         // (W+R)
+	float *po, *pm, *ps;   // (R, nch, H), (R, nch), (R, nch)
+	float *logits;         // (R, V)
+	float *hid;            // (L, R, D)
+	uint8_t *act;          // (L, R)
+	int *arow, *aidx, *nact;
+	int *count;            // (R) chunks done per decode row, zero between kernels
+	double *inv_freq;      // (Z/2)
+	unsigned char *stage;  // device: pos (R) | blocks (R) | tokens (R)
+	int64_t *pos;
+	unsigned char **blocks;
+	int32_t *tok;
+	/* pinned host staging */
+	unsigned char *h_stage;
+	float *h_logits, *h_hid;
+	uint8_t *h_act;
+	pending *pend;
+	int npend;
+	/* graphs of decode steps, by row count */
+	bool graphs_on;
+	cudaGraphExec_t *graph; // (R+1)
+	float *graph_bias;      // (R+1)
+	bool graphed;           // the current block ran as a graph
+	int failed;             // a cuBLAS call failed in the current block
+};
+
+static int cuda_fail(sb_error *err, cudaError_t e, const char *what)
+{
+	return sb_error_set(err, SB_ERR_DEVICE, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+#define CK(call)                                                   \
+	do {                                                       \
+		cudaError_t e_ = (call);                           \
+		if (e_ != cudaSuccess)                             \
+			return cuda_fail(err, e_, #call);          \
+	} while (0)
+
+int sb_cuda_device_name(int device, char *buf, size_t cap, sb_error *err)
+{
+	int n = 0;
+	cudaError_t e = cudaGetDeviceCount(&n);
+	if (e != cudaSuccess)
+		return cuda_fail(err, e, "no usable GPU");
+	if (device < 0 || device >= n)
+		return sb_error_set(err, SB_ERR_DEVICE, "cuda: device %d does not exist (%d GPU%s)", device,
+		                    n, n == 1 ? "" : "s");
+	cudaDeviceProp p;
+	CK(cudaGetDeviceProperties(&p, device));
+	snprintf(buf, cap, "%s", p.name);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- upload */
+
+static void *dalloc(sb_cuda_ctx *c, size_t bytes, sb_error *err)
+{
+	void *p = NULL;
+	if (c->n_allocs == MAX_ALLOCS) {
+		sb_error_set(err, SB_ERR_NOMEM, "cuda: too many device buffers");
+		return NULL;
+	}
+	cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
+	if (e != cudaSuccess) {
+		sb_error_set(err, SB_ERR_NOMEM, "cuda: cannot allocate %zu bytes of GPU memory: %s", bytes,
+		             cudaGetErrorString(e));
+		return NULL;
+	}
+	c->allocs[c->n_allocs++] = p;
+	c->dev_bytes += bytes;
+	return p;
+}
+
+static void *dzalloc(sb_cuda_ctx *c, size_t bytes, sb_error *err)
+{
+	void *p = dalloc(c, bytes, err);
+	if (p && cudaMemset(p, 0, bytes ? bytes : 16) != cudaSuccess) {
+		sb_error_set(err, SB_ERR_DEVICE, "cuda: cannot clear GPU memory");
+		return NULL;
+	}
+	return p;
+}
+
+static void *dupload(sb_cuda_ctx *c, const void *host, size_t bytes, sb_error *err)
+{
+	void *p = dalloc(c, bytes, err);
+	if (!p)
+		return NULL;
+	cudaError_t e = cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice);
+	if (e != cudaSuccess) {
+		cuda_fail(err, e, "uploading weights");
+		return NULL;
+	}
+	return p;
+}
+
+/* A float vector (n) or NULL. */
+static bool up_vec(sb_cuda_ctx *c, const float *h, size_t n, const float **out, sb_error *err)
+{
+	*out = NULL;
+	if (!h)
+		return true;
+	*out = (const float *)dupload(c, h, n * sizeof(float), err);
+	return *out != NULL;
+}
+
+static size_t dtype_bytes(sb_dtype dt)
+{
+	return dt == SB_DTYPE_F32 ? 4 : dt == SB_DTYPE_I8 ? 1 : 2;
+}
+
+static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *err)
+{
+	memset(d, 0, sizeof *d);
+	if (m->dtype != SB_DTYPE_F32 && m->dtype != SB_DTYPE_F16 && m->dtype != SB_DTYPE_BF16 &&
+	    m->dtype != SB_DTYPE_I8) {
+		sb_error_set(err, SB_ERR_UNSUPPORTED, "cuda: weights of dtype %s",
+		             sb_dtype_name(m->dtype));
+		return false;
+	}
+	const size_t n = (size_t)m->rows * (size_t)m->cols;
+	d->dt = m->dtype;
+	d->rows = m->rows;
+	d->cols = m->cols;
+	if (!(d->w = dupload(c, m->data, n * dtype_bytes(m->dtype), err)))
+		return false;
+	if (m->dtype == SB_DTYPE_I8) {
+		size_t nb = (size_t)m->rows * (size_t)((m->cols + 31) / 32);
+		if (!(d->sc = (const __half *)dupload(c, m->scales, nb * 2, err)))
+			return false;
+	}
+	if (m->dtype == SB_DTYPE_F32) {
+		d->w32 = (const float *)d->w;
+	} else {
+		float *w32 = (float *)dalloc(c, n * sizeof(float), err);
+		if (!w32)
+			return false;
+		sbk_widen(c->st, d, w32);
+		d->w32 = w32;
+	}
+	return true;
+}
+
+static bool up_norm(sb_cuda_ctx *c, const sb_cuda_norm *n, int D, sbk_norm *d, sb_error *err)
+{
+	d->kind = (int)n->kind;
+	d->scalar = n->scalar;
+	return up_vec(c, n->weight, (size_t)D, &d->w, err) && up_vec(c, n->bias, (size_t)D, &d->b, err);
+}
+
+static bool up_layer(sb_cuda_ctx *c, const sb_cuda_model *m, const sb_cuda_layer_desc *s, dlayer *d,
+                     sb_error *err)
+{
+	const sb_config *cf = m->cfg;
+	const size_t D = (size_t)cf->embed_dim, N = (size_t)cf->n_dim, Z = (size_t)cf->z_dim,
+	             H = (size_t)cf->hidden_dim, F = (size_t)(cf->ffn_dim > 0 ? cf->ffn_dim : 0),
+	             M = (size_t)cf->max_positions;
+	memset(d, 0, sizeof *d);
+	d->v.inv_tau = s->inv_tau;
+	if (!up_norm(c, &s->norm, (int)D, &d->norm, err) || !up_vec(c, s->ema_q, D * N, &d->v.q, err) ||
+	    !up_vec(c, s->ema_pb, D * N, &d->v.pb, err) || !up_vec(c, s->ema_g, D * N, &d->v.g, err) ||
+	    !up_vec(c, s->omega, D, &d->v.omega, err) || !up_mat(c, &s->hx, &d->hx, err) ||
+	    !up_vec(c, s->hx_b, 2 + D, &d->hx_b, err) || !up_mat(c, &s->mx, &d->mx, err) ||
+	    !up_vec(c, s->mx_b, Z + 2 * H, &d->mx_b, err) || !up_mat(c, &s->ho, &d->ho, err) ||
+	    !up_vec(c, s->ho_b, D, &d->ho_b, err) || !up_vec(c, s->gq, Z, &d->v.gq, err) ||
+	    !up_vec(c, s->gk, Z, &d->v.gk, err) || !up_vec(c, s->bq, Z, &d->v.bq, err) ||
+	    !up_vec(c, s->bk, Z, &d->v.bk, err) ||
+	    !up_vec(c, s->rel_bias, s->rel_bias ? 2 * M - 1 : 0, &d->v.rel_bias, err))
+		return false;
+	if (F > 0 && (!up_norm(c, &s->ffn_norm, (int)D, &d->ffn_norm, err) ||
+	              !up_mat(c, &s->fc1, &d->fc1, err) || !up_vec(c, s->fc1_b, F, &d->fc1_b, err) ||
+	              !up_mat(c, &s->fc2, &d->fc2, err) || !up_vec(c, s->fc2_b, D, &d->fc2_b, err)))
+		return false;
+	return true;
+}
+
+/* --------------------------------------------------------------- context */
+
+void sb_cuda_ctx_free(sb_cuda_ctx *c)
+{
+	if (!c)
+		return;
+	cudaSetDevice(c->device);
+	if (c->st)
+		cudaStreamSynchronize(c->st);
+	if (c->graph)
+		for (int b = 0; b <= c->R; b++)
+			if (c->graph[b])
+				cudaGraphExecDestroy(c->graph[b]);
+	free(c->graph);
+	free(c->graph_bias);
+	if (c->blas)
+		cublasDestroy(c->blas);
+	for (int i = 0; i < c->n_allocs; i++)
+		cudaFree(c->allocs[i]);
+	cudaFreeHost(c->h_stage);
+	cudaFreeHost(c->h_logits);
+	cudaFreeHost(c->h_hid);
+	cudaFreeHost(c->h_act);
+	if (c->st)
+		cudaStreamDestroy(c->st);
+	free(c->layers);
+	free(c->pend);
+	free(c);
+}
+
+size_t sb_cuda_ctx_device_bytes(const sb_cuda_ctx *c) { return c->dev_bytes; }
+
+static int host_pinned(void **p, size_t bytes, sb_error *err)
+{
+	cudaError_t e = cudaMallocHost(p, bytes ? bytes : 16);
+	if (e != cudaSuccess) {
+		*p = NULL;
+		return sb_error_set(err, SB_ERR_NOMEM, "cuda: cannot allocate %zu bytes of pinned memory",
+		                    bytes);
+	}
+	return 0;
+}
+
+int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ctx **out,
+                    sb_error *err)
+{
+	*out = NULL;
+	const sb_config *cf = m->cfg;
+	if (cf->n_dim > 256)
+		return sb_error_set(err, SB_ERR_UNSUPPORTED,
+		                    "cuda: EMA order n_dim %d (the CUDA backend runs at most 256)",
+		                    cf->n_dim);
+	char name[256];
+	int rc = sb_cuda_device_name(device, name, sizeof name, err);
+	if (rc < 0)
+		return rc;
+	CK(cudaSetDevice(device));
+	sb_cuda_ctx *c = (sb_cuda_ctx *)calloc(1, sizeof *c);
+	if (!c)
+		return sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a CUDA context");
+	c->device = device;
+	const int D = cf->embed_dim, Z = cf->z_dim, H = cf->hidden_dim, W = cf->window,
+	          F = cf->ffn_dim > 0 ? cf->ffn_dim : 0, V = cf->vocab_size, L = cf->layers;
+	const size_t R = (size_t)max_rows, ZH = (size_t)Z + 2 * (size_t)H;
+	c->R = max_rows;
+	c->L = L;
+	c->prenorm = cf->normalize_before;
+	c->ffn = F > 0;
+	c->embed_scale = m->embed_scale;
+	sbk_geo *g = &c->g;
+	g->D = D; g->Z = Z; g->H = H; g->N = cf->n_dim; g->W = W; g->W1 = W + 1;
+	g->M = cf->max_positions; g->F = F; g->V = V;
+	g->attn = (int)cf->attention;
+	g->act = (int)cf->activation;
+	g->rotary = cf->rel_pos == SB_POS_ROTARY;
+	g->scale = cf->attention == SB_ATTN_SOFTMAX ? 1.0f / sqrtf((float)Z) : 1.0f / (float)W;
+	g->n_act = m->off_n_act; g->ring_len = m->off_ring_len; g->ring_head = m->off_ring_head;
+	g->ring_pos = m->off_ring_pos; g->h = m->off_h; g->ring_k = m->off_ring_k;
+	g->ring_v = m->off_ring_v;
+	c->nch = (W + 1 + SBK_CHUNK - 1) / SBK_CHUNK;
+	const size_t nch = (size_t)c->nch, span = (size_t)W + R;
+
+	cudaError_t e = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking);
+	if (e != cudaSuccess) {
+		c->st = NULL;
+		rc = cuda_fail(err, e, "creating a stream");
+		goto fail;
+	}
+	if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+		c->blas = NULL;
+		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS did not start");
+		goto fail;
+	}
+	/* Plain float32 products: no TF32 (the parity tolerance assumes full
+	 * float32 products), and a fixed workspace so that products can be
+	 * captured into graphs. */
+	if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
+	    cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS) {
+		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS setup failed");
+		goto fail;
+	}
+	{
+		const size_t ws = 32u << 20;
+		if (!(c->blas_ws = dalloc(c, ws, err)) ||
+		    cublasSetWorkspace(c->blas, c->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
+			rc = c->blas_ws ? sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS workspace refused")
+			                : SB_ERR_NOMEM;
+			goto fail;
+		}
+	}
+
+	/* weights */
+	if (!(c->layers = (dlayer *)calloc((size_t)L, sizeof *c->layers))) {
+		rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a CUDA context");
+		goto fail;
+	}
+	if (!up_mat(c, &m->embed, &c->embed, err))
+		goto fail_err;
+	if (m->tied)
+		c->out = c->embed;
+	else if (!up_mat(c, &m->out, &c->out, err))
+		goto fail_err;
+	if (cf->normalize_before && !up_norm(c, &m->final_norm, D, &c->final_norm, err))
+		goto fail_err;
+	for (int l = 0; l < L; l++)
+		if (!up_layer(c, m, &m->layers[l], &c->layers[l], err))
+			goto fail_err;
+	{
+		double *f = (double *)malloc((size_t)(Z / 2 + 1) * sizeof(double));
+		if (!f) {
+			rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a CUDA context");
+			goto fail;
+		}
+		for (int i = 0; i < Z / 2; i++)
+			f[i] = pow(10000.0, -2.0 * (double)i / (double)Z);
+		c->inv_freq = (double *)dupload(c, f, (size_t)(Z / 2 + 1) * sizeof(double), err);
+		free(f);
+		if (!c->inv_freq)
+			goto fail_err;
+	}
+
+	/* scratch */
+#define SCR(field, type, n)                                                       \
+	if (!(c->field = (type *)dzalloc(c, (size_t)(n) * sizeof(type), err))) \
+		goto fail_err;
+	SCR(x, float, R * D)
+	SCR(xn, float, R * D)
+	SCR(mx, float, R * D)
+	SCR(hxu, float, R * (D + 2))
+	SCR(zgv, float, R * ZH)
+	SCR(Q, float, R * Z)
+	SCR(og, float, R * H)
+	SCR(att, float, R * D)
+	SCR(ffn_h, float, R * (F ? F : 1))
+	SCR(pr1, float, R)
+	SCR(S, float, R * span)
+	SCR(CK, float, span * Z)
+	SCR(CV, float, span * H)
+	SCR(cpos, int64_t, span)
+	SCR(po, float, R * nch * H)
+	SCR(pm, float, R * nch)
+	SCR(ps, float, R * nch)
+	SCR(logits, float, R * V)
+	SCR(hid, float, (size_t)L * R * D)
+	SCR(act, uint8_t, (size_t)L * R)
+	SCR(arow, int, R)
+	SCR(aidx, int, R)
+	SCR(nact, int, 1)
+	SCR(count, int, R)
+	SCR(stage, unsigned char, R * 20)
+#undef SCR
+	c->pos = (int64_t *)c->stage;
+	c->blocks = (unsigned char **)(c->stage + R * 8);
+	c->tok = (int32_t *)(c->stage + R * 16);
+	if ((rc = host_pinned((void **)&c->h_stage, R * 20, err)) < 0 ||
+	    (rc = host_pinned((void **)&c->h_logits, R * V * sizeof(float), err)) < 0 ||
+	    (rc = host_pinned((void **)&c->h_hid, (size_t)L * R * D * sizeof(float), err)) < 0 ||
+	    (rc = host_pinned((void **)&c->h_act, (size_t)L * R, err)) < 0)
+		goto fail;
+	c->pend = (pending *)calloc((size_t)(2 * L + 4), sizeof *c->pend);
+	c->graph = (cudaGraphExec_t *)calloc(R + 1, sizeof *c->graph);
+	c->graph_bias = (float *)calloc(R + 1, sizeof *c->graph_bias);
+	if (!c->pend || !c->graph || !c->graph_bias) {
+		rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a CUDA context");
+		goto fail;
+	}
+	{
+		const char *ev = getenv("SEQBOAT_CUDA_GRAPHS");
+		c->graphs_on = !(ev && !strcmp(ev, "0"));
+	}
+	e = cudaStreamSynchronize(c->st);
+	if (e != cudaSuccess) {
+		rc = cuda_fail(err, e, "uploading the model");
+		goto fail;
+	}
+	*out = c;
+	return 0;
+fail_err:
+	rc = err ? err->code : SB_ERR_DEVICE;
+	if (rc >= 0)
+		rc = SB_ERR_DEVICE;
+fail:
+	sb_cuda_ctx_free(c);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- states */
+
+int sb_cuda_state_alloc(int device, size_t bytes, void **block, sb_error *err)
+{
+	*block = NULL;
+	CK(cudaSetDevice(device));
+	void *p;
+	cudaError_t e = cudaMalloc(&p, bytes);
+	if (e != cudaSuccess)
+		return sb_error_set(err, SB_ERR_NOMEM, "cuda: cannot allocate a state of %zu bytes: %s",
+		                    bytes, cudaGetErrorString(e));
+	e = cudaMemset(p, 0, bytes);
+	if (e != cudaSuccess) {
+		cudaFree(p);
+		return cuda_fail(err, e, "clearing a state");
+	}
+	*block = p;
+	return 0;
+}
+
+void sb_cuda_state_free(int device, void *block)
+{
+	if (!block)
+		return;
+	cudaSetDevice(device);
+	cudaFree(block);
+}
+
+/* The copies below are synchronous. Context streams do not wait for the
+ * legacy default stream (they are non-blocking), so each op first waits
+ * for the device: a state is never copied while a block still updates it. */
+int sb_cuda_state_zero(int device, void *block, size_t bytes)
+{
+	if (cudaSetDevice(device) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess ||
+	    cudaMemset(block, 0, bytes) != cudaSuccess)
+		return SB_ERR_DEVICE;
+	return 0;
+}
+
+int sb_cuda_state_copy(int device, void *dst, const void *src, size_t bytes)
+{
+	if (cudaSetDevice(device) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess ||
+	    cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess)
+		return SB_ERR_DEVICE;
+	return 0;
+}
+
+int sb_cuda_state_download(int device, const void *block, size_t off, size_t len, void *host)
+{
+	if (cudaSetDevice(device) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess ||
+	    cudaMemcpy(host, (const unsigned char *)block + off, len, cudaMemcpyDeviceToHost) !=
+	            cudaSuccess)
+		return SB_ERR_DEVICE;
+	return 0;
+}
+
+int sb_cuda_state_upload(int device, void *block, size_t off, size_t len, const void *host)
+{
+	if (cudaSetDevice(device) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess ||
+	    cudaMemcpy((unsigned char *)block + off, host, len, cudaMemcpyHostToDevice) !=
+	            cudaSuccess ||
+	    cudaDeviceSynchronize() != cudaSuccess)
+		return SB_ERR_DEVICE;
+	return 0;
+}
+
+/* --------------------------------------------------------------- compute */
+
+static void blas_check(sb_cuda_ctx *c, cublasStatus_t s)
+{
+	if (s != CUBLAS_STATUS_SUCCESS)
+		c->failed = 1;
+}
+
+/* Y (T, W.rows) = act(X (T, W.cols) W^T + bias): few rows read W in its
+ * own dtype (decode is bound by reading the weights), more rows are a
+ * float32 cuBLAS product. rhxu / arow mask rows, on the few-rows path. */
+static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W,
+               const float *bias, int act, const float *rhxu, float act_bias, float inv_tau,
+               const int *arow)
+{
+	if (T <= SBK_GEMV_MAX_ROWS) {
+		sbk_gemv(c->st, W, X, T, bias, act, Y, rhxu, c->g.D + 2, act_bias, inv_tau, arow);
+		return;
+	}
+	const float one = 1.0f, zero = 0.0f;
+	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, T, W->cols, &one,
+	                          W->w32, W->cols, X, W->cols, &zero, Y, W->rows));
+	if (bias || act != SBK_ACT_NONE)
+		sbk_bias_act(c->st, Y, W->rows, T, bias, act);
+}
+
+static void ffn_rows(sb_cuda_ctx *c, const dlayer *ly, int T, float *hid)
+{
+	const int D = c->g.D;
+	const float *in = c->x;
+	if (c->prenorm) {
+		sbk_norm_rows(c->st, &ly->ffn_norm, c->x, c->xn, T, D);
+		in = c->xn;
+	}
+	mm(c, c->ffn_h, in, T, &ly->fc1, ly->fc1_b, c->g.act, NULL, 0, 0, NULL);
+	mm(c, c->att, c->ffn_h, T, &ly->fc2, ly->fc2_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
+	sbk_residual(c->st, c->x, NULL, 0, c->att, NULL, NULL, T, D, c->g.act, true,
+	             c->prenorm ? NULL : &ly->ffn_norm, hid, NULL, &c->g, 0);
+}
+
+/* Layer l for T rows of one state (block: device pointer). */
+static void layer_block(sb_cuda_ctx *c, unsigned char *block, int T, int l, float act_bias,
+                        float *hid)
+{
+	const sbk_geo *g = &c->g;
+	const dlayer *ly = &c->layers[l];
+	const int D = g->D, Z = g->Z, H = g->H, W = g->W, cols = W + T;
+	const float *in = c->x;
+	if (c->prenorm) {
+		sbk_norm_rows(c->st, &ly->norm, c->x, c->xn, T, D);
+		in = c->xn;
+	}
+	sbk_ema_scan(c->st, (float *)(block + g->h) + (size_t)l * D * g->N, &ly->v, in, c->mx, T, D,
+	             g->N, g->act);
+	mm(c, c->hxu, c->mx, T, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
+	sbk_router_block(c->st, c->hxu, T, D + 2, act_bias, ly->v.inv_tau, c->pr1, c->arow, c->aidx,
+	                 c->nact, (uint64_t *)(block + g->n_act) + l, c->act + (size_t)l * c->R);
+	mm(c, c->zgv, c->mx, T, &ly->mx, ly->mx_b, g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
+	sbk_ring_span(c->st, block, g, l, c->CK, c->CV, c->cpos);
+	sbk_qk_block(c->st, g, &ly->v, c->zgv, c->aidx, c->nact, c->pos, c->inv_freq, T, c->Q, c->CK,
+	             c->CV, c->cpos);
+	const float one = 1.0f, zero = 0.0f;
+	/* S (T, cols) = scale * Q CK^T;  og (T, H) = S CV */
+	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, T, Z, &g->scale, c->CK, Z,
+	                          c->Q, Z, &zero, c->S, cols));
+	sbk_attn_weights_block(c->st, g, &ly->v, c->S, T, c->nact,
+	                       (const int32_t *)(block + g->ring_len) + l, c->cpos);
+	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, T, cols, &one, c->CV, H, c->S,
+	                          cols, &zero, c->og, H));
+	sbk_gate_block(c->st, g, c->og, c->zgv, c->aidx, c->nact, T);
+	sbk_ring_push_block(c->st, block, g, l, c->CK, c->CV, c->cpos, c->nact, T);
+	mm(c, c->att, c->og, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
+	sbk_residual(c->st, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, T, D, g->act, false,
+	             c->prenorm ? NULL : &ly->norm, c->ffn ? NULL : hid, NULL, g, l);
+	if (c->ffn)
+		ffn_rows(c, ly, T, hid);
+}
+
+/* Layer l for B rows of distinct states (c->blocks on the device). */
+static void layer_rows(sb_cuda_ctx *c, int B, int l, float act_bias, float *hid)
+{
+	const sbk_geo *g = &c->g;
+	const dlayer *ly = &c->layers[l];
+	const int D = g->D;
+	sbk_norm_ema_rows(c->st, c->blocks, g, l, c->prenorm, &ly->norm, &ly->v, c->x, c->mx, B);
+	mm(c, c->hxu, c->mx, B, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
+	mm(c, c->zgv, c->mx, B, &ly->mx, ly->mx_b, g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
+	sbk_attn_rows(c->st, c->blocks, g, &ly->v, l, c->pos, c->hxu, act_bias, c->zgv, c->inv_freq,
+	              c->pr1, c->arow, c->act + (size_t)l * c->R, c->po, c->pm, c->ps, c->count,
+	              c->og, B);
+	mm(c, c->att, c->og, B, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, c->arow);
+	sbk_residual(c->st, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, B, D, g->act, false,
+	             c->prenorm ? NULL : &ly->norm, c->ffn ? NULL : hid, c->blocks, g, l);
+	if (c->ffn)
+		ffn_rows(c, ly, B, hid);
+}
+
+/* Logits of rows t0..T-1 into c->logits (row t at t). */
+static void logits_rows(sb_cuda_ctx *c, int t0, int T)
+{
+	const int D = c->g.D, n = T - t0;
+	const float *in = c->x + (size_t)t0 * D;
+	if (c->prenorm) {
+		sbk_norm_rows(c->st, &c->final_norm, in, c->xn + (size_t)t0 * D, n, D);
+		in = c->xn + (size_t)t0 * D;
+	}
+	mm(c, c->logits + (size_t)t0 * c->g.V, in, n, &c->out, NULL, SBK_ACT_NONE, NULL, 0, 0, NULL);
+}
+
+/* A whole decode step of B distinct rows (what a graph holds). */
+static void step_rows(sb_cuda_ctx *c, int B, float act_bias)
+{
+	sbk_embed(c->st, &c->embed, c->tok, B, c->embed_scale, c->x);
+	for (int l = 0; l < c->L; l++)
+		layer_rows(c, B, l, act_bias, c->hid + (size_t)l * c->R * c->g.D);
+	logits_rows(c, 0, B);
+}
+
+static int graph_launch(sb_cuda_ctx *c, int B, float act_bias, sb_error *err)
+{
+	if (!c->graph[B] || c->graph_bias[B] != act_bias) {
+		if (c->graph[B]) {
+			cudaGraphExecDestroy(c->graph[B]);
+			c->graph[B] = NULL;
+		}
+		cudaGraph_t gr = NULL;
+		CK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
+		c->failed = 0;
+		step_rows(c, B, act_bias);
+		cudaError_t e = cudaStreamEndCapture(c->st, &gr);
+		cudaError_t le = cudaGetLastError();
+		if (e != cudaSuccess || le != cudaSuccess || c->failed || !gr) {
+			/* Some step could not be captured: run without graphs from
+			 * now on. */
+			if (gr)
+				cudaGraphDestroy(gr);
+			c->graphs_on = false;
+			c->failed = 0;
+			return 1;
+		}
+		cudaGraphExec_t ex = NULL;
+		e = cudaGraphInstantiate(&ex, gr, 0);
+		cudaGraphDestroy(gr);
+		if (e != cudaSuccess) {
+			cudaGetLastError();
+			c->graphs_on = false;
+			return 1;
+		}
+		c->graph[B] = ex;
+		c->graph_bias[B] = act_bias;
+	}
+	CK(cudaGraphLaunch(c->graph[B], c->st));
+	return 0;
+}
+
+static void pend_add(sb_cuda_ctx *c, void *dst, const void *src, size_t bytes)
+{
+	c->pend[c->npend].dst = dst;
+	c->pend[c->npend].src = src;
+	c->pend[c->npend].bytes = bytes;
+	c->npend++;
+}
+
+int sb_cuda_sync(sb_cuda_ctx *c, sb_error *err)
+{
+	cudaError_t e = cudaStreamSynchronize(c->st);
+	int failed = c->failed;
+	c->failed = 0;
+	int n = c->npend;
+	c->npend = 0;
+	if (e != cudaSuccess)
+		return cuda_fail(err, e, "computing a block");
+	e = cudaGetLastError();
+	if (e != cudaSuccess)
+		return cuda_fail(err, e, "launching a kernel");
+	if (failed)
+		return sb_error_set(err, SB_ERR_DEVICE, "cuda: a cuBLAS product failed");
+	for (int i = 0; i < n; i++)
+		memcpy(c->pend[i].dst, c->pend[i].src, c->pend[i].bytes);
+	return 0;
+}
+
+int sb_cuda_embed(sb_cuda_ctx *c, const sb_cuda_rows *r, sb_error *err)
+{
+	if (c->npend) {
+		int rc = sb_cuda_sync(c, err);
+		if (rc < 0)
+			return rc;
+	}
+	CK(cudaSetDevice(c->device));
+	const int T = r->T;
+	const size_t R = (size_t)c->R;
+	if (T < 1 || T > c->R)
+		return sb_error_set(err, SB_ERR_ARG, "cuda: block of %d rows, at most %d", T, c->R);
+	/* One copy of positions, state blocks and tokens. */
+	memcpy(c->h_stage, r->pos, (size_t)T * 8);
+	memcpy(c->h_stage + R * 8, r->blocks, (size_t)T * sizeof(void *));
+	memcpy(c->h_stage + R * 16, r->tokens, (size_t)T * 4);
+	CK(cudaMemcpyAsync(c->stage, c->h_stage, R * 20, cudaMemcpyHostToDevice, c->st));
+	c->graphed = false;
+	c->failed = 0;
+	if (r->distinct && c->graphs_on) {
+		int rc = graph_launch(c, T, r->act_bias, err);
+		if (rc < 0)
+			return rc;
+		c->graphed = rc == 0;
+	}
+	if (!c->graphed)
+		sbk_embed(c->st, &c->embed, c->tok, T, c->embed_scale, c->x);
+	CK(cudaGetLastError());
+	return 0;
+}
+
+int sb_cuda_layer(sb_cuda_ctx *c, const sb_cuda_rows *r, int l, uint8_t *act, float *hidden,
+                  sb_error *err)
+{
+	const int T = r->T, D = c->g.D;
+	const size_t R = (size_t)c->R;
+	float *hid = c->hid + (size_t)l * R * D;
+	if (!c->graphed) {
+		if (r->distinct)
+			layer_rows(c, T, l, r->act_bias, hidden ? hid : NULL);
+		else
+			layer_block(c, (unsigned char *)r->blocks[0], T, l, r->act_bias,
+			            hidden ? hid : NULL);
+		CK(cudaGetLastError());
+	}
+	if (act) {
+		CK(cudaMemcpyAsync(c->h_act + l * R, c->act + l * R, (size_t)T, cudaMemcpyDeviceToHost,
+		                   c->st));
+		pend_add(c, act, c->h_act + l * R, (size_t)T);
+	}
+	if (hidden) {
+		const size_t bytes = (size_t)T * D * sizeof(float);
+		CK(cudaMemcpyAsync(c->h_hid + l * R * D, hid, bytes, cudaMemcpyDeviceToHost, c->st));
+		pend_add(c, hidden, c->h_hid + l * R * D, bytes);
+	}
+	return 0;
+}
+
+int sb_cuda_logits(sb_cuda_ctx *c, const sb_cuda_rows *r, int t0, float *dst, sb_error *err)
+{
+	const int T = r->T, V = c->g.V;
+	if (!c->graphed) {
+		logits_rows(c, t0, T);
+		CK(cudaGetLastError());
+	}
+	const size_t bytes = (size_t)(T - t0) * V * sizeof(float);
+	CK(cudaMemcpyAsync(c->h_logits + (size_t)t0 * V, c->logits + (size_t)t0 * V, bytes,
+	                   cudaMemcpyDeviceToHost, c->st));
+	pend_add(c, dst, c->h_logits + (size_t)t0 * V, bytes);
+	return 0;
+}

@@ -1,0 +1,971 @@
+/*
+ * kernels.cu - the CUDA engine's kernels (docs/computation.md), float32
+ * arithmetic throughout: weights are widened from their file dtype as
+ * they are read, so the GPU computes what the CPU does up to the order of
+ * float additions.
+ */
+#include <math.h>
+
+#include "kernels.cuh"
+#include "ring.h"
+
+#define FULL 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(FULL, v, o);
+	return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
+	return v;
+}
+
+/* A sum (or max) over the block; red: 33 floats of shared memory. Every
+ * thread of the block must call it. */
+__device__ float block_sum(float v, float *red)
+{
+	v = warp_sum(v);
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+	__syncthreads();
+	if (lane == 0)
+		red[w] = v;
+	__syncthreads();
+	if (w == 0) {
+		float t = lane < nw ? red[lane] : 0.0f;
+		t = warp_sum(t);
+		if (lane == 0)
+			red[32] = t;
+	}
+	__syncthreads();
+	return red[32];
+}
+
+__device__ float block_max(float v, float *red)
+{
+	v = warp_max(v);
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+	__syncthreads();
+	if (lane == 0)
+		red[w] = v;
+	__syncthreads();
+	if (w == 0) {
+		float t = lane < nw ? red[lane] : -INFINITY;
+		t = warp_max(t);
+		if (lane == 0)
+			red[32] = t;
+	}
+	__syncthreads();
+	return red[32];
+}
+
+__device__ __forceinline__ float apply_act(int k, float x)
+{
+	switch (k) {
+	case SB_ACT_SILU:
+		return x / (1.0f + expf(-x));
+	case SB_ACT_GELU:
+		return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+	case SB_ACT_RELU:
+		return x > 0.0f ? x : 0.0f;
+	default:
+		return x;
+	}
+}
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t h)
+{
+	return __uint_as_float((uint32_t)h << 16);
+}
+
+/* Element (r, c) of a weight matrix, widened to float32. */
+__device__ __forceinline__ float wget(sb_dtype dt, const void *w, const __half *sc, int r, int c,
+                                      int cols)
+{
+	const size_t i = (size_t)r * cols + c;
+	switch (dt) {
+	case SB_DTYPE_F16:
+		return __half2float(((const __half *)w)[i]);
+	case SB_DTYPE_BF16:
+		return bf16_to_f32(((const uint16_t *)w)[i]);
+	case SB_DTYPE_I8:
+		return (float)((const int8_t *)w)[i] *
+		       __half2float(sc[(size_t)r * ((cols + 31) >> 5) + (c >> 5)]);
+	default:
+		return ((const float *)w)[i];
+	}
+}
+
+/* The router (docs/computation.md): p1 = softmax(a0, a1)[1], activated iff
+ * p1 > p0 (a tie is not). The same expressions as the CPU's. */
+__device__ __forceinline__ bool router(const float *u, float act_bias, float inv_tau, float *p1out)
+{
+	float a0 = (u[0] + act_bias) * inv_tau, a1 = u[1] * inv_tau;
+	float mxv = a0 > a1 ? a0 : a1;
+	float e0 = expf(a0 - mxv), e1 = expf(a1 - mxv);
+	float p1 = e1 / (e0 + e1), p0 = e0 / (e0 + e1);
+	*p1out = p1;
+	return p1 > p0;
+}
+
+/* y (D, shared) = Norm(y), in place, by the whole block. */
+__device__ void norm_row(const sbk_norm &nm, float *y, int D, float *red)
+{
+	const int tid = threadIdx.x, bd = blockDim.x;
+	if (nm.kind == SB_NORM_LAYERNORM) {
+		float s = 0.0f;
+		for (int i = tid; i < D; i += bd)
+			s += y[i];
+		const float mean = block_sum(s, red) / (float)D;
+		float v = 0.0f;
+		for (int i = tid; i < D; i += bd) {
+			float d = y[i] - mean;
+			v += d * d;
+		}
+		const float var = block_sum(v, red) / (float)D;
+		const float inv = 1.0f / sqrtf(var + 1e-5f);
+		for (int i = tid; i < D; i += bd) {
+			float t = (y[i] - mean) * inv;
+			if (nm.w)
+				t = t * nm.w[i] + nm.b[i];
+			y[i] = t;
+		}
+	} else {
+		float s = 0.0f;
+		for (int i = tid; i < D; i += bd)
+			s += y[i] * y[i];
+		const float ms = block_sum(s, red) / (float)D;
+		const float inv = 1.0f / sqrtf(ms + 1e-5f);
+		for (int i = tid; i < D; i += bd) {
+			float w = nm.kind == SB_NORM_SCALENORM ? nm.scalar : nm.w ? nm.w[i] : 1.0f;
+			y[i] = w * y[i] * inv;
+		}
+	}
+	__syncthreads();
+}
+
+/* q = z*gq + bq, k = z*gk + bk, rotated by position p (interleaved pairs,
+ * angles in double precision), by the whole block. */
+__device__ void qk_compute(const float *z, const sbk_layer_vecs &v, int Z, bool rotary, int64_t p,
+                           const double *inv_freq, float *q, float *k)
+{
+	const int tid = threadIdx.x, bd = blockDim.x;
+	if (rotary) {
+		for (int j = tid; j < Z / 2; j += bd) {
+			const int a = 2 * j, b = 2 * j + 1;
+			float q0 = z[a] * v.gq[a] + v.bq[a], q1 = z[b] * v.gq[b] + v.bq[b];
+			float k0 = z[a] * v.gk[a] + v.bk[a], k1 = z[b] * v.gk[b] + v.bk[b];
+			double ang = (double)p * inv_freq[j];
+			float c = (float)cos(ang), s = (float)sin(ang);
+			q[a] = q0 * c - q1 * s;
+			q[b] = q0 * s + q1 * c;
+			k[a] = k0 * c - k1 * s;
+			k[b] = k0 * s + k1 * c;
+		}
+	} else {
+		for (int j = tid; j < Z; j += bd) {
+			q[j] = z[j] * v.gq[j] + v.bq[j];
+			k[j] = z[j] * v.gk[j] + v.bk[j];
+		}
+	}
+}
+
+__device__ __forceinline__ float rel_bias_at(const float *rb, int M, int64_t pk, int64_t pq)
+{
+	int64_t idx = (int64_t)M - 1 + pk - pq;
+	if (idx < 0)
+		idx = 0;
+	if (idx > 2 * (int64_t)M - 2)
+		idx = 2 * (int64_t)M - 2;
+	return rb[idx];
+}
+
+/* fairseq's laplace with mu = 0.707107, sigma = 0.282095. */
+__device__ __forceinline__ float laplace_w(float s)
+{
+	const float mu = 0.707107f, inv = 1.0f / (0.282095f * sqrtf(2.0f));
+	return 0.5f * (1.0f + erff((s - mu) * inv));
+}
+
+/* ------------------------------------------------------------ kernels */
+
+__global__ void k_embed(sbk_mat E, const int32_t *tok, float scale, float *x)
+{
+	const int t = blockIdx.x, D = E.cols, r = tok[t];
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		x[(size_t)t * D + d] = wget(E.dt, E.w, E.sc, r, d, D) * scale;
+}
+
+__global__ void k_norm_rows(sbk_norm nm, const float *x, float *y, int D)
+{
+	extern __shared__ float row[];
+	__shared__ float red[33];
+	const int t = blockIdx.x;
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		row[d] = x[(size_t)t * D + d];
+	__syncthreads();
+	norm_row(nm, row, D, red);
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		y[(size_t)t * D + d] = row[d];
+}
+
+/* One warp per channel d, lanes over the orders (K registers each), the
+ * rows scanned in order. */
+#define EMA_STEPS 16
+template <int K>
+__global__ void k_ema_scan(float *h, sbk_layer_vecs v, const float *xn, float *mx, int T, int D,
+                           int N, int act)
+{
+	const int d = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+	if (d >= D)
+		return;
+	float hk[K], qk[K], pk[K], gk[K];
+#pragma unroll
+	for (int k = 0; k < K; k++) {
+		const int n = lane + 32 * k;
+		const size_t i = (size_t)d * N + n;
+		hk[k] = qk[k] = pk[k] = gk[k] = 0.0f;
+		if (n < N) {
+			hk[k] = h[i];
+			qk[k] = v.q[i];
+			pk[k] = v.pb[i];
+			gk[k] = v.g[i];
+		}
+	}
+	const float om = v.omega[d];
+	/* Steps in groups of EMA_STEPS: the inputs are loaded first and the
+	 * group's reductions are independent of each other, so neither the
+	 * loads nor the shuffles stall the recurrence. */
+	for (int t0 = 0; t0 < T; t0 += EMA_STEPS) {
+		const int nt = T - t0 < EMA_STEPS ? T - t0 : EMA_STEPS;
+		float u[EMA_STEPS], s[EMA_STEPS];
+#pragma unroll
+		for (int j = 0; j < EMA_STEPS; j++)
+			u[j] = j < nt ? xn[(size_t)(t0 + j) * D + d] : 0.0f;
+#pragma unroll
+		for (int j = 0; j < EMA_STEPS; j++) {
+			s[j] = 0.0f;
+			if (j < nt) {
+#pragma unroll
+				for (int k = 0; k < K; k++) {
+					hk[k] = qk[k] * hk[k] + pk[k] * u[j];
+					s[j] += hk[k] * gk[k];
+				}
+			}
+		}
+#pragma unroll
+		for (int j = 0; j < EMA_STEPS; j++)
+			s[j] = warp_sum(s[j]);
+		if (lane < nt) {
+			/* lane j writes step j */
+			float sj = 0.0f, uj = 0.0f;
+#pragma unroll
+			for (int j = 0; j < EMA_STEPS; j++)
+				if (j == lane) {
+					sj = s[j];
+					uj = u[j];
+				}
+			mx[(size_t)(t0 + lane) * D + d] = apply_act(act, sj + om * uj);
+		}
+	}
+#pragma unroll
+	for (int k = 0; k < K; k++) {
+		const int n = lane + 32 * k;
+		if (n < N)
+			h[(size_t)d * N + n] = hk[k];
+	}
+}
+
+/* Rows of distinct states: grid (channel groups of 32, B). Each block
+ * norms its row (cheap, redundant across the row's blocks), then its
+ * warps update their channels. */
+__global__ void k_norm_ema_rows(unsigned char *const *blocks, sbk_geo g, int l, bool prenorm,
+                                sbk_norm nm, sbk_layer_vecs v, const float *x, float *mx)
+{
+	extern __shared__ float row[];
+	__shared__ float red[33];
+	const int b = blockIdx.y, D = g.D, N = g.N;
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		row[d] = x[(size_t)b * D + d];
+	__syncthreads();
+	if (prenorm)
+		norm_row(nm, row, D, red);
+	float *h = (float *)(blocks[b] + g.h) + (size_t)l * D * N;
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+	const int d0 = blockIdx.x * 32, d1 = d0 + 32 < D ? d0 + 32 : D;
+	for (int d = d0 + w; d < d1; d += nw) {
+		const float u = row[d];
+		float s = 0.0f;
+		for (int n = lane; n < N; n += 32) {
+			const size_t i = (size_t)d * N + n;
+			float hv = v.q[i] * h[i] + v.pb[i] * u;
+			h[i] = hv;
+			s += hv * v.g[i];
+		}
+		s = warp_sum(s);
+		if (lane == 0)
+			mx[(size_t)b * D + d] = apply_act(g.act, s + v.omega[d] * u);
+	}
+}
+
+template <int DT>
+__device__ __forceinline__ float wload(const void *w, const __half *sc, size_t i, size_t si)
+{
+	if (DT == SB_DTYPE_F16)
+		return __half2float(((const __half *)w)[i]);
+	if (DT == SB_DTYPE_BF16)
+		return bf16_to_f32(((const uint16_t *)w)[i]);
+	if (DT == SB_DTYPE_I8)
+		return (float)((const int8_t *)w)[i] * __half2float(sc[si]);
+	return ((const float *)w)[i];
+}
+
+/* Eight consecutive weights (i a multiple of 8, cols a multiple of 8, so
+ * the load is aligned): one 16-byte load for 16-bit weights. */
+template <int DT>
+__device__ __forceinline__ void wload8(const void *w, const __half *sc, size_t i, size_t si,
+                                       float *o)
+{
+	if (DT == SB_DTYPE_F16) {
+		const uint4 u = *(const uint4 *)((const __half *)w + i);
+		const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			const float2 f = __half22float2(h[k]);
+			o[2 * k] = f.x;
+			o[2 * k + 1] = f.y;
+		}
+	} else if (DT == SB_DTYPE_BF16) {
+		const uint4 u = *(const uint4 *)((const uint16_t *)w + i);
+		const uint32_t q[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			o[2 * k] = __uint_as_float(q[k] << 16);
+			o[2 * k + 1] = __uint_as_float(q[k] & 0xffff0000u);
+		}
+	} else if (DT == SB_DTYPE_I8) {
+		const uint2 u = *(const uint2 *)((const int8_t *)w + i);
+		const float d = __half2float(sc[si]);
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			o[k] = (float)(int8_t)((u.x >> (8 * k)) & 0xffu) * d;
+			o[4 + k] = (float)(int8_t)((u.y >> (8 * k)) & 0xffu) * d;
+		}
+	} else {
+		const float4 a = *(const float4 *)((const float *)w + i),
+		             b = *(const float4 *)((const float *)w + i + 4);
+		o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+		o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+	}
+}
+
+/* One warp per output; lanes stride the inputs (coalesced weight reads,
+ * eight weights a load where the rows allow it), every weight read once
+ * for all B rows. */
+template <int DT, int NB>
+__global__ void k_gemv(sbk_mat W, const float *x, int B, const float *bias, int act, float *y,
+                       const float *rhxu, int rld, float act_bias, float inv_tau, const int *arow)
+{
+	const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+	if (r >= W.rows)
+		return;
+	unsigned live = 0;
+	for (int b = 0; b < B; b++) {
+		bool on = true;
+		if (arow) {
+			on = arow[b] >= 0;
+		} else if (rhxu) {
+			float p;
+			on = router(rhxu + (size_t)b * rld, act_bias, inv_tau, &p);
+		}
+		if (on)
+			live |= 1u << b;
+	}
+	float acc[NB];
+#pragma unroll
+	for (int b = 0; b < NB; b++)
+		acc[b] = 0.0f;
+	const int cols = W.cols;
+	const size_t base = (size_t)r * cols, sbase = (size_t)r * ((cols + 31) >> 5);
+	if (live && (cols & 7) == 0) {
+		const int n8 = cols >> 3;
+		for (int c8 = lane; c8 < n8; c8 += 32) {
+			float wv[8];
+			wload8<DT>(W.w, W.sc, base + (size_t)c8 * 8, sbase + (c8 >> 2), wv);
+#pragma unroll
+			for (int b = 0; b < NB; b++)
+				if (b < B) {
+					const float4 *xp = (const float4 *)(x + (size_t)b * cols + (size_t)c8 * 8);
+					const float4 x0 = xp[0], x1 = xp[1];
+					float s = acc[b];
+					s = fmaf(wv[0], x0.x, s);
+					s = fmaf(wv[1], x0.y, s);
+					s = fmaf(wv[2], x0.z, s);
+					s = fmaf(wv[3], x0.w, s);
+					s = fmaf(wv[4], x1.x, s);
+					s = fmaf(wv[5], x1.y, s);
+					s = fmaf(wv[6], x1.z, s);
+					s = fmaf(wv[7], x1.w, s);
+					acc[b] = s;
+				}
+		}
+	} else if (live) {
+#pragma unroll 4
+		for (int c = lane; c < cols; c += 32) {
+			const float wv = wload<DT>(W.w, W.sc, base + c, sbase + (c >> 5));
+#pragma unroll
+			for (int b = 0; b < NB; b++)
+				if (b < B)
+					acc[b] = fmaf(wv, x[(size_t)b * cols + c], acc[b]);
+		}
+	}
+#pragma unroll
+	for (int b = 0; b < NB; b++)
+		acc[b] = warp_sum(acc[b]);
+	if (lane == 0) {
+		const float bi = bias ? bias[r] : 0.0f;
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			if (b < B)
+				y[(size_t)b * W.rows + r] = (live >> b) & 1 ? apply_act(act, acc[b] + bi) : 0.0f;
+	}
+}
+
+__global__ void k_bias_act(float *y, int n, int B, const float *bias, int act)
+{
+	const size_t total = (size_t)n * B;
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		float v = y[i];
+		if (bias)
+			v += bias[i % n];
+		y[i] = apply_act(act, v);
+	}
+}
+
+/* One block for all T rows: decisions, then a prefix count over them
+ * (ballots per warp, warp totals in shared memory). */
+__global__ void k_router_block(const float *hxu, int T, int D2, float act_bias, float inv_tau,
+                               float *pr1, int *arow, int *aidx, int *nact, uint64_t *snact,
+                               uint8_t *act_out)
+{
+	__shared__ int wsum[32];
+	__shared__ int base;
+	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+	if (tid == 0)
+		base = 0;
+	__syncthreads();
+	for (int t0 = 0; t0 < T; t0 += blockDim.x) {
+		const int t = t0 + tid;
+		bool a = false;
+		if (t < T) {
+			float p;
+			a = router(hxu + (size_t)t * D2, act_bias, inv_tau, &p);
+			pr1[t] = p;
+			if (act_out)
+				act_out[t] = a;
+		}
+		const unsigned m = __ballot_sync(FULL, a);
+		const int before = __popc(m & ((1u << lane) - 1u));
+		if (lane == 0)
+			wsum[w] = __popc(m);
+		__syncthreads();
+		int off = 0, total = 0;
+		for (int i = 0; i < nw; i++) {
+			if (i < w)
+				off += wsum[i];
+			total += wsum[i];
+		}
+		if (t < T) {
+			const int idx = base + off + before;
+			arow[t] = a ? idx : -1;
+			if (a)
+				aidx[idx] = t;
+		}
+		__syncthreads();
+		if (tid == 0)
+			base += total;
+		__syncthreads();
+	}
+	if (tid == 0) {
+		*nact = base;
+		*snact += (uint64_t)base;
+	}
+}
+
+__global__ void k_ring_span(const unsigned char *block, sbk_geo g, int l, float *CK, float *CV,
+                            int64_t *cpos)
+{
+	const int j = blockIdx.x, Z = g.Z, H = g.H, W1 = g.W1;
+	const int R = ((const int32_t *)(block + g.ring_len))[l];
+	const int head = ((const int32_t *)(block + g.ring_head))[l];
+	const int e = R - g.W + j;
+	float *ck = CK + (size_t)j * Z, *cv = CV + (size_t)j * H;
+	if (e >= 0) {
+		const int slot = sb_ring_slot(head, e, W1);
+		const float *k = (const float *)(block + g.ring_k) + ((size_t)l * W1 + slot) * Z;
+		const float *v = (const float *)(block + g.ring_v) + ((size_t)l * W1 + slot) * H;
+		for (int i = threadIdx.x; i < Z; i += blockDim.x)
+			ck[i] = k[i];
+		for (int i = threadIdx.x; i < H; i += blockDim.x)
+			cv[i] = v[i];
+		if (threadIdx.x == 0)
+			cpos[j] = ((const int64_t *)(block + g.ring_pos))[(size_t)l * W1 + slot];
+	} else {
+		for (int i = threadIdx.x; i < Z; i += blockDim.x)
+			ck[i] = 0.0f;
+		for (int i = threadIdx.x; i < H; i += blockDim.x)
+			cv[i] = 0.0f;
+		if (threadIdx.x == 0)
+			cpos[j] = 0;
+	}
+}
+
+__global__ void k_qk_block(sbk_geo g, sbk_layer_vecs v, const float *zgv, const int *aidx,
+                           const int *nact, const int64_t *pos, const double *inv_freq, float *Q,
+                           float *CK, float *CV, int64_t *cpos)
+{
+	const int i = blockIdx.x, Z = g.Z, H = g.H, W = g.W, ZH = Z + 2 * H;
+	float *q = Q + (size_t)i * Z, *k = CK + (size_t)(W + i) * Z, *vv = CV + (size_t)(W + i) * H;
+	if (i >= *nact) {
+		for (int j = threadIdx.x; j < Z; j += blockDim.x)
+			q[j] = k[j] = 0.0f;
+		for (int j = threadIdx.x; j < H; j += blockDim.x)
+			vv[j] = 0.0f;
+		if (threadIdx.x == 0)
+			cpos[W + i] = 0;
+		return;
+	}
+	const int t = aidx[i];
+	const float *z = zgv + (size_t)t * ZH;
+	qk_compute(z, v, Z, g.rotary, pos[t], inv_freq, q, k);
+	for (int j = threadIdx.x; j < H; j += blockDim.x)
+		vv[j] = z[Z + H + j];
+	if (threadIdx.x == 0)
+		cpos[W + i] = pos[t];
+}
+
+/* Row i (the i-th activated row) attends span entries i .. W+i, less
+ * those before the ring's start (W - R). */
+__global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int T,
+                                     const int *nact, const int32_t *ring_len_l,
+                                     const int64_t *cpos)
+{
+	__shared__ float red[33];
+	const int i = blockIdx.x, W = g.W, cols = W + T, tid = threadIdx.x, bd = blockDim.x;
+	float *row = S + (size_t)i * cols;
+	if (i >= *nact) {
+		for (int j = tid; j < cols; j += bd)
+			row[j] = 0.0f;
+		return;
+	}
+	const int R = *ring_len_l;
+	const int lo = i > W - R ? i : W - R, hi = W + i;
+	const int64_t pq = cpos[W + i];
+	float mxs = -INFINITY;
+	for (int j = lo + tid; j <= hi; j += bd) {
+		float s = row[j];
+		if (rel)
+			s += rel_bias_at(rel, g.M, cpos[j], pq);
+		row[j] = s;
+		mxs = fmaxf(mxs, s);
+	}
+	if (g.attn == SB_ATTN_SOFTMAX) {
+		mxs = block_max(mxs, red);
+		float sum = 0.0f;
+		for (int j = lo + tid; j <= hi; j += bd) {
+			float a = expf(row[j] - mxs);
+			row[j] = a;
+			sum += a;
+		}
+		sum = block_sum(sum, red);
+		for (int j = lo + tid; j <= hi; j += bd)
+			row[j] = row[j] / sum;
+	} else {
+		for (int j = lo + tid; j <= hi; j += bd) {
+			const float s = row[j];
+			row[j] = g.attn == SB_ATTN_RELU2 ? (s > 0.0f ? s * s : 0.0f) : laplace_w(s);
+		}
+	}
+	for (int j = tid; j < lo; j += bd)
+		row[j] = 0.0f;
+	for (int j = hi + 1 + tid; j < cols; j += bd)
+		row[j] = 0.0f;
+}
+
+__global__ void k_gate_block(sbk_geo g, float *og, const float *zgv, const int *aidx,
+                             const int *nact)
+{
+	const int i = blockIdx.x, Z = g.Z, H = g.H, ZH = Z + 2 * H;
+	if (i >= *nact)
+		return;
+	const float *gate = zgv + (size_t)aidx[i] * ZH + Z;
+	for (int j = threadIdx.x; j < H; j += blockDim.x)
+		og[(size_t)i * H + j] *= gate[j];
+}
+
+/* New entry i is pushed after the R already held: it lands in slot
+ * (head + R + i) mod W1, and only the last W1 survive. */
+__global__ void k_ring_push_block(unsigned char *block, sbk_geo g, int l, const float *CK,
+                                  const float *CV, const int64_t *cpos, const int *nact)
+{
+	const int i = blockIdx.x, n = *nact, W1 = g.W1, Z = g.Z, H = g.H, W = g.W;
+	if (i >= n || i < n - W1)
+		return;
+	const int R = ((const int32_t *)(block + g.ring_len))[l];
+	const int head = ((const int32_t *)(block + g.ring_head))[l];
+	const int slot = (int)(((long long)head + R + i) % W1);
+	float *k = (float *)(block + g.ring_k) + ((size_t)l * W1 + slot) * Z;
+	float *v = (float *)(block + g.ring_v) + ((size_t)l * W1 + slot) * H;
+	for (int j = threadIdx.x; j < Z; j += blockDim.x)
+		k[j] = CK[(size_t)(W + i) * Z + j];
+	for (int j = threadIdx.x; j < H; j += blockDim.x)
+		v[j] = CV[(size_t)(W + i) * H + j];
+	if (threadIdx.x == 0)
+		((int64_t *)(block + g.ring_pos))[(size_t)l * W1 + slot] = cpos[W + i];
+}
+
+__global__ void k_ring_count(unsigned char *block, sbk_geo g, int l, const int *nact)
+{
+	int32_t *len = (int32_t *)(block + g.ring_len) + l, *head = (int32_t *)(block + g.ring_head) + l;
+	const long long total = (long long)*len + *nact, W1 = g.W1;
+	const long long drop = total > W1 ? total - W1 : 0;
+	*head = (int32_t)((*head + drop) % W1);
+	*len = (int32_t)(total < W1 ? total : W1);
+}
+
+/* Rows of distinct states, grid (chunks of SBK_CHUNK ring entries, B).
+ * Every block of an activated row computes its q (and the new k) and sees
+ * the ring as it is after the push; the block whose chunk holds the new
+ * entry writes it into its slot (no other block reads that slot), and the
+ * counters move later (sbk_residual). Each block's partial result
+ * (softmax: weights exp(s - chunk max), with that max and sum) goes to
+ * po/pm/ps; the last block of the row to finish combines them, times the
+ * gate, into og. A row the router leaves out only records its decision. */
+__global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_vecs v, int l,
+                            const int64_t *pos, const float *hxu, float act_bias,
+                            const float *zgv, const double *inv_freq, float *pr1, int *arow,
+                            uint8_t *act_out, float *po, float *pm, float *ps, int *count,
+                            float *og, int nch)
+{
+	extern __shared__ float sh[];
+	__shared__ float sc[SBK_CHUNK];
+	__shared__ int slots[SBK_CHUNK];
+	__shared__ int last;
+	const int b = blockIdx.y, c = blockIdx.x, Z = g.Z, H = g.H, W1 = g.W1, ZH = Z + 2 * H;
+	const int tid = threadIdx.x, bd = blockDim.x;
+	float *qs = sh, *kn = sh + Z;
+	unsigned char *blk = blocks[b];
+	float p;
+	const bool a = router(hxu + (size_t)b * (g.D + 2), act_bias, v.inv_tau, &p);
+	if (c == 0 && tid == 0) {
+		pr1[b] = p;
+		arow[b] = a ? b : -1;
+		if (act_out)
+			act_out[b] = a;
+	}
+	if (!a)
+		return;
+	int32_t len = ((const int32_t *)(blk + g.ring_len))[l];
+	int32_t head = ((const int32_t *)(blk + g.ring_head))[l];
+	const int slot_new = sb_ring_push(&len, &head, W1);  // len, head: after the push
+	const int nc = (len + SBK_CHUNK - 1) / SBK_CHUNK, e0 = c * SBK_CHUNK;
+	if (c >= nc)
+		return;
+	const int n = len - e0 < SBK_CHUNK ? len - e0 : SBK_CHUNK;
+	const bool has_new = e0 + n == len;  // local entry n-1 is the new one
+	const int n_old = has_new ? n - 1 : n;
+	const float *z = zgv + (size_t)b * ZH;
+	qk_compute(z, v, Z, g.rotary, pos[b], inv_freq, qs, kn);
+	if (tid < n)
+		slots[tid] = sb_ring_slot(head, e0 + tid, W1);
+	__syncthreads();
+	float *K = (float *)(blk + g.ring_k) + (size_t)l * W1 * Z;
+	float *V = (float *)(blk + g.ring_v) + (size_t)l * W1 * H;
+	int64_t *P = (int64_t *)(blk + g.ring_pos) + (size_t)l * W1;
+	if (has_new) {
+		for (int i = tid; i < Z; i += bd)
+			K[(size_t)slot_new * Z + i] = kn[i];
+		for (int i = tid; i < H; i += bd)
+			V[(size_t)slot_new * H + i] = z[Z + H + i];
+		if (tid == 0)
+			P[slot_new] = pos[b];
+	}
+	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
+	for (int e = w; e < n; e += nw) {
+		const bool is_new = has_new && e == n - 1;
+		const float *kk = is_new ? kn : K + (size_t)slots[e] * Z;
+		float s = 0.0f;
+		for (int i = lane; i < Z; i += 32)
+			s += qs[i] * kk[i];
+		s = warp_sum(s);
+		if (lane == 0) {
+			s *= g.scale;
+			if (v.rel_bias)
+				s += rel_bias_at(v.rel_bias, g.M, is_new ? pos[b] : P[slots[e]], pos[b]);
+			sc[e] = s;
+		}
+	}
+	__syncthreads();
+	if (w == 0) {
+		const float s = lane < n ? sc[lane] : -INFINITY;
+		const float m = warp_max(s);
+		float wt = 0.0f;
+		if (lane < n) {
+			if (g.attn == SB_ATTN_SOFTMAX)
+				wt = expf(s - m);
+			else if (g.attn == SB_ATTN_RELU2)
+				wt = s > 0.0f ? s * s : 0.0f;
+			else
+				wt = laplace_w(s);
+		}
+		const float sum = warp_sum(wt);
+		if (lane < n)
+			sc[lane] = wt;
+		if (lane == 0) {
+			pm[(size_t)b * nch + c] = m;
+			ps[(size_t)b * nch + c] = sum;
+		}
+	}
+	__syncthreads();
+	for (int h = tid; h < H; h += bd) {
+		float acc = 0.0f;
+		for (int e = 0; e < n_old; e++)
+			acc += sc[e] * V[(size_t)slots[e] * H + h];
+		if (has_new)
+			acc += sc[n - 1] * z[Z + H + h];
+		po[((size_t)b * nch + c) * H + h] = acc;
+	}
+	__threadfence();
+	__syncthreads();
+	if (tid == 0)
+		last = atomicAdd(&count[b], 1) == nc - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	const bool soft = g.attn == SB_ATTN_SOFTMAX;
+	float gm = -INFINITY;
+	for (int k = 0; k < nc; k++)
+		gm = fmaxf(gm, __ldcg(pm + (size_t)b * nch + k));
+	for (int h = tid; h < H; h += bd) {
+		float sum = 0.0f, o = 0.0f;
+		for (int k = 0; k < nc; k++) {
+			const float wk = soft ? expf(__ldcg(pm + (size_t)b * nch + k) - gm) : 1.0f;
+			sum += wk * __ldcg(ps + (size_t)b * nch + k);
+			o += wk * __ldcg(po + ((size_t)b * nch + k) * H + h);
+		}
+		const float norm = soft ? 1.0f / sum : 1.0f;
+		og[(size_t)b * H + h] = o * (z[Z + h] * norm);
+	}
+	if (tid == 0)
+		count[b] = 0;
+}
+
+__global__ void k_residual(float *x, const float *hxu, int D2, const float *att, const int *arow,
+                           const float *pr1, int D, int act, bool ffn, sbk_norm post,
+                           bool has_post, float *hid, unsigned char *const *ring_blocks,
+                           sbk_geo g, int l)
+{
+	extern __shared__ float row[];
+	__shared__ float red[33];
+	const int t = blockIdx.x;
+	/* A decode row's ring counters move here, once every block that read
+	 * them (k_attn_rows) is done. */
+	if (ring_blocks && threadIdx.x == 0 && arow[t] >= 0) {
+		unsigned char *blk = ring_blocks[t];
+		int32_t *len = (int32_t *)(blk + g.ring_len) + l, *head = (int32_t *)(blk + g.ring_head) + l;
+		int32_t ln = *len, hd = *head;
+		sb_ring_push(&ln, &hd, g.W1);
+		*len = ln;
+		*head = hd;
+		((uint64_t *)(blk + g.n_act))[l]++;
+	}
+	float *xi = x + (size_t)t * D;
+	if (ffn) {
+		for (int d = threadIdx.x; d < D; d += blockDim.x)
+			row[d] = xi[d] + att[(size_t)t * D + d];
+	} else {
+		const int a = arow[t];
+		const float p = pr1[t];
+		const float *hx = hxu + (size_t)t * D2 + 2;
+		for (int d = threadIdx.x; d < D; d += blockDim.x) {
+			const float at = a >= 0 ? att[(size_t)a * D + d] * p : 0.0f;
+			row[d] = apply_act(act, hx[d] + at + xi[d]);
+		}
+	}
+	__syncthreads();
+	if (has_post)
+		norm_row(post, row, D, red);
+	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+		xi[d] = row[d];
+		if (hid)
+			hid[(size_t)t * D + d] = row[d];
+	}
+}
+
+__global__ void k_widen(sbk_mat W, float *w32)
+{
+	const size_t total = (size_t)W.rows * W.cols;
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		const int r = (int)(i / W.cols), c = (int)(i % W.cols);
+		w32[i] = wget(W.dt, W.w, W.sc, r, c, W.cols);
+	}
+}
+
+/* ------------------------------------------------------------ launches */
+
+static unsigned grid_for(size_t n, unsigned threads)
+{
+	size_t b = (n + threads - 1) / threads;
+	return (unsigned)(b < 1 ? 1 : b > 65535 ? 65535 : b);
+}
+
+void sbk_embed(cudaStream_t st, const sbk_mat *E, const int32_t *tok, int T, float scale, float *x)
+{
+	k_embed<<<T, 256, 0, st>>>(*E, tok, scale, x);
+}
+
+void sbk_norm_rows(cudaStream_t st, const sbk_norm *nm, const float *x, float *y, int T, int D)
+{
+	k_norm_rows<<<T, 256, (size_t)D * sizeof(float), st>>>(*nm, x, y, D);
+}
+
+void sbk_ema_scan(cudaStream_t st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
+                  int T, int D, int N, int act)
+{
+	const unsigned blocks = (unsigned)((D + 7) / 8);
+	if (N <= 32)
+		k_ema_scan<1><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+	else if (N <= 64)
+		k_ema_scan<2><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+	else if (N <= 128)
+		k_ema_scan<4><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+	else
+		k_ema_scan<8><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+}
+
+void sbk_norm_ema_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo *g, int l,
+                       bool prenorm, const sbk_norm *nm, const sbk_layer_vecs *v, const float *x,
+                       float *mx, int B)
+{
+	dim3 grid((unsigned)((g->D + 31) / 32), (unsigned)B);
+	k_norm_ema_rows<<<grid, 256, (size_t)g->D * sizeof(float), st>>>(blocks, *g, l, prenorm, *nm,
+	                                                                 *v, x, mx);
+}
+
+template <int DT>
+static void gemv_dt(cudaStream_t st, const sbk_mat *W, const float *x, int B, const float *bias,
+                    int act, float *y, const float *rhxu, int rld, float ab, float it,
+                    const int *arow)
+{
+	const unsigned blocks = (unsigned)((W->rows + 7) / 8);
+	if (B <= 1)
+		k_gemv<DT, 1><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+	else if (B <= 2)
+		k_gemv<DT, 2><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+	else if (B <= 4)
+		k_gemv<DT, 4><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+	else
+		k_gemv<DT, 8><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+}
+
+void sbk_gemv(cudaStream_t st, const sbk_mat *W, const float *x, int B, const float *bias, int act,
+              float *y, const float *rhxu, int rld, float act_bias, float inv_tau,
+              const int *arow)
+{
+	switch (W->dt) {
+	case SB_DTYPE_F16:
+		gemv_dt<SB_DTYPE_F16>(st, W, x, B, bias, act, y, rhxu, rld, act_bias, inv_tau, arow);
+		break;
+	case SB_DTYPE_BF16:
+		gemv_dt<SB_DTYPE_BF16>(st, W, x, B, bias, act, y, rhxu, rld, act_bias, inv_tau, arow);
+		break;
+	case SB_DTYPE_I8:
+		gemv_dt<SB_DTYPE_I8>(st, W, x, B, bias, act, y, rhxu, rld, act_bias, inv_tau, arow);
+		break;
+	default:
+		gemv_dt<SB_DTYPE_F32>(st, W, x, B, bias, act, y, rhxu, rld, act_bias, inv_tau, arow);
+		break;
+	}
+}
+
+void sbk_bias_act(cudaStream_t st, float *y, int n, int B, const float *bias, int act)
+{
+	k_bias_act<<<grid_for((size_t)n * B, 256), 256, 0, st>>>(y, n, B, bias, act);
+}
+
+void sbk_router_block(cudaStream_t st, const float *hxu, int T, int D2, float act_bias,
+                      float inv_tau, float *pr1, int *arow, int *aidx, int *nact,
+                      uint64_t *state_nact_l, uint8_t *act_out)
+{
+	k_router_block<<<1, 1024, 0, st>>>(hxu, T, D2, act_bias, inv_tau, pr1, arow, aidx, nact,
+	                                   state_nact_l, act_out);
+}
+
+void sbk_ring_span(cudaStream_t st, const unsigned char *block, const sbk_geo *g, int l,
+                   float *CK, float *CV, int64_t *cpos)
+{
+	k_ring_span<<<g->W, 128, 0, st>>>(block, *g, l, CK, CV, cpos);
+}
+
+void sbk_qk_block(cudaStream_t st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
+                  const int *aidx, const int *nact, const int64_t *pos, const double *inv_freq,
+                  int T, float *Q, float *CK, float *CV, int64_t *cpos)
+{
+	k_qk_block<<<T, 128, 0, st>>>(*g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos);
+}
+
+void sbk_attn_weights_block(cudaStream_t st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
+                            int T, const int *nact, const int32_t *ring_len_l,
+                            const int64_t *cpos)
+{
+	k_attn_weights_block<<<T, 256, 0, st>>>(*g, v->rel_bias, S, T, nact, ring_len_l, cpos);
+}
+
+void sbk_gate_block(cudaStream_t st, const sbk_geo *g, float *og, const float *zgv,
+                    const int *aidx, const int *nact, int T)
+{
+	k_gate_block<<<T, 256, 0, st>>>(*g, og, zgv, aidx, nact);
+}
+
+void sbk_ring_push_block(cudaStream_t st, unsigned char *block, const sbk_geo *g, int l,
+                         const float *CK, const float *CV, const int64_t *cpos,
+                         const int *nact, int T)
+{
+	k_ring_push_block<<<T, 128, 0, st>>>(block, *g, l, CK, CV, cpos, nact);
+	k_ring_count<<<1, 1, 0, st>>>(block, *g, l, nact);
+}
+
+void sbk_attn_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo *g,
+                   const sbk_layer_vecs *v, int l, const int64_t *pos, const float *hxu,
+                   float act_bias, const float *zgv, const double *inv_freq, float *pr1,
+                   int *arow, uint8_t *act_out, float *po, float *pm, float *ps, int *count,
+                   float *og, int B)
+{
+	const int nch = (g->W1 + SBK_CHUNK - 1) / SBK_CHUNK;
+	k_attn_rows<<<dim3((unsigned)nch, (unsigned)B), 128, 2 * (size_t)g->Z * sizeof(float), st>>>(
+		blocks, *g, *v, l, pos, hxu, act_bias, zgv, inv_freq, pr1, arow, act_out, po, pm, ps,
+		count, og, nch);
+}
+
+void sbk_residual(cudaStream_t st, float *x, const float *hxu, int D2, const float *att,
+                  const int *arow, const float *pr1, int T, int D, int act, bool ffn,
+                  const sbk_norm *post, float *hid, unsigned char *const *ring_blocks,
+                  const sbk_geo *g, int l)
+{
+	sbk_norm none = {0, NULL, NULL, 1.0f};
+	k_residual<<<T, 256, (size_t)D * sizeof(float), st>>>(x, hxu, D2, att, arow, pr1, D, act, ffn,
+	                                                      post ? *post : none, post != NULL, hid,
+	                                                      ring_blocks, *g, l);
+}
+
+void sbk_widen(cudaStream_t st, const sbk_mat *W, float *w32)
+{
+	k_widen<<<grid_for((size_t)W->rows * W->cols, 256), 256, 0, st>>>(*W, w32);
+}
