@@ -180,6 +180,12 @@ class Router(nn.Module):
         pr1 = torch.softmax(logits, dim=-1)[..., 1]
         return pr1, pr1 > 1.0 - pr1
 
+    def logit(self, u, act_bias=0.0):
+        """(u1 - u0 - act_bias) / tau with tau's gradient stopped: pr1 =
+        sigmoid(logit) in value; what density.py penalises (training only)."""
+        u = u.float()
+        return (u[..., 1] - u[..., 0] - act_bias) / torch.exp(self.temp.float()).detach()
+
 
 class RelativePositionBias(nn.Module):
     """Learned bias by raw distance: w[clamp(M - 1 + t_j - t, 0, 2M - 2)]."""
@@ -258,7 +264,8 @@ class SeqBoatBlock(nn.Module):
         return a.masked_fill(~allowed, 0.0)
 
     def forward(self, x, positions, act_bias=0.0, need_router=False):
-        """x (B, T, D), positions (T,) raw -> y (B, T, D) [, pr1, act (B, T)]."""
+        """x (B, T, D), positions (T,) raw -> y (B, T, D) [, pr1, act, logit
+        (B, T)] (logit: Router.logit, for the density penalty)."""
         B, T, D = x.shape
         r0 = x
         xn = self.norm(x) if self.prenorm else x
@@ -290,7 +297,7 @@ class SeqBoatBlock(nn.Module):
         if not self.prenorm:
             y = self.norm(y)
         if need_router:
-            return y, pr1, act
+            return y, pr1, act, self.q_router.logit(u, act_bias)
         return y
 
     def step(self, x, t, state, act_bias=0.0):
@@ -402,13 +409,15 @@ class SeqBoatLM(nn.Module):
         """tokens (B, T) int64 -> logits (B, T, V) (or final features (B, T, D)
         with features_only). With return_hidden / return_router also returns
         a dict with 'hidden' [L x (B, T, D)] (each block's output after its
-        FFN), 'pr1' and 'act' [L x (B, T)]."""
+        FFN), 'pr1', 'act' and 'logit' [L x (B, T)] ('logit' is the router's
+        logit difference with the temperature's gradient stopped, the
+        density penalty's input: see density.py)."""
         B, T = tokens.shape
         positions = torch.arange(T, device=tokens.device)
         x = self.dropout(self.embed_tokens(tokens) * self.embed_scale)
-        extra = {"hidden": [], "pr1": [], "act": []}
+        extra = {"hidden": [], "pr1": [], "act": [], "logit": []}
         for layer in self.layers:
-            x, pr1, act = layer.slag_layer(x, positions, act_bias, need_router=True)
+            x, pr1, act, logit = layer.slag_layer(x, positions, act_bias, need_router=True)
             if layer.nffn is not None:
                 x = layer.nffn(x)
             if return_hidden:
@@ -416,6 +425,7 @@ class SeqBoatLM(nn.Module):
             if return_router:
                 extra["pr1"].append(pr1)
                 extra["act"].append(act)
+                extra["logit"].append(logit)
         if self.final_norm is not None:
             x = self.final_norm(x)
         out = x if features_only else F.linear(x, self.output_weight())

@@ -21,6 +21,21 @@ the exported model directory RUN/model (or --export-dir). The run ends at
 --max-steps or when --max-minutes of training time are spent, whichever
 comes first; with --time-schedule the cosine decay follows the time budget
 instead of the step count, so a timed run still ends at the minimum rate.
+
+Density control (--density-target R, see density.py for the reasoning):
+the routers' activation rate in each training batch (the hard decision the
+C engine makes) is held at or below a target by a Lagrange multiplier that
+a PI controller sets from the measured rate (--density-lr, --density-kp),
+acting through a penalty softplus(router logit) = -log(1 - pr1) with the
+temperature's gradient stopped; the target
+falls linearly from --density-start to R over the first --density-ramp of
+the run's progress (time or steps, as the learning rate), with one
+constraint on the mean over layers (--density-scope mean) or one per layer.
+While the target is still ramping no checkpoint becomes best.pt, so the
+exported model meets the final target. --init-act-bias B adds B to each
+router's learned bias for u0 before training: training under the official
+act_bias, folded into the weights. Validation records each layer's
+activation rate on the valid split.
 """
 
 import argparse
@@ -39,6 +54,7 @@ if __package__ in (None, ""):
 
 from seqboat_torch import checkpoint as ckmod  # noqa: E402
 from seqboat_torch import config as cfgmod  # noqa: E402
+from seqboat_torch import density as densmod  # noqa: E402
 from seqboat_torch import export as exportmod  # noqa: E402
 from seqboat_torch.model import SeqBoatLM  # noqa: E402
 
@@ -71,6 +87,24 @@ def parse_args(argv=None):
     g.add_argument("--untied", action="store_true", help="separate output projection")
     g.add_argument("--init-temp-scale", type=float, default=1.0,
                    help="router temperature at init = this * sqrt(D)")
+    g.add_argument("--init-act-bias", type=float, default=0.0,
+                   help="add this to every router's bias for u0 before training (also "
+                        "to weights from --init-from): positive = fewer activations")
+    g = ap.add_argument_group("density control (tools/seqboat_torch/density.py)")
+    g.add_argument("--density-target", type=float, default=0.0,
+                   help="hold the routers' activation rate at or below this fraction "
+                        "(0: off)")
+    g.add_argument("--density-scope", choices=densmod.SCOPES, default="mean",
+                   help="one constraint on the mean over layers, or one per layer")
+    g.add_argument("--density-ramp", type=float, default=0.3,
+                   help="fraction of the run over which the target falls from "
+                        "--density-start to --density-target")
+    g.add_argument("--density-start", type=float, default=1.0)
+    g.add_argument("--density-lr", type=float, default=0.05,
+                   help="integral gain of the multipliers' controller: step per unit of "
+                        "excess rate")
+    g.add_argument("--density-kp", type=float, default=2.0,
+                   help="proportional gain of the multipliers' controller")
     g = ap.add_argument_group("training")
     g.add_argument("--seq-len", type=int, default=512)
     g.add_argument("--batch-size", type=int, default=32, help="sequences per step per GPU")
@@ -253,6 +287,13 @@ def make_optimizer(model, a, device):
     return torch.optim.AdamW(groups, **kw)
 
 
+def run_progress(a, step, elapsed_min):
+    """How far the run is, in [0, 1]: by time with --time-schedule, else by step."""
+    if a.time_schedule and a.max_minutes > 0:
+        return min(max(elapsed_min / a.max_minutes, 0.0), 1.0)
+    return min(max(step / max(1, a.max_steps), 0.0), 1.0)
+
+
 def lr_at(a, step, elapsed_min):
     if step < a.warmup:
         return a.lr * (step + 1) / a.warmup
@@ -293,13 +334,15 @@ class _Null(object):
 
 @torch.no_grad()
 def evaluate(model, valid, a, dist, use_bf16, bos_id):
-    """Returns (mean loss in nats per counted target, total bits, counted)."""
+    """Returns (mean loss in nats per counted target, total bits, counted,
+    activation rate per layer)."""
     model.eval()
     T = a.seq_len
     n_pred = len(valid) - 1
     windows = [(s, min(T, n_pred - s)) for s in range(0, n_pred, T)]
     mine = windows[dist.rank::dist.world]
     total_nats, counted = 0.0, 0
+    act_sum, act_n = None, 0
     B = max(1, a.batch_size)
     i = 0
     while i < len(mine):
@@ -311,16 +354,29 @@ def evaluate(model, valid, a, dist, use_bf16, bos_id):
         x = torch.from_numpy(rows[:, :-1]).to(dist.device)
         y = torch.from_numpy(rows[:, 1:]).to(dist.device)
         with autocast(dist.device, use_bf16):
-            logits = model(x)
+            logits, extra = model(x, return_router=True)
+        acts = [float(act.float().sum()) for act in extra["act"]]
+        act_sum = acts if act_sum is None else [s + v for s, v in zip(act_sum, acts)]
+        act_n += x.numel()
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                               reduction="none")
         keep = y.reshape(-1) != bos_id if bos_id is not None and bos_id >= 0 else \
             torch.ones_like(nll, dtype=torch.bool)
         total_nats += float(nll[keep].double().sum())
         counted += int(keep.sum())
-    total_nats, counted = dist.all_sum([total_nats, float(counted)])
+    L = len(act_sum) if act_sum is not None else len(_unwrap(model).layers)
+    sums = dist.all_sum([total_nats, float(counted), float(act_n)]
+                        + (act_sum or [0.0] * L))
+    total_nats, counted, act_n = sums[0], sums[1], sums[2]
+    rates = [v / max(act_n, 1.0) for v in sums[3:]]
     model.train()
-    return total_nats / max(counted, 1), total_nats / math.log(2), int(counted)
+    return total_nats / max(counted, 1), total_nats / math.log(2), int(counted), rates
+
+
+def _unwrap(model):
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
 
 
 def rng_state(device):
@@ -400,14 +456,37 @@ def main(argv=None):
                       init_temp_scale=a.init_temp_scale).to(dist.device)
     opt = make_optimizer(model, a, dist.device)
     step, elapsed, best = 0, 0.0, float("inf")
+    density = None
+    if a.density_target > 0:
+        try:
+            density = densmod.DensityControl(a.density_target, arch["layers"], a.density_scope,
+                                             a.density_ramp, a.density_start, a.density_lr,
+                                             a.density_kp)
+        except ValueError as e:
+            raise SystemExit("train: %s" % e)
     if init:
         model.load_state_dict(init["model"])
         if dist.main:
             log("weights from %s (its step %s)" % (a.init_from, init.get("step")))
+        if density is not None and init.get("density"):
+            # a later phase of a density-controlled run goes on from its multipliers
+            try:
+                density.load_state_dict(init["density"])
+                if dist.main:
+                    log("density multipliers from %s: %s" % (a.init_from, density.lam))
+            except ValueError as e:
+                if dist.main:
+                    log("density multipliers not taken from %s: %s" % (a.init_from, e))
+    if a.init_act_bias and not resume:
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.slag_layer.hx_proj.bias[0] += a.init_act_bias
     if resume:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         step, elapsed, best = resume["step"], resume["elapsed"], resume["best_valid"]
+        if density is not None and resume.get("density"):
+            density.load_state_dict(resume["density"])
         rngs = resume.get("rng") or []
         if len(rngs) == dist.world:
             set_rng_state(rngs[dist.rank], dist.device)
@@ -439,31 +518,40 @@ def main(argv=None):
         rngs = [{k: v.cpu() for k, v in r.items()} for r in rngs]
         obj = {"model": model.state_dict(), "arch": arch, "step": step, "elapsed": elapsed,
                "best_valid": best, "tokenizer": tok, "args": vars(a), "rng": rngs}
+        if density is not None:
+            obj["density"] = density.state_dict()
         if kind == "last":
             obj["optimizer"] = opt.state_dict()
         save_atomic(obj, path)
 
     def validate_now():
         nonlocal best
-        loss, bits, counted = evaluate(fwd if dist.world == 1 else model, valid, a, dist,
-                                       use_bf16, bos_id)
+        loss, bits, counted, rates = evaluate(fwd if dist.world == 1 else model, valid, a, dist,
+                                              use_bf16, bos_id)
         rec = {"type": "valid", "step": step, "loss": loss, "ppl": math.exp(min(loss, 50)),
-               "tokens": counted, "minutes": elapsed / 60}
+               "tokens": counted, "minutes": elapsed / 60, "act": rates}
         if valid_bytes:
             rec["bpb"] = bits / valid_bytes
-        improved = loss < best
+        # While the density target is still falling, a checkpoint is denser
+        # than the run's target: it cannot become the model to export.
+        eligible = density is None or density.ramp_done(run_progress(a, step, elapsed / 60))
+        rec["eligible"] = eligible
+        improved = eligible and loss < best
         if improved:
             best = loss
         if dist.main:
-            log("step %d valid loss %.4f ppl %.2f%s%s" % (
+            log("step %d valid loss %.4f ppl %.2f%s act %s%s" % (
                 step, loss, rec["ppl"], " bpb %.4f" % rec["bpb"] if "bpb" in rec else "",
-                " (best)" if improved else ""))
+                "/".join("%.2f" % f for f in rates), " (best)" if improved else ""))
             jlog.write(rec)
         if improved:
             # best.pt holds weights only: the model to export.
             if dist.main:
-                save_atomic({"model": model.state_dict(), "arch": arch, "step": step,
-                             "valid_loss": loss, "tokenizer": tok, "args": vars(a)}, best_path)
+                obj = {"model": model.state_dict(), "arch": arch, "step": step,
+                       "valid_loss": loss, "tokenizer": tok, "args": vars(a)}
+                if density is not None:
+                    obj["density"] = density.state_dict()
+                save_atomic(obj, best_path)
         return loss
 
     model.train()
@@ -488,11 +576,18 @@ def main(argv=None):
                     logits, extra = fwd(x, return_router=True)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                        y.reshape(-1))
-                (loss / a.grad_accum).backward()
+                total = loss
+                if density is not None:
+                    total = loss + density.penalty(extra["logit"])
+                (total / a.grad_accum).backward()
             loss_sum += float(loss.detach())
             loss_n += 1
-            acts = [float(act.float().mean()) for act in extra["act"]]
+            micro_acts = [float(act.float().mean()) for act in extra["act"]]
+            acts = micro_acts if acts is None else [s + v for s, v in zip(acts, micro_acts)]
             tokens_since += x.numel() * dist.world
+        acts = [v / a.grad_accum for v in acts]
+        if dist.world > 1:
+            acts = [v / dist.world for v in dist.all_sum(acts)]
         if a.clip > 0:
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip))
         else:
@@ -502,17 +597,26 @@ def main(argv=None):
         if dist.device.type == "cuda":
             torch.cuda.synchronize(dist.device)
         elapsed = base_elapsed + time.time() - t_start
+        if density is not None:
+            density.update(acts, run_progress(a, step, elapsed / 60))
         if step % a.log_every == 0 or step == 1:
             mean_loss = dist.all_sum([loss_sum / max(loss_n, 1)])[0] / dist.world
             now = time.time()
             rate = tokens_since / max(now - t_last, 1e-9)
             if dist.main:
-                log("step %d loss %.4f lr %.2e gnorm %.3f %.0f tok/s act %s %.1f min"
+                dens = ""
+                rec = {"type": "train", "step": step, "loss": mean_loss, "lr": lr,
+                       "grad_norm": gnorm, "tokens_per_s": rate, "act": acts,
+                       "minutes": elapsed / 60}
+                if density is not None:
+                    tgt = density.target_at(run_progress(a, step, elapsed / 60))
+                    rec.update({"density_target": tgt, "density_lambda": list(density.lam)})
+                    dens = " target %.3f lambda %s" % (
+                        tgt, "/".join("%.3g" % v for v in density.lam))
+                log("step %d loss %.4f lr %.2e gnorm %.3f %.0f tok/s act %s%s %.1f min"
                     % (step, mean_loss, lr, gnorm, rate,
-                       "/".join("%.2f" % f for f in acts), elapsed / 60))
-                jlog.write({"type": "train", "step": step, "loss": mean_loss, "lr": lr,
-                            "grad_norm": gnorm, "tokens_per_s": rate, "act": acts,
-                            "minutes": elapsed / 60})
+                       "/".join("%.2f" % f for f in acts), dens, elapsed / 60))
+                jlog.write(rec)
             t_last, tokens_since, loss_sum, loss_n = now, 0, 0.0, 0
         last_loss = float(loss.detach())
         if not math.isfinite(last_loss):
