@@ -6,7 +6,6 @@ and a tiny CPU training run that meets its target and exports an ordinary
 model whose routers the recurrence (step()) agrees with."""
 
 import json
-import math
 import os
 import subprocess
 import sys
