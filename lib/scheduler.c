@@ -290,7 +290,10 @@ int sb_sched_submit(sb_sched *s, const sb_seq_params *p, uint64_t *id, sb_error 
 	if (p->start) {
 		if (!(q->start = spare_take(s, err)))
 			goto fail;
-		sb_state_copy(q->start, p->start);
+		if (sb_state_copy(q->start, p->start) < 0) {
+			sb_error_set(err, SB_ERR_DEVICE, "sequence: cannot copy the start state");
+			goto fail;
+		}
 		q->cached = (size_t)sb_state_n_tokens(p->start);
 	}
 	for (size_t i = 0; i < p->n_history; i++)
@@ -454,11 +457,18 @@ static void finish(sb_sched *s, slot *sl, seq *q, sb_finish why, const sb_error 
 			r.gen_s = t_end - q->t_prompt;
 		}
 	}
+	sb_error copy_err = {0};
 	if (sl && q->final_state && q->stage == STAGE_GEN && why != SB_FINISH_ERROR) {
-		sb_state_copy(q->final_state, sl->st);
-		r.state = q->final_state;
-		if (q->final_logits)
-			memcpy(q->final_logits, sl->logits, (size_t)s->V * sizeof(float));
+		if (sb_state_copy(q->final_state, sl->st) == 0) {
+			r.state = q->final_state;
+			if (q->final_logits)
+				memcpy(q->final_logits, sl->logits, (size_t)s->V * sizeof(float));
+		} else {
+			r.finish = SB_FINISH_ERROR;
+			r.stop_index = -1;
+			r.error = &copy_err;
+			sb_error_set(&copy_err, SB_ERR_DEVICE, "sequence: cannot copy the final state");
+		}
 	}
 	pthread_mutex_lock(&s->mu);
 	if (sl) {

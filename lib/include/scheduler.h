@@ -175,7 +175,8 @@ typedef struct sb_seq_result {
 	 * or the sequence ended before its prompt was read (cancelled while
 	 * pending, or an error). */
 	sb_state *state;
-	/* SB_FINISH_ERROR: what went wrong (the code and one line). */
+	/* SB_FINISH_ERROR: what went wrong (the code and one line; a final
+	 * state that could not be copied out of a device is one). */
 	const sb_error *error;
 } sb_seq_result;
 
