@@ -264,12 +264,23 @@ int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
 	return 0;
 }
 
+void cli_skip_bom(char *buf, size_t *len)
+{
+	if (*len >= 3 && !memcmp(buf, CLI_UTF8_BOM, 3)) {
+		memmove(buf, buf + 3, *len - 3 + 1);
+		*len -= 3;
+	}
+}
+
 int cli_read_file(const char *path, size_t limit, const char *what, char **buf, size_t *len)
 {
 	sb_error err = {0};
 	int rc = strcmp(path, "-") ? sb_file_read(path, limit, what, buf, len, &err)
 	                           : sb_file_read_fd(0, "standard input", limit, what, buf, len, &err);
-	return rc ? cli_fail(&err) : 0;
+	if (rc)
+		return cli_fail(&err);
+	cli_skip_bom(*buf, len);
+	return 0;
 }
 
 int cli_parse_ids(const char *flag, const char *s, int32_t **ids, size_t *n)

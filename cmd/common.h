@@ -71,10 +71,19 @@ int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
 #define CLI_LIMIT_MODEL_FILE ((size_t)64 << 20) /* config, tokenizer files */
 
 /* Reads a whole file (or stdin for "-") of at most `limit` bytes into a
- * malloc'd NUL-terminated buffer; `what` names its kind in the message
+ * malloc'd NUL-terminated buffer (a leading UTF-8 byte order mark
+ * skipped); `what` names its kind in the message
  * when it is longer ("a text file"). Prints the error; returns 0 or an
  * exit status. */
 int cli_read_file(const char *path, size_t limit, const char *what, char **buf, size_t *len);
+
+/* A UTF-8 byte order mark. Every text file seqboat reads (dict.txt,
+ * config.yaml through libyaml, prompt and JSONL files, text for
+ * perplexity, tokenize and activations) skips one at its start: it names
+ * the encoding and is no part of the first line. cli_read_file does it;
+ * cli_skip_bom does it to len bytes at buf (NUL-terminated). */
+#define CLI_UTF8_BOM "\xEF\xBB\xBF"
+void cli_skip_bom(char *buf, size_t *len);
 
 /* Parses "1 2 3" / "1,2,3" into ids (malloc'd). Prints the error naming
  * flag; returns 0 or an exit status. */

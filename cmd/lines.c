@@ -86,6 +86,12 @@ int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long)
 		if (nl)
 			break;
 	}
+	/* A UTF-8 byte order mark before the first line names the encoding;
+	 * it is no part of the line (common.h: every text file skips it). */
+	if (r->lineno == 0 && !*too_long && r->len >= 3 && !memcmp(r->line, "\xEF\xBB\xBF", 3)) {
+		memmove(r->line, r->line + 3, r->len - 3);
+		r->len -= 3;
+	}
 	r->lineno++;
 	if (*too_long)
 		r->len = 0;

@@ -24,7 +24,7 @@ void cli_lines_free(cli_lines *r);
  * NUL-terminated and valid until the next call. A line longer than
  * CLI_LINE_MAX sets *too_long and comes back empty. Returns 1 for a line,
  * 0 at the end of the input, -1 on a read error (errno), -2 when out of
- * memory. */
+ * memory. A UTF-8 byte order mark at the start of the input is skipped. */
 int cli_lines_next(cli_lines *r, const char **line, size_t *len, bool *too_long);
 /* After cli_lines_next returned `got`: for a read error (-1) or running
  * out of memory (-2), prints one line naming path and returns the exit

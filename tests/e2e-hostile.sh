@@ -142,4 +142,28 @@ a=$("$SEQBOAT" tokenize -m "$TMP/spm/model" "a abb" 2> "$TMP/err") || fail "toke
 b=$("$SEQBOAT" tokenize -m "$TMP/spm/model" "A aB" 2> "$TMP/err") || fail "tokenize with a good charsmap: $(cat "$TMP/err")"
 [ -n "$a" ] && [ "$a" = "$b" ] || fail "the charsmap was not applied: '$a' vs '$b'"
 
+# ------------------------------------------------ byte order marks (item 7)
+# A UTF-8 BOM at the start of a text file is skipped everywhere: dict.txt
+# (its first symbol keeps its id), config.yaml, JSONL and text prompt files.
+BOM=$'\xef\xbb\xbf'
+mkdir "$TMP/bom"
+cp "$MODEL"/* "$TMP/bom/"
+{ printf '%s' "$BOM"; cat "$MODEL/dict.txt"; } > "$TMP/bom/dict.txt"
+{ printf '%s' "$BOM"; cat "$MODEL/config.yaml"; } > "$TMP/bom/config.yaml"
+first=$(head -n 1 "$MODEL/dict.txt" | cut -d' ' -f1)
+want=$("$SEQBOAT" tokenize -m "$MODEL" --no-bos "$first" 2>&1)
+got=$("$SEQBOAT" tokenize -m "$TMP/bom" --no-bos "$first" 2>&1)
+[ "$want" = 4 ] && [ "$got" = "$want" ] || fail "dict.txt with a BOM: '$first' is '$got', expected '$want' (id 4)"
+printf '%s{"id": "a", "prompt": "w4 w5"}\n{"id": "b", "prompt": "w6"}\n' "$BOM" > "$TMP/bom.jsonl"
+"$SEQBOAT" "${complete[@]}" -f "$TMP/bom.jsonl" > "$TMP/bom.out" 2> "$TMP/err" || fail "JSONL with a BOM: $(cat "$TMP/err")"
+$PY - "$TMP/bom.out" <<'PYEOF' || fail "JSONL with a BOM was not read as JSONL: $(head -c 300 "$TMP/bom.out")"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["id"] for r in recs] == ["a", "b"] and all(r["finish_reason"] != "error" for r in recs), recs
+PYEOF
+printf '%sw4 w5 w6' "$BOM" > "$TMP/bom.txt"
+a=$("$SEQBOAT" tokenize -m "$MODEL" -f "$TMP/bom.txt" 2>&1)
+b=$("$SEQBOAT" tokenize -m "$MODEL" "w4 w5 w6" 2>&1)
+[ "$a" = "$b" ] || fail "tokenize -f with a BOM: '$a', expected '$b'"
+
 finish e2e-hostile

@@ -62,35 +62,19 @@ static int fs_byte_value(const char *s)
 	return v <= 255 ? v : -1;
 }
 
+/* The largest dict.txt read (real dictionaries are a few MB). */
+#define FS_FILE_MAX ((size_t)64 << 20)
+
+/* Reads dict.txt whole, with a limit. A leading UTF-8 byte order mark is
+ * skipped, as every text file seqboat reads skips it: it names the
+ * encoding and is no part of the first symbol. */
 static int fs_read_file(const char *path, char **buf, size_t *len, sb_error *err)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return sb_error_set(err, SB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-	int rc = 0;
-	sb_tbuf b = {0};
-	char chunk[1 << 14];
-	size_t got;
-	while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-		if (sb_tbuf_put(&b, chunk, got)) {
-			rc = sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory reading the file", path);
-			goto out;
-		}
+	int rc = sb_file_read(path, FS_FILE_MAX, "a fairseq dictionary", buf, len, err);
+	if (rc == 0 && *len >= 3 && !memcmp(*buf, "\xEF\xBB\xBF", 3)) {
+		memmove(*buf, *buf + 3, *len - 3 + 1);
+		*len -= 3;
 	}
-	if (ferror(f)) {
-		rc = sb_error_set(err, SB_ERR_IO, "%s: read error: %s", path, strerror(errno));
-		goto out;
-	}
-	if (sb_tbuf_put(&b, "", 0)) {
-		rc = sb_error_set(err, SB_ERR_NOMEM, "%s: out of memory reading the file", path);
-		goto out;
-	}
-	*buf = b.p;
-	*len = b.n;
-	b.p = NULL;
-out:
-	sb_tbuf_free(&b);
-	fclose(f);
 	return rc;
 }
 
