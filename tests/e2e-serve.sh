@@ -12,6 +12,10 @@ set -u
 trap 'serve_stop KILL; rm -rf "$TMP"' EXIT
 
 jqf() { jq -r "$@" < "$TMP/body"; }
+# Under valgrind everything is some 20 times slower: longer waits, shorter
+# generations where only their being in flight matters.
+slow=1
+[ "${SB_SANITIZER:-}" = valgrind ] && slow=20
 
 # ---- /health says 503 while the model loads, then 200.
 SERVE_NOWAIT=1 serve_start loading -m "$MODEL" -t 1 --load-delay 1.5
@@ -21,7 +25,7 @@ grep -q loading "$TMP/body" || fail "/health while loading: $(cat "$TMP/body")"
 post /v1/completions '{"prompt": "w4"}' -D "$TMP/headers" > /dev/null
 [ "$(status)" = 503 ] || fail "a completion while loading: expected 503, got $(status)"
 grep -qi '^retry-after:' "$TMP/headers" || fail "503 while loading has no Retry-After"
-for i in $(seq 1 100); do
+for i in $(seq 1 $((100 * slow))); do
 	curl -sf -o /dev/null "$SERVE_URL/health" && break
 	sleep 0.1
 done
@@ -189,7 +193,7 @@ curl -sN -H 'Content-Type: application/json' -o "$TMP/long.out" \
 	-d '{"prompt": "w4", "max_tokens": 100000000, "stream": true, "logit_bias": {"2": -100}}' \
 	"$SERVE_URL/v1/completions" &
 long=$!
-for i in $(seq 1 100); do
+for i in $(seq 1 $((100 * slow))); do
 	[ -s "$TMP/long.out" ] && break
 	sleep 0.05
 done
@@ -311,10 +315,10 @@ serve_stop
 # connections are refused, the exit status is 0.
 serve_start drain -m "$MODEL" -t 1
 curl -s -H 'Content-Type: application/json' -o "$TMP/drained" -w '%{http_code}' \
-	-d '{"prompt": "w4", "max_tokens": 150000, "logit_bias": {"2": -100}, "temperature": 0}' \
+	-d '{"prompt": "w4", "max_tokens": '$((150000 / slow))', "logit_bias": {"2": -100}, "temperature": 0}' \
 	"$SERVE_URL/v1/completions" > "$TMP/drained.code" &
 cpid=$!
-for i in $(seq 1 100); do
+for i in $(seq 1 $((100 * slow))); do
 	grep -q '^seqboat_inflight_requests [2-9]' <(curl -s "$SERVE_URL/metrics") && break
 	sleep 0.02
 done
@@ -326,7 +330,7 @@ wait "$cpid"
 serve_stop
 [ "$SERVE_RC" = 0 ] || fail "SIGTERM with a request in flight: exit $SERVE_RC"
 [ "$(cat "$TMP/drained.code")" = 200 ] || fail "the drained request got HTTP $(cat "$TMP/drained.code")"
-jq -e '.usage.completion_tokens == 150000 and .choices[0].finish_reason == "length"' "$TMP/drained" > /dev/null ||
+jq -e '.usage.completion_tokens == '$((150000 / slow))' and .choices[0].finish_reason == "length"' "$TMP/drained" > /dev/null ||
 	fail "the drained request was cut: $(head -c 300 "$TMP/drained")"
 grep -q "draining 1 request" "$SERVE_LOG" || fail "the drain was not logged: $(cat "$SERVE_LOG")"
 

@@ -21,7 +21,7 @@ serve_start() {
 	for i in $(seq 1 $((${SERVE_WAIT:-60} * 10))); do
 		if [ -z "$SERVE_URL" ]; then
 			local port
-			port=$(sed -n 's/.*listening on http:\/\/[^ ]*:\([0-9]*\) .*/\1/p' "$SERVE_LOG" | head -1)
+			port=$(sed -n 's/.*listening on http:\/\/[^ ]*:\([0-9]*\) .*/\1/p' "$SERVE_LOG" 2> /dev/null | head -1)
 			[ -n "$port" ] && SERVE_URL=http://127.0.0.1:$port
 		fi
 		if [ -n "$SERVE_URL" ] && [ "${SERVE_NOWAIT:-}" ] ; then
