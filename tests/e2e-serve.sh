@@ -332,6 +332,6 @@ serve_stop
 [ "$(cat "$TMP/drained.code")" = 200 ] || fail "the drained request got HTTP $(cat "$TMP/drained.code")"
 jq -e '.usage.completion_tokens == '$((150000 / slow))' and .choices[0].finish_reason == "length"' "$TMP/drained" > /dev/null ||
 	fail "the drained request was cut: $(head -c 300 "$TMP/drained")"
-grep -q "draining 1 request" "$SERVE_LOG" || fail "the drain was not logged: $(cat "$SERVE_LOG")"
+grep -q "draining [1-9] request" "$SERVE_LOG" || fail "the drain was not logged: $(cat "$SERVE_LOG")"
 
 finish e2e-serve
