@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +34,34 @@
 
 static char exe_dir[PATH_MAX];
 
+/* The weights stay memory-mapped; a model file truncated or rewritten in
+ * place while a run reads it makes the next read of a lost page a SIGBUS.
+ * The handler says which file in one line and exits with the I/O status.
+ * Like a signal flag, the line it prints is process-wide: it is written
+ * before the mapping exists (cli_load_model) and only read here. */
+static char bus_msg[PATH_MAX + 160] =
+	"seqboat: a memory-mapped model file changed while in use (truncated or rewritten)\n";
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+	(void)sig;
+	(void)si;
+	(void)ctx;
+	ssize_t w = write(STDERR_FILENO, bus_msg, strlen(bus_msg));
+	(void)w;
+	_exit(CLI_EXIT_IO);
+}
+
 void cli_init(int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
 	char buf[PATH_MAX];
 	ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
 	if (n > 0) {
@@ -250,7 +275,17 @@ int cli_load_model(const char *dir, sb_model **model, sb_tokenizer **tok,
                    sb_bytes_mode bytes)
 {
 	sb_error err = {0};
-	*model = sb_model_load(dir ? dir : cli_default_model_dir(), &err);
+	const char *d = dir ? dir : cli_default_model_dir();
+	/* Set before the file is mapped: the SIGBUS handler reads it. */
+	char one_line[PATH_MAX];
+	snprintf(one_line, sizeof one_line, "%s", d);
+	for (char *q = one_line; *q; q++)
+		if ((unsigned char)*q < 0x20)
+			*q = '?';
+	snprintf(bus_msg, sizeof bus_msg,
+	         "seqboat: %s/model.safetensors changed while in use (truncated or rewritten under a running seqboat)\n",
+	         one_line);
+	*model = sb_model_load(d, &err);
 	if (!*model)
 		return cli_fail(&err);
 	if (tok) {

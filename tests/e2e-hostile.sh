@@ -166,4 +166,25 @@ a=$("$SEQBOAT" tokenize -m "$MODEL" -f "$TMP/bom.txt" 2>&1)
 b=$("$SEQBOAT" tokenize -m "$MODEL" "w4 w5 w6" 2>&1)
 [ "$a" = "$b" ] || fail "tokenize -f with a BOM: '$a', expected '$b'"
 
+# --------------------------------- a model truncated while mapped (item 10)
+# The weights are mapped; truncating the file under a running generation
+# makes the next read of a dropped page a SIGBUS: one line naming the file
+# and exit 74, not a silent death.
+mkdir "$TMP/bus"
+cp "$MODEL"/* "$TMP/bus/"
+timeout -s KILL 120 "$SEQBOAT" complete -m "$TMP/bus" -p "w4 w5" -n -1 --temp 1 --logit-bias 2=-inf -t 1 \
+	> "$TMP/bus.out" 2> "$TMP/bus.err" &
+pid=$!
+for _ in $(seq 100); do
+	[ -s "$TMP/bus.out" ] && break
+	sleep 0.1
+done
+truncate -s 4096 "$TMP/bus/model.safetensors"
+wait "$pid"
+st=$?
+[ "$st" = 74 ] || fail "a model truncated while in use: exit $st, expected 74 ($(tail -c 300 "$TMP/bus.err"))"
+grep -q "bus/model.safetensors changed while in use" "$TMP/bus.err" ||
+	fail "a model truncated while in use: $(tail -c 300 "$TMP/bus.err")"
+[ "$(wc -l < "$TMP/bus.err")" = 1 ] || fail "a model truncated while in use: more than one line: $(head -c 600 "$TMP/bus.err")"
+
 finish e2e-hostile
