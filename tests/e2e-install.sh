@@ -72,19 +72,27 @@ moved=$TMP/moved
 cp -a "$dest$prefix" "$moved"
 S=$moved/$bindir/seqboat
 
-# Runs "$@" with the source and build trees hidden under empty tmpfs mounts.
+# Runs "$@" with the source and build trees hidden under empty tmpfs mounts
+# (the build tree only when it is not inside the source tree).
+src_real=$(cd "$SRC" && pwd -P)
+build_real=$(cd "$BUILD" && pwd -P)
+how=(unshare -m)
+[ "$(id -u)" -eq 0 ] || how=(unshare -rm)
 hidden() {
-	local how=(unshare -m)
-	[ "$(id -u)" -eq 0 ] || how=(unshare -rm)
-	"${how[@]}" bash -c 'for d in "$0" "$1"; do mount -t tmpfs none "$d" || exit 99; done
-		shift 2; exec "$@"' "$SRC" "$BUILD" env -u SEQBOAT_MODEL "$@"
+	"${how[@]}" bash -c 'mount -t tmpfs none "$0" || exit 99
+		case $1/ in "$0"/*) ;; *) mount -t tmpfs none "$1" || exit 99 ;; esac
+		shift; exec "$@"' "$src_real" "$build_real" env -u SEQBOAT_MODEL "$@"
 }
-if hidden true 2>/dev/null; then
-	hidden test -e "$SRC/models/sotu-small/config.yaml" && fail "the source model is not hidden"
+if hidden true; then
+	hidden test -e "$src_real/models/sotu-small/config.yaml" && fail "the source model is not hidden"
+	hidden test -e "$build_real/seqboat" && fail "the build tree is not hidden"
 	ran_hidden=1
+elif "${how[@]}" true 2>/dev/null; then
+	fail "${how[*]} works here but cannot mount a tmpfs over $src_real"
+	ran_hidden=0
 else
 	# No mount namespace here: still run the copy, but say so.
-	echo "NOTE: cannot hide the source tree (no unshare -m); running the copy in the open" >&2
+	echo "NOTE: cannot hide the source tree (no ${how[*]}); running the copy in the open" >&2
 	hidden() { env -u SEQBOAT_MODEL "$@"; }
 	ran_hidden=0
 fi
