@@ -144,11 +144,12 @@ static void write_html(FILE *f, const act_page *p)
 	      ".txt span.sp{color:#999;font-size:11px}\n"
 	      "</style>\n</head>\n<body>\n<h1>Router activations</h1>\n<p class=\"note\">model ", f);
 	cli_xml_escape(f, name, strlen(name));
-	fprintf(f, ": %zu tokens, %zu layers, attention window %d activated tokens, router bias %g.<br>\n"
+	fprintf(f, ": %zu token%s, %zu layer%s, attention window %d activated tokens, router bias %g.<br>\n"
 	           "A highlighted token is one its layer's router activated: that layer's gated "
 	           "attention read it (and it joined the window); the others passed through the "
 	           "EMA only. Hover over a token for its position and id.</p>\n",
-	        p->T, p->L, c->window, (double)p->act_bias);
+	        p->T, p->T == 1 ? "" : "s", p->L, p->L == 1 ? "" : "s", c->window,
+	        (double)p->act_bias);
 
 	fputs("<table class=\"rates\">\n<tr><th>layer</th><th>activated</th><th>rate</th><th></th>"
 	      "<th style=\"text-align:left\">where (token 0 at the left)</th></tr>\n", f);
@@ -292,9 +293,10 @@ static int write_svg(FILE *f, const act_page *p)
 	           "<text x=\"%d\" y=\"26\" font-size=\"18\" font-weight=\"bold\">Router activations: ",
 	        SVG_W, H, SVG_W, H, SVG_LEFT);
 	cli_xml_escape(f, name, strlen(name));
-	fprintf(f, "</text>\n<text x=\"%d\" y=\"48\" fill=\"#555\">%zu tokens, %zu layers, window %d, "
+	fprintf(f, "</text>\n<text x=\"%d\" y=\"48\" fill=\"#555\">%zu token%s, %zu layer%s, window %d, "
 	           "router bias %g; highlighted: activated (read by the layer's attention)</text>\n",
-	        SVG_LEFT, p->T, p->L, c->window, (double)p->act_bias);
+	        SVG_LEFT, p->T, p->T == 1 ? "" : "s", p->L, p->L == 1 ? "" : "s", c->window,
+	        (double)p->act_bias);
 	for (size_t l = 0; l < p->L; l++) {
 		size_t on;
 		double r = layer_rate(p, l, &on);

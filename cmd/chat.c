@@ -38,6 +38,7 @@
 
 #include "commands.h"
 #include "gen.h"
+#include "report.h"
 #include "scheduler.h"
 #include "template.h"
 
@@ -56,6 +57,9 @@ static void on_sigint(int sig)
 typedef struct turn {
 	char *user;
 	char *reply;
+	int32_t *ids;            /* (n_ids) every token the turn read into the state */
+	size_t n_ids;
+	bool open_user;          /* the state before the turn ended with an open user prefix */
 } turn;
 
 /* What /undo restores: the conversation just before a user turn. */
@@ -70,6 +74,17 @@ typedef struct snapshot {
 typedef struct chat {
 	cli_gen g;
 	const char *system;
+	const char *template_path;   /* --chat-template */
+	bool no_cnv;                 /* --no-conversation */
+	const char *in_prefix, *in_suffix;
+	const char *rprompts[16];    /* -r */
+	size_t n_rprompts;
+	bool color;
+	size_t open_from, open_to;   /* stops[open_from..open_to): ending the reply leaves the user turn open */
+	/* the tokens of the turn under way, as they are read into the state */
+	int32_t *cur;
+	size_t n_cur, cap_cur;
+	bool recording;
 	sb_model *m;
 	sb_tokenizer *tok;
 	sb_ctx *ctx;
@@ -99,6 +114,7 @@ typedef struct chat {
 	size_t last_tokens;
 	double last_seconds;
 	bool tty;
+	bool continuing;         /* the line being read continues one ending in '\' */
 	cli_escaper esc;
 } chat;
 
@@ -108,22 +124,52 @@ static void usage(FILE *f)
 	        "usage: seqboat chat [options]\n\n"
 	        "Talks with a model. On a terminal: line editing and history; Ctrl-C stops\n"
 	        "a reply, Ctrl-C on an empty line or Ctrl-D leaves. Otherwise every line of\n"
-	        "standard input is a user turn and every reply is printed on its own line.\n\n"
+	        "standard input is a user turn and every reply is printed on its own line.\n"
+	        "A line ending in '\\' continues on the next one (multi-line input).\n\n"
 	        "options:\n"
-	        "  -s, --system TEXT        system prompt\n"
-	        "%s\n"
+	        "      --system TEXT        system prompt (also -sys, --system-prompt; -s is\n"
+	        "                           the seed, as in llama.cpp)\n"
+	        "      --chat-template FILE the turns' layout, from a JSON file (below)\n"
+	        "      --no-conversation    no template: each line is read as it is and the\n"
+	        "                           model continues the text (also -no-cnv, --raw)\n"
+	        "      --in-prefix TEXT     text put before every user line\n"
+	        "      --in-suffix TEXT     text put after every user line\n"
+	        "  -r, --reverse-prompt TEXT  end a reply where the model writes TEXT and hand\n"
+	        "                           the turn back (TEXT stays in the conversation and\n"
+	        "                           the next line follows it); repeatable\n"
+	        "      --color[=WHEN]       colour the prompt and the replies: auto (the default:\n"
+	        "                           on a terminal, unless NO_COLOR is set), always, never\n"
+	        "      --no-color           the same as --color=never\n"
+	        "%s"
+	        "  -h, --help               show this help\n\n"
 	        "commands (a line starting with '/'; '//' sends a literal '/'):\n"
 	        "  /help             this list\n"
 	        "  /reset            start over (keeps the system prompt)\n"
 	        "  /regen            a new reply to the last turn\n"
 	        "  /undo             remove the last turn and its reply\n"
-	        "  /save FILE        save the conversation (state and transcript)\n"
-	        "  /load FILE        continue a saved conversation\n"
+	        "  /save FILE        save the conversation (state, transcript, turn tokens)\n"
+	        "  /load FILE        continue a saved conversation (/undo and /regen work on\n"
+	        "                    its turns)\n"
+	        "  /export FILE      write the conversation as a readable transcript\n"
 	        "  /stats            tokens, speed, state size, attention activation per layer\n\n"
-	        "Base models without a chat template in config.yaml read\n"
-	        "\"<system>\\nUser: <text>\\nAssistant:\" and stop at \"\\nUser:\".\n"
-	        "Without --seed the seed is random; with it, replies repeat.\n",
-	        cli_gen_help);
+	        "The template: config.yaml's chat: mapping, else --chat-template, else the\n"
+	        "default for a base model, chosen from what it was trained on: lines\n"
+	        "\"<system>\", \"User: <text>\", \"Assistant: <reply>\", where a line ends with\n"
+	        "\"\\n\" if the tokenizer has a newline piece, else with the end-of-sequence\n"
+	        "token (the bundled model's newline). A reply ends at the end-of-sequence\n"
+	        "token, a blank line, where the model starts the next \"User:\", a --stop or\n"
+	        "-r text, or after -n tokens.\n"
+	        "A --chat-template file is one JSON object: system_prefix, system_suffix,\n"
+	        "user_prefix, user_suffix, assistant_prefix, assistant_suffix (strings,\n"
+	        "\"\" when absent) and stop (a string or up to 4); in those strings {bos} and\n"
+	        "{eos} stand for the model's beginning- and end-of-sequence tokens. E.g.\n"
+	        "  {\"user_prefix\": \"Q: \", \"user_suffix\": \"{eos}\", \"assistant_prefix\": \"A:\",\n"
+	        "   \"assistant_suffix\": \"{eos}\"}\n"
+	        "--system, --in-prefix, --in-suffix, -r and --stop get llama.cpp's escapes\n"
+	        "(\\n, \\t, ...; --no-escape keeps them literal); typed lines do not.\n"
+	        "Seeds: without --seed the seed is random (as in complete and llama.cpp) and\n"
+	        "/save records it; with it, replies repeat.\n",
+	        cli_gen_help(512));
 }
 
 static const char help_text[] =
@@ -133,8 +179,10 @@ static const char help_text[] =
 	"/undo             remove the last turn and its reply\n"
 	"/save FILE        save the conversation (state and transcript)\n"
 	"/load FILE        continue a saved conversation\n"
+	"/export FILE      write the conversation as a readable transcript\n"
 	"/stats            tokens, speed, state size, attention activation per layer\n"
-	"//text            send text that starts with '/'\n";
+	"//text            send text that starts with '/'\n"
+	"a line ending in '\\' continues on the next line\n";
 
 static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void note(const char *fmt, ...)
@@ -170,22 +218,53 @@ static void recent_push(chat *c, const int32_t *ids, size_t n)
 	}
 }
 
-/* Encodes text and reads it into the state. */
+static void record_ids(chat *c, const int32_t *ids, size_t n)
+{
+	if (!c->recording || !n)
+		return;
+	if (c->n_cur + n > c->cap_cur) {
+		size_t cap = c->cap_cur ? c->cap_cur : 256;
+		while (cap < c->n_cur + n)
+			cap *= 2;
+		int32_t *p = realloc(c->cur, cap * sizeof *p);
+		if (!p) {
+			/* the turn cannot be replayed after /load; everything else goes on */
+			c->recording = false;
+			return;
+		}
+		c->cur = p;
+		c->cap_cur = cap;
+	}
+	memcpy(c->cur + c->n_cur, ids, n * sizeof *ids);
+	c->n_cur += n;
+}
+
+/* Reads ids into the state. */
+static int feed_ids(chat *c, const int32_t *ids, size_t n, sb_error *err)
+{
+	if (!n)
+		return 0;
+	sb_outputs o = {.last_logits = c->logits};
+	int rc = sb_prefill(c->ctx, c->st, ids, n, &o, err);
+	if (rc == 0) {
+		c->have_logits = true;
+		recent_push(c, ids, n);
+		record_ids(c, ids, n);
+	}
+	return rc;
+}
+
+/* Encodes template text ({bos}/{eos} read as those ids) and reads it into
+ * the state. */
 static int feed(chat *c, const char *text, bool add_bos, sb_error *err)
 {
 	int32_t *ids = NULL;
 	size_t n = 0;
-	int rc = sb_tokenizer_encode(c->tok, text, strlen(text), add_bos, &ids, &n, err);
-	if (rc < 0)
-		return rc;
-	if (n) {
-		sb_outputs o = {.last_logits = c->logits};
-		rc = sb_prefill(c->ctx, c->st, ids, n, &o, err);
-		if (rc == 0) {
-			c->have_logits = true;
-			recent_push(c, ids, n);
-		}
-	}
+	const char *parts[] = {text};
+	const bool literal[] = {false};
+	int rc = cli_template_encode(c->tok, parts, literal, 1, add_bos, &ids, &n, err);
+	if (rc == 0)
+		rc = feed_ids(c, ids, n, err);
 	free(ids);
 	return rc;
 }
@@ -204,6 +283,7 @@ static void drop_turns(chat *c, size_t keep)
 	for (size_t i = keep; i < c->n_turns; i++) {
 		free(c->turns[i].user);
 		free(c->turns[i].reply);
+		free(c->turns[i].ids);
 	}
 	c->n_turns = keep;
 }
@@ -218,12 +298,16 @@ static int start(chat *c, sb_error *err)
 	c->regen = 0;
 	drop_turns(c, 0);
 	drop_snapshots(c);
+	c->recording = false;
 	if (c->system && *c->system) {
-		char *text = cli_template_system(&c->tpl, c->system);
-		if (!text)
-			return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
-		int rc = feed(c, text, true, err);
-		free(text);
+		const char *parts[] = {c->tpl.sys_prefix, c->system, c->tpl.sys_suffix};
+		const bool literal[] = {false, true, false};
+		int32_t *ids = NULL;
+		size_t n = 0;
+		int rc = cli_template_encode(c->tok, parts, literal, 3, true, &ids, &n, err);
+		if (rc == 0)
+			rc = feed_ids(c, ids, n, err);
+		free(ids);
 		return rc;
 	}
 	return feed(c, "", true, err);
@@ -346,8 +430,11 @@ static int on_token(const sb_seq_token *t)
 	chat *c = tr->c;
 	raw_add(c, t->piece, t->piece_len);
 	show(c, tr->r, t->text, t->text_len);
-	if (t->token >= 0)
+	/* The end-of-sequence id ends the reply and is not read into the state. */
+	if (t->token >= 0 && t->token != c->eos) {
 		recent_push(c, &t->token, 1);
+		record_ids(c, &t->token, 1);
+	}
 	return interrupted;
 }
 
@@ -366,11 +453,12 @@ static void on_done(const sb_seq_result *res)
  * as it comes. The reply's tokens are read into the state too (the one
  * that completed a stop string included: the state holds everything the
  * model wrote). */
-static int generate(chat *c, const char *text, reply *r, sb_error *err)
+static int generate(chat *c, const char *const *parts, const bool *literal, size_t n_parts,
+                    reply *r, sb_error *err)
 {
 	int32_t *ids = NULL;
 	size_t n_ids = 0;
-	int rc = sb_tokenizer_encode(c->tok, text, strlen(text), false, &ids, &n_ids, err);
+	int rc = cli_template_encode(c->tok, parts, literal, n_parts, false, &ids, &n_ids, err);
 	if (rc < 0)
 		return rc;
 	if (!n_ids && !c->have_logits) {
@@ -405,7 +493,14 @@ static int generate(chat *c, const char *text, reply *r, sb_error *err)
 	rc = sb_sched_submit(c->sched, &p, NULL, err);
 	if (rc == 0) {
 		recent_push(c, ids, n_ids);
+		record_ids(c, ids, n_ids);
+		if (c->color)
+			fputs("\033[36m", stdout);
 		rc = sb_sched_run(c->sched, err);
+		if (c->color) {
+			fputs("\033[0m", stdout);
+			fflush(stdout);
+		}
 	}
 	free(ids);
 	if (rc < 0)
@@ -422,16 +517,18 @@ static int generate(chat *c, const char *text, reply *r, sb_error *err)
 			*err = tr.err;
 		return tr.err.code ? tr.err.code : SB_ERR_ARG;
 	}
-	/* Stopped at the template's own stop: the next user turn is begun. */
-	bool stopped = tr.finish == SB_FINISH_STOP;
-	c->open_user = stopped && c->tpl.stop[0] && r->len < c->raw_len &&
-	               !strncmp(c->raw + r->len, c->tpl.stop, strlen(c->tpl.stop));
+	/* Stopped at a reverse prompt or the template's own stop: the next
+	 * user turn is begun. */
+	c->open_user = tr.finish == SB_FINISH_STOP && tr.stop_index >= (int)c->open_from &&
+	               tr.stop_index < (int)c->open_to;
 	if (!c->open_user && c->tpl.asst_suffix[0])
 		rc = feed(c, c->tpl.asst_suffix, false, err);
 	return rc;
 }
 
-static int add_turn(chat *c, const char *user, char *reply_text)
+/* Takes reply_text and ids. */
+static int add_turn(chat *c, const char *user, char *reply_text, int32_t *ids, size_t n_ids,
+                    bool open_user)
 {
 	if (c->n_turns == c->cap_turns) {
 		size_t cap = c->cap_turns ? 2 * c->cap_turns : 16;
@@ -444,8 +541,8 @@ static int add_turn(chat *c, const char *user, char *reply_text)
 	char *u = dupn(user, strlen(user));
 	if (!u)
 		return -1;
-	c->turns[c->n_turns].user = u;
-	c->turns[c->n_turns].reply = reply_text;
+	c->turns[c->n_turns] = (turn){.user = u, .reply = reply_text, .ids = ids, .n_ids = n_ids,
+	                              .open_user = open_user};
 	c->n_turns++;
 	return 0;
 }
@@ -458,30 +555,53 @@ static int user_turn(chat *c, const char *text, sb_error *err)
 		return rc;
 	/* With open_user the model already wrote the prefix but for its
 	 * trailing blanks. */
-	char *t = cli_template_user(&c->tpl, text, c->open_user);
-	if (!t)
-		return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+	const char *up = c->tpl.user_prefix;
+	if (c->open_user) {
+		size_t n = strlen(up);
+		while (n && (up[n - 1] == ' ' || up[n - 1] == '\t'))
+			n--;
+		up += n;
+	}
+	const char *parts[] = {up, c->in_prefix ? c->in_prefix : "", text,
+	                       c->in_suffix ? c->in_suffix : "", c->tpl.user_suffix, c->tpl.asst_prefix};
+	const bool literal[] = {false, true, true, true, false, false};
+	bool open_before = c->open_user;
+	c->n_cur = 0;
+	c->recording = true;
 	reply r = {0};
-	rc = generate(c, t, &r, err);
-	free(t);
+	rc = generate(c, parts, literal, 6, &r, err);
 	fputc('\n', stdout);
 	fflush(stdout);
-	if (rc == 0 && add_turn(c, text, r.text ? r.text : dupn("", 0)) < 0)
+	int32_t *ids = NULL;
+	if (rc == 0 && c->recording && c->n_cur && (ids = malloc(c->n_cur * sizeof *ids)))
+		memcpy(ids, c->cur, c->n_cur * sizeof *ids);
+	size_t n_ids = ids ? c->n_cur : 0;
+	c->recording = false;
+	if (rc == 0 && add_turn(c, text, r.text ? r.text : dupn("", 0), ids, n_ids, open_before) < 0) {
+		free(ids);
 		rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
-	else if (rc != 0)
+	} else if (rc != 0) {
 		free(r.text);
+	}
 	return rc;
+}
+
+static const char *plural(size_t n)
+{
+	return n == 1 ? "" : "s";
 }
 
 static void stats(chat *c)
 {
 	uint64_t n = sb_state_n_tokens(c->st);
 	printf("tokens in the state: %llu\n", (unsigned long long)n);
-	printf("last reply: %zu tokens, %.1f tokens/s\n", c->last_tokens,
+	printf("last reply: %zu token%s, %.1f tokens/s\n", c->last_tokens, plural(c->last_tokens),
 	       c->last_seconds > 0 ? (double)c->last_tokens / c->last_seconds : 0.0);
-	printf("all replies: %llu tokens, %.1f tokens/s\n", (unsigned long long)c->gen_tokens,
+	printf("all replies: %llu token%s, %.1f tokens/s\n", (unsigned long long)c->gen_tokens,
+	       plural((size_t)c->gen_tokens),
 	       c->gen_seconds > 0 ? (double)c->gen_tokens / c->gen_seconds : 0.0);
-	printf("state: %zu bytes (constant), %zu turn snapshots\n", sb_state_bytes(c->m), c->n_snaps);
+	printf("state: %zu bytes (constant), %zu turn snapshot%s\n", sb_state_bytes(c->m), c->n_snaps,
+	       plural(c->n_snaps));
 	printf("attention activation rate per layer:");
 	int L = sb_model_config(c->m)->layers;
 	for (int l = 0; l < L; l++)
@@ -497,9 +617,16 @@ static int save(chat *c, const char *path, sb_error *err)
 	json_t *o = json_object(), *turns = json_array(), *recent = json_array();
 	if (!o || !turns || !recent)
 		goto nomem;
-	for (size_t i = 0; i < c->n_turns; i++)
-		json_array_append_new(turns, json_pack("{s:s,s:s}", "user", c->turns[i].user,
-		                                       "reply", c->turns[i].reply));
+	for (size_t i = 0; i < c->n_turns; i++) {
+		json_t *ids = json_array();
+		for (size_t k = 0; ids && k < c->turns[i].n_ids; k++)
+			json_array_append_new(ids, json_integer(c->turns[i].ids[k]));
+		/* the tokens of each turn let /load rebuild the turn snapshots */
+		json_array_append_new(turns, json_pack("{s:s,s:s,s:o,s:b}", "user", c->turns[i].user,
+		                                       "reply", c->turns[i].reply, "ids",
+		                                       ids ? ids : json_array(), "open_user",
+		                                       c->turns[i].open_user));
+	}
 	for (size_t i = 0; i < c->n_recent; i++)
 		json_array_append_new(recent, json_integer(c->recent[i]));
 	json_object_set_new(o, "seed", json_integer((json_int_t)c->g.sp.seed));
@@ -579,11 +706,32 @@ static int load(chat *c, const char *path, char **system_out, sb_error *err)
 			goto done;
 		}
 	}
+	/* Files of earlier versions have no "ids": then the turns are loaded
+	 * without their snapshots. */
+	bool replay = true;
 	for (size_t i = 0; i < json_array_size(turns); i++) {
 		json_t *t = json_array_get(turns, i);
 		if (!json_is_string(json_object_get(t, "user")) || !json_is_string(json_object_get(t, "reply"))) {
 			rc = sb_error_set(err, SB_ERR_FORMAT, "%s: turn %zu lacks 'user' or 'reply'", path, i + 1);
 			goto done;
+		}
+		json_t *ids = json_object_get(t, "ids");
+		if (!ids) {
+			replay = false;
+			continue;
+		}
+		if (!json_is_array(ids) || !json_is_boolean(json_object_get(t, "open_user"))) {
+			rc = sb_error_set(err, SB_ERR_FORMAT, "%s: turn %zu: field 'ids': expected an array of token ids and 'open_user'",
+			                  path, i + 1);
+			goto done;
+		}
+		for (size_t k = 0; k < json_array_size(ids); k++) {
+			json_t *v = json_array_get(ids, k);
+			if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= c->V) {
+				rc = sb_error_set(err, SB_ERR_FORMAT, "%s: turn %zu: field 'ids': token %zu is not an id below %d",
+				                  path, i + 1, k, c->V);
+				goto done;
+			}
 		}
 	}
 	if (!(st = sb_ctx_state_new(c->ctx, err))) {
@@ -599,9 +747,50 @@ static int load(chat *c, const char *path, char **system_out, sb_error *err)
 		goto done;
 	}
 
-	/* Everything checked: replace the conversation. */
+	/* Everything checked: replace the conversation. With the turns'
+	 * tokens, the conversation is read again from its start so that each
+	 * turn gets back its snapshot (for /undo and /regen); the saved state
+	 * then becomes the current one, exactly as it was. */
+	const char *old_system = c->system;
+	c->system = s;
+	if (replay && (rc = start(c, err)) < 0) {
+		c->system = old_system;
+		free(s);
+		goto done;
+	}
 	drop_snapshots(c);
 	drop_turns(c, 0);
+	for (size_t i = 0; i < json_array_size(turns); i++) {
+		json_t *t = json_array_get(turns, i);
+		json_t *jids = json_object_get(t, "ids");
+		size_t n_ids = replay ? json_array_size(jids) : 0;
+		int32_t *ids = n_ids ? malloc(n_ids * sizeof *ids) : NULL;
+		const char *r = json_string_value(json_object_get(t, "reply"));
+		char *rd = dupn(r, strlen(r));
+		if ((n_ids && !ids) || !rd) {
+			free(ids);
+			free(rd);
+			rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+			break;
+		}
+		for (size_t k = 0; k < n_ids; k++)
+			ids[k] = (int32_t)json_integer_value(json_array_get(jids, k));
+		bool open = json_is_true(json_object_get(t, "open_user"));
+		if (replay) {
+			c->open_user = open;
+			if ((rc = snapshot_push(c, err)) < 0 || (rc = feed_ids(c, ids, n_ids, err)) < 0) {
+				free(ids);
+				free(rd);
+				break;
+			}
+		}
+		if (add_turn(c, json_string_value(json_object_get(t, "user")), rd, ids, n_ids, open) < 0) {
+			free(ids);
+			free(rd);
+			rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+			break;
+		}
+	}
 	sb_state_copy(c->st, st);
 	c->have_logits = false;
 	c->regen = 0;
@@ -610,25 +799,30 @@ static int load(chat *c, const char *path, char **system_out, sb_error *err)
 	c->n_recent = 0;
 	for (size_t i = json_array_size(recent) - nr; i < json_array_size(recent); i++)
 		c->recent[c->n_recent++] = (int32_t)json_integer_value(json_array_get(recent, i));
-	for (size_t i = 0; i < json_array_size(turns); i++) {
-		json_t *t = json_array_get(turns, i);
-		const char *r = json_string_value(json_object_get(t, "reply"));
-		char *rd = dupn(r, strlen(r));
-		if (!rd || add_turn(c, json_string_value(json_object_get(t, "user")), rd) < 0) {
-			free(rd);
-			free(s);
-			rc = sb_error_set(err, SB_ERR_NOMEM, "out of memory");
-			goto done;
-		}
-	}
 	free(*system_out);
 	*system_out = s;
-	c->system = s;
 done:
 	sb_state_free(st);
 	json_decref(o);
 	free(text);
 	return rc;
+}
+
+/* A readable transcript: the system prompt, then each turn's user line
+ * and reply, as "System:", "User:" and "Assistant:" paragraphs. */
+static int export_transcript(chat *c, const char *path)
+{
+	cli_outfile out;
+	int rc = cli_outfile_open(&out, path);
+	if (rc)
+		return rc;
+	fprintf(out.f, "# seqboat chat, %s, template: %s, seed %llu\n\n", sb_model_dir(c->m),
+	        c->tpl.name ? c->tpl.name : "?", (unsigned long long)c->g.sp.seed);
+	if (c->system && *c->system)
+		fprintf(out.f, "System: %s\n\n", c->system);
+	for (size_t i = 0; i < c->n_turns; i++)
+		fprintf(out.f, "User: %s\n\nAssistant: %s\n\n", c->turns[i].user, c->turns[i].reply);
+	return cli_outfile_commit(&out);
 }
 
 static const char *skip_space(const char *s)
@@ -665,7 +859,7 @@ static int command(chat *c, const char *line, char **loaded_system)
 		}
 		snapshot_pop(c);
 		c->regen = 0;
-		note("undone: %zu turns left", c->n_turns);
+		note("undone: %zu turn%s left", c->n_turns, plural(c->n_turns));
 	} else if (IS("/regen")) {
 		if (!c->n_snaps || !c->n_turns || c->snaps[c->n_snaps - 1].n_turns != c->n_turns - 1) {
 			note("no reply to regenerate");
@@ -688,7 +882,7 @@ static int command(chat *c, const char *line, char **loaded_system)
 		if (save(c, arg, &err) < 0)
 			cli_error("%s", err.msg);
 		else
-			note("saved %zu turns to %s", c->n_turns, arg);
+			note("saved %zu turn%s to %s", c->n_turns, plural(c->n_turns), arg);
 	} else if (IS("/load")) {
 		if (!*arg) {
 			note("usage: /load FILE");
@@ -697,7 +891,15 @@ static int command(chat *c, const char *line, char **loaded_system)
 		if (load(c, arg, loaded_system, &err) < 0)
 			cli_error("%s", err.msg);
 		else
-			note("loaded %zu turns from %s", c->n_turns, arg);
+			note("loaded %zu turn%s from %s (%zu can be undone)", c->n_turns,
+			     plural(c->n_turns), arg, c->n_snaps);
+	} else if (IS("/export")) {
+		if (!*arg) {
+			note("usage: /export FILE");
+			return 0;
+		}
+		if (!export_transcript(c, arg))
+			note("wrote a transcript of %zu turn%s to %s", c->n_turns, plural(c->n_turns), arg);
 	} else if (IS("/stats")) {
 		stats(c);
 	} else if (IS("/quit") || IS("/exit")) {
@@ -711,8 +913,12 @@ static int command(chat *c, const char *line, char **loaded_system)
 
 static char *prompt_fn(EditLine *el)
 {
-	(void)el;
-	return (char *)"> ";
+	chat *c = NULL;
+	el_get(el, EL_CLIENTDATA, &c);
+	/* \1 brackets what takes no room on the line (EL_PROMPT_ESC) */
+	if (c && c->color)
+		return (char *)(c->continuing ? "\1\033[32m\1. \1\033[0m\1" : "\1\033[1;32m\1> \1\033[0m\1");
+	return (char *)(c && c->continuing ? ". " : "> ");
 }
 
 /* libedit's character reader, replaced so that a Ctrl-C can never be lost:
@@ -821,6 +1027,9 @@ int cmd_chat(int argc, char **argv)
 	EditLine *el = NULL;
 	History *hist = NULL;
 	sb_error err = {0};
+	int color = -1;          /* --color: -1 auto, 0 never, 1 always */
+	char *acc = NULL;        /* a line continued with '\' */
+	size_t acc_len = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = NULL;
 		int st = 0;
@@ -835,16 +1044,95 @@ int cmd_chat(int argc, char **argv)
 		}
 		if (g > 0)
 			continue;
-		if (cli_flag_value(argc, argv, &i, "-s", "--system", &v, &st)) {
+#define FLAG(s, l) cli_flag_value(argc, argv, &i, s, l, &v, &st)
+		if (FLAG("-sys", "--system") || FLAG(NULL, "--system-prompt")) {
 			if ((rc = st))
 				goto done;
 			c.system = v;
+			continue;
+		}
+		if (FLAG(NULL, "--chat-template")) {
+			if ((rc = st))
+				goto done;
+			c.template_path = v;
+			continue;
+		}
+		if (FLAG(NULL, "--in-prefix") || FLAG(NULL, "--in-suffix")) {
+			if ((rc = st))
+				goto done;
+			*(strstr(a, "suffix") ? &c.in_suffix : &c.in_prefix) = v;
+			continue;
+		}
+		if (FLAG("-r", "--reverse-prompt")) {
+			if ((rc = st))
+				goto done;
+			if (c.n_rprompts == sizeof c.rprompts / sizeof c.rprompts[0]) {
+				cli_error("-r: at most %zu reverse prompts", sizeof c.rprompts / sizeof c.rprompts[0]);
+				rc = CLI_EXIT_USAGE;
+				goto done;
+			}
+			c.rprompts[c.n_rprompts++] = v;
+			continue;
+		}
+		if (!strncmp(a, "--color=", 8)) {
+			v = a + 8;
+			if (!strcmp(v, "always"))
+				color = 1;
+			else if (!strcmp(v, "never"))
+				color = 0;
+			else if (!strcmp(v, "auto"))
+				color = -1;
+			else {
+				cli_error("--color: expected auto, always or never, got '%s'", v);
+				rc = CLI_EXIT_USAGE;
+				goto done;
+			}
+			continue;
+		}
+#undef FLAG
+		/* --color alone is "always" (as llama.cpp's --color turns it on) */
+		if (!strcmp(a, "--color") || !strcmp(a, "-co")) {
+			color = 1;
+			continue;
+		}
+		if (!strcmp(a, "--no-color")) {
+			color = 0;
+			continue;
+		}
+		if (!strcmp(a, "--no-conversation") || !strcmp(a, "-no-cnv") || !strcmp(a, "--raw")) {
+			c.no_cnv = true;
 			continue;
 		}
 		cli_error("chat: unknown option '%s' (see 'seqboat chat --help')", a);
 		rc = CLI_EXIT_USAGE;
 		goto done;
 	}
+	if (c.no_cnv && c.template_path) {
+		cli_error("chat: give --chat-template or --no-conversation, not both");
+		rc = CLI_EXIT_USAGE;
+		goto done;
+	}
+	if ((rc = cli_gen_finish(&c.g)))
+		goto done;
+	if (c.g.escape) {
+		const char **texts[] = {&c.system, &c.in_prefix, &c.in_suffix};
+		for (size_t k = 0; k < 3; k++)
+			if (*texts[k])
+				cli_unescape((char *)*texts[k]);
+		for (size_t k = 0; k < c.n_rprompts; k++)
+			cli_unescape((char *)c.rprompts[k]);
+	}
+	for (size_t k = 0; k < c.n_rprompts; k++)
+		if (!*c.rprompts[k]) {
+			cli_error("-r: expected a non-empty string");
+			rc = CLI_EXIT_USAGE;
+			goto done;
+		}
+	if (color < 0) {
+		const char *nc = getenv("NO_COLOR");
+		color = cli_isatty(stdout) && !(nc && *nc);
+	}
+	c.color = color;
 	if (!c.g.seed_set)
 		c.g.sp.seed = cli_random_seed();
 	if ((rc = cli_gen_open(&c.g, &c.m, &c.tok, &c.ctx)))
@@ -852,11 +1140,28 @@ int cmd_chat(int argc, char **argv)
 	c.V = sb_model_config(c.m)->vocab_size;
 	c.eos = cli_gen_eos(c.m, c.tok);
 	c.tty = cli_isatty(stdin);
-	cli_template_init(&c.tpl, sb_model_config(c.m));
-	for (size_t i = 0; i < c.g.n_stops && c.n_stops < 63; i++)
+	if (c.no_cnv) {
+		cli_template_raw(&c.tpl);
+	} else if (c.template_path) {
+		if (cli_template_load(&c.tpl, c.template_path, &err) < 0) {
+			rc = cli_fail(&err);
+			goto done;
+		}
+	} else {
+		cli_template_for_model(&c.tpl, sb_model_config(c.m), c.tok);
+	}
+	/* --stop; then what leaves the user turn open (-r, the template's
+	 * own stop); then the template's other stops */
+	for (size_t i = 0; i < c.g.n_stops && c.n_stops < 32; i++)
 		c.stops[c.n_stops++] = c.g.stops[i];
+	c.open_from = c.n_stops;
+	for (size_t i = 0; i < c.n_rprompts; i++)
+		c.stops[c.n_stops++] = c.rprompts[i];
 	if (c.tpl.stop[0])
 		c.stops[c.n_stops++] = c.tpl.stop;
+	c.open_to = c.n_stops;
+	for (size_t i = 0; i < c.tpl.n_stops; i++)
+		c.stops[c.n_stops++] = c.tpl.stops[i];
 	c.cap_recent = (size_t)c.g.sp.repeat_last_n;
 	sb_sched_params sp = sb_sched_default_params();
 	sp.max_batch = 1;
@@ -898,7 +1203,8 @@ int cmd_chat(int argc, char **argv)
 		}
 		HistEvent ev;
 		history(hist, &ev, H_SETSIZE, 1000);
-		el_set(el, EL_PROMPT, prompt_fn);
+		el_set(el, EL_CLIENTDATA, &c);
+		el_set(el, EL_PROMPT_ESC, prompt_fn, '\1');
 		el_set(el, EL_GETCFN, chat_getc);
 		el_set(el, EL_EDITOR, "emacs");
 		el_set(el, EL_HIST, history, hist);
@@ -908,13 +1214,46 @@ int cmd_chat(int argc, char **argv)
 	for (;;) {
 		bool quit_130 = false;
 		const char *line = read_line(&c, el, hist, &line_buf, &line_cap, &quit_130);
-		if (!line) {
+		if (!line && c.continuing && !quit_130) {
+			/* the input ended after a '\': what was typed is the turn */
+			line = "";
+		} else if (!line) {
 			if (quit_130)
 				rc = CLI_EXIT_INTERRUPTED;
 			break;
 		}
 		interrupted = 0;
-		if (line[0] == '/' && line[1] != '/') {
+		/* A trailing '\' continues the line: the lines are joined with
+		 * newlines into one user turn. */
+		size_t ln = strlen(line);
+		if (ln && line[ln - 1] == '\\' && (c.continuing || line[0] != '/')) {
+			char *p = realloc(acc, acc_len + ln + 1);
+			if (!p) {
+				cli_error("out of memory");
+				rc = CLI_EXIT_SOFTWARE;
+				break;
+			}
+			acc = p;
+			memcpy(acc + acc_len, line, ln - 1);
+			acc_len += ln - 1;
+			acc[acc_len++] = '\n';
+			acc[acc_len] = 0;
+			c.continuing = true;
+			continue;
+		}
+		if (c.continuing) {
+			char *p = realloc(acc, acc_len + ln + 1);
+			if (!p) {
+				cli_error("out of memory");
+				rc = CLI_EXIT_SOFTWARE;
+				break;
+			}
+			acc = p;
+			memcpy(acc + acc_len, line, ln + 1);
+			acc_len = 0;
+			c.continuing = false;
+			line = acc;
+		} else if (line[0] == '/' && line[1] != '/') {
 			int r = command(&c, line, &loaded_system);
 			if (r < 0) {
 				rc = CLI_EXIT_SOFTWARE;
@@ -924,7 +1263,7 @@ int cmd_chat(int argc, char **argv)
 				break;
 			continue;
 		}
-		if (line[0] == '/')
+		else if (line[0] == '/')
 			line++;
 		c.regen = 0;
 		if (user_turn(&c, line, &err) < 0) {
@@ -942,6 +1281,8 @@ done:
 	if (hist)
 		history_end(hist);
 	free(line_buf);
+	free(acc);
+	free(c.cur);
 	drop_snapshots(&c);
 	drop_turns(&c, 0);
 	free(c.turns);

@@ -15,11 +15,13 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "commands.h"
@@ -27,6 +29,8 @@
 #include "keyset.h"
 #include "lines.h"
 #include "scheduler.h"
+#include "settings.h"
+#include "template.h"
 
 /* The one global the conventions allow: how many SIGINTs arrived. */
 static volatile sig_atomic_t interrupted;
@@ -36,9 +40,6 @@ static void on_sigint(int sig)
 	(void)sig;
 	interrupted = 1;
 }
-
-/* Derived seeds stay below 2^53 so that every JSON reader keeps them exact. */
-#define SEED_MASK ((UINT64_C(1) << 53) - 1)
 
 typedef struct item {
 	json_t *id;              /* as given, or the line number */
@@ -52,10 +53,24 @@ typedef struct item {
 	const char **stops;      /* (n_stops) owned by stop_json or the run */
 	size_t n_stops;
 	json_t *stop_json;       /* keeps per-item stop strings alive */
+	int32_t *bias_ids;       /* (n_bias) the record's logit_bias with --logit-bias's */
+	float *bias_values;      /* (n_bias) */
+	size_t n_bias;
+	float act_bias;          /* the record's act_bias, else --act-bias */
+	bool logprobs;           /* report each token's log-probability */
+	bool ignore_eos;         /* llama-server's ignore_eos */
+	int top_logprobs;        /* ... and this many alternatives */
+	bool submitted;          /* handed to the scheduler (or made an error record) */
+	bool dup;                /* its id was an earlier item's */
+	int batch;               /* an OpenAI batch line: BATCH_COMPLETIONS or BATCH_CHAT */
+	json_t *messages;        /* BATCH_CHAT: the request's messages */
 	size_t index;            /* position in the whole input, 1-based */
+	size_t lineno;           /* its input line (for -p, its position) */
 	bool done;               /* --resume found it in the output file */
 	char *record;            /* the finished record, until written */
 } item;
+
+enum { BATCH_NONE, BATCH_COMPLETIONS, BATCH_CHAT };
 
 typedef struct buf {
 	char *p;
@@ -82,6 +97,12 @@ static int buf_add(buf *b, const char *s, size_t n)
 
 typedef enum { FMT_AUTO, FMT_TEXT, FMT_JSONL } fmt;
 
+/* --shard: the id of an item of another shard, and its position. */
+typedef struct other_key {
+	char *key;
+	size_t index;
+} other_key;
+
 typedef struct run {
 	cli_gen g;
 	fmt out_fmt, in_fmt;
@@ -90,11 +111,17 @@ typedef struct run {
 	const char *in_path;     /* -f */
 	const char *out_path;    /* -o */
 	bool resume;
+	bool resume_force;       /* --resume-force: continue even with other settings */
+	uint64_t input_hash;     /* FNV-1a over the input's item lines (all shards) */
+	size_t n_kept_errors;    /* --resume: error records of the earlier run, kept */
+	other_key *other;        /* (n_other) --shard: the other shards' ids */
+	size_t n_other, cap_other;
 	bool timings;
 	const char *system;      /* --system */
 	const char *prefix_file; /* --prefix-file */
 	int batch;               /* 0: automatic */
 	size_t shard_k, shard_n; /* --shard K/N; shard_n 0: every item */
+	size_t n_input;          /* items in the whole input (before --shard) */
 
 	item *items;
 	size_t n_items;
@@ -119,6 +146,9 @@ typedef struct run {
 	sb_sched *sched;
 	size_t nslots, live;     /* slots; items submitted and not yet done */
 	size_t next;             /* the next item to submit */
+	float pass_bias;         /* the act_bias of the items this pass submits */
+	cli_template tpl;        /* how /v1/chat/completions messages are laid out */
+	float base_bias;         /* the act_bias the prefix state was read with */
 	size_t next_write, written, total;
 	double last_progress;
 	int rc;                  /* a write failed: the exit status */
@@ -131,37 +161,67 @@ static void usage(FILE *f)
 	        "Completes prompts: from -p (repeatable), -f FILE, or standard input.\n"
 	        "A file holds one prompt per line, or JSONL records\n"
 	        "  {\"id\": ..., \"prompt\": ..., \"temp\": ..., \"max_tokens\": ..., \"seed\": ..., \"stop\": ...}\n"
-	        "(also top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty,\n"
-	        "frequency_penalty). Blank lines are skipped; an item without an id is\n"
-	        "given its line number.\n\n"
+	        "with any of top_k, top_p, min_p, repeat_penalty, repeat_last_n,\n"
+	        "presence_penalty, frequency_penalty, act_bias, ignore_eos; OpenAI's and\n"
+	        "llama-server's names are read too: temperature (temp), n_predict and\n"
+	        "max_completion_tokens (max_tokens), logit_bias as {\"ID\": X} or [[ID, X],\n"
+	        "[ID, false]...] (added to --logit-bias), logprobs (true, or a count) with\n"
+	        "top_logprobs or n_probs (0-20): the record gets \"logprobs\": {\"content\":\n"
+	        "[{token, id, logprob, top_logprobs}...]}; model and user are ignored.\n"
+	        "An OpenAI batch line {\"custom_id\", \"method\": \"POST\", \"url\":\n"
+	        "\"/v1/completions\" or \"/v1/chat/completions\", \"body\": {request}} gets an\n"
+	        "OpenAI batch output line {\"id\", \"custom_id\", \"response\": {\"status_code\",\n"
+	        "\"request_id\", \"body\"}, \"error\"}: the body as those endpoints answer\n"
+	        "(status 400 and an error body for a request that cannot run); chat messages\n"
+	        "are laid out with the model's chat template, as chat does. Blank lines are\n"
+	        "skipped; an item without an id is given its line number (a batch line is\n"
+	        "named by its custom_id); a line whose id cannot be read, or that repeats\n"
+	        "an earlier line's id, gets an error record with the id {\"line\": N}, which\n"
+	        "no line can hold.\n\n"
 	        "Output: a single -p prompt streams its completion as text to standard\n"
 	        "output (a terminal, a pipe or a file alike), flushed per token and ended\n"
 	        "with a newline; the prompt is not repeated unless --echo is given.\n"
 	        "Several -p, a file of prompts, -o or --format jsonl give one JSON record\n"
 	        "per item, in input order: id, completion, finish_reason (stop, length,\n"
-	        "error), prompt_tokens, completion_tokens, seed, timings, error.\n\n"
+	        "error), prompt_tokens, completion_tokens, seed, base_seed, timings, error.\n"
+	        "--no-timings also leaves out a batch body's \"created\" (so runs compare).\n\n"
 	        "options:\n"
 	        "  -p, --prompt TEXT        a prompt (repeatable)\n"
 	        "  -f, --file FILE          prompts from FILE ('-' for standard input)\n"
-	        "      --format-in F        auto (default), text or jsonl\n"
-	        "      --format F           auto (default: text for one -p, else jsonl), text or jsonl\n"
+	        "      --format-in F        what the input is: auto (default: JSONL if its first\n"
+	        "                           item line starts with '{', else text), text or jsonl\n"
+	        "      --format F           what to write: auto (default: text for one -p, else\n"
+	        "                           jsonl), text or jsonl\n"
 	        "      --echo               text output: print the prompt before its completion\n"
 	        "  -o, --output FILE        append records to FILE, flushed as each finishes\n"
-	        "      --resume             skip the ids FILE (-o) already holds\n"
+	        "      --resume             skip the ids FILE (-o) already holds; refused when\n"
+	        "                           FILE.settings.json (written beside FILE by every -o\n"
+	        "                           run) shows other settings, model or input; error\n"
+	        "                           records are kept, and the run exits 65 for them\n"
+	        "      --resume-force       --resume even with other settings (mixes the runs)\n"
 	        "      --no-timings         leave timings out of the records\n"
 	        "      --system TEXT        a prefix read once before every prompt\n"
 	        "      --prefix-file FILE   the same, from a file\n"
 	        "      --batch N            decode up to N items together (default: automatic)\n"
 	        "      --shard K/N          only the items whose position among the input's\n"
 	        "                           items is K mod N (0 <= K < N); records and seeds are\n"
-	        "                           those of the whole run ('seqboat merge' joins shards)\n"
-	        "%s\n"
-	        "Without --seed the base seed is 0, so runs repeat; each item's seed is\n"
-	        "derived from the base seed and its id (a record's \"seed\" overrides it).\n"
+	        "                           those of the whole run ('seqboat merge' joins shards);\n"
+	        "                           needs --seed, which every shard must share\n"
+	        "%s"
+	        "  -h, --help               show this help\n\n"
+	        "Seeds (as in chat, and llama.cpp): without --seed the base seed is random;\n"
+	        "every record holds it as \"base_seed\" and its own as \"seed\". With one\n"
+	        "prompt the item's seed is the base seed itself; with several, each item's\n"
+	        "seed is derived from the base seed and its id, so an item's output does not\n"
+	        "depend on the others. A record's \"seed\" reproduces it both ways: as\n"
+	        "--seed with that prompt alone, or as the \"seed\" of its JSONL record.\n"
+	        "--resume without --seed continues with the base seed the file records.\n"
+	        "-p and --system texts get llama.cpp's escapes (\\n, \\t, ...; --no-escape\n"
+	        "keeps them literal); lines of a file do not.\n"
 	        "Ctrl-C finishes the items under way, writes them and stops; a second\n"
 	        "Ctrl-C aborts. Exit status: 0, 65 if some record is an error, 130 if\n"
 	        "interrupted.\n",
-	        cli_gen_help);
+	        cli_gen_help(256));
 }
 
 static void item_free(item *it)
@@ -169,6 +229,9 @@ static void item_free(item *it)
 	if (it->stop_json)
 		free(it->stops);
 	json_decref(it->stop_json);
+	json_decref(it->messages);
+	free(it->bias_ids);
+	free(it->bias_values);
 	json_decref(it->id);
 	free(it->key);
 	free(it->prompt);
@@ -198,8 +261,78 @@ static char *xprintf(const char *fmt, ...)
 
 /* Settings a JSONL record may carry besides id and prompt. */
 static const char *const item_keys =
-	"id, prompt, temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, "
-	"presence_penalty, frequency_penalty, seed, max_tokens, stop";
+	"id, prompt, temp or temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, "
+	"presence_penalty, frequency_penalty, seed, max_tokens or n_predict, stop, logit_bias, "
+	"act_bias, logprobs, top_logprobs or n_probs, ignore_eos, model, user, n, stream, echo, best_of";
+
+/* Sets (or replaces) the bias of one token in the item's list. */
+static bool item_bias(item *it, int32_t id, float v)
+{
+	for (size_t i = 0; i < it->n_bias; i++)
+		if (it->bias_ids[i] == id) {
+			it->bias_values[i] = v;
+			return true;
+		}
+	int32_t *ids = realloc(it->bias_ids, (it->n_bias + 1) * sizeof *ids);
+	if (!ids)
+		return false;
+	it->bias_ids = ids;
+	float *vals = realloc(it->bias_values, (it->n_bias + 1) * sizeof *vals);
+	if (!vals)
+		return false;
+	it->bias_values = vals;
+	ids[it->n_bias] = id;
+	vals[it->n_bias++] = v;
+	return true;
+}
+
+/* One logit_bias value: a number, or false for "never" (llama-server). */
+static bool bias_value(json_t *v, float *out)
+{
+	if (json_is_false(v)) {
+		*out = -INFINITY;
+		return true;
+	}
+	if (!json_is_number(v))
+		return false;
+	*out = (float)json_number_value(v);
+	return true;
+}
+
+/* logit_bias as OpenAI writes it ({"15043": -100, ...}) or as
+ * llama-server does ([[15043, -1.5], [2, false], ...]). */
+static char *item_logit_bias(item *it, json_t *v)
+{
+	float x;
+	if (json_is_object(v)) {
+		const char *k;
+		json_t *e;
+		json_object_foreach(v, k, e) {
+			char *end;
+			long id = strtol(k, &end, 10);
+			if (!*k || *end || id < 0 || id > INT32_MAX)
+				return xprintf("field 'logit_bias': key '%.40s' is not a token id", k);
+			if (!bias_value(e, &x))
+				return xprintf("field 'logit_bias': the value of '%.40s' is not a number", k);
+			if (!item_bias(it, (int32_t)id, x))
+				return xprintf("out of memory");
+		}
+		return NULL;
+	}
+	if (!json_is_array(v))
+		return xprintf("field 'logit_bias': expected an object of token ids to numbers or an array of [id, number] pairs");
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		json_t *pair = json_array_get(v, i);
+		json_t *id = json_array_get(pair, 0);
+		if (!json_is_array(pair) || json_array_size(pair) != 2 || !json_is_integer(id) ||
+		    json_integer_value(id) < 0 || json_integer_value(id) > INT32_MAX ||
+		    !bias_value(json_array_get(pair, 1), &x))
+			return xprintf("field 'logit_bias': element %zu is not an [id, number] pair", i + 1);
+		if (!item_bias(it, (int32_t)json_integer_value(id), x))
+			return xprintf("out of memory");
+	}
+	return NULL;
+}
 
 static bool json_num(json_t *v, double *out)
 {
@@ -217,7 +350,7 @@ static char *item_settings(item *it, json_t *obj)
 	json_t *v;
 	double x;
 	json_object_foreach(obj, k, v) {
-		if (!strcmp(k, "id") || !strcmp(k, "prompt"))
+		if (!strcmp(k, "id") || !strcmp(k, "prompt") || (it->batch == BATCH_CHAT && !strcmp(k, "messages")))
 			continue;
 #define NUM(name, field, lo, hi)                                                     \
 	if (!strcmp(k, name)) {                                                      \
@@ -237,6 +370,8 @@ static char *item_settings(item *it, json_t *obj)
 		continue;                                                                 \
 	}
 		NUM("temp", it->sp.temp, 0, 1e6)
+		NUM("temperature", it->sp.temp, 0, 1e6)
+		NUM("act_bias", it->act_bias, -1e4, 1e4)
 		NUM("top_p", it->sp.top_p, 1e-9, 1)
 		NUM("min_p", it->sp.min_p, 0, 1)
 		NUM("repeat_penalty", it->sp.repeat_penalty, 1e-6, 1e6)
@@ -245,6 +380,53 @@ static char *item_settings(item *it, json_t *obj)
 		INT("top_k", it->sp.top_k, 0, INT_MAX)
 		INT("repeat_last_n", it->sp.repeat_last_n, 0, 1 << 20)
 		INT("max_tokens", it->max_tokens, -1, INT_MAX)
+		INT("n_predict", it->max_tokens, -1, INT_MAX)
+		INT("max_completion_tokens", it->max_tokens, -1, INT_MAX)
+		INT("top_logprobs", it->top_logprobs, 0, SB_SCHED_MAX_TOP_LOGPROBS)
+		INT("n_probs", it->top_logprobs, 0, SB_SCHED_MAX_TOP_LOGPROBS)
+		if (!strcmp(k, "model") || !strcmp(k, "user"))
+			continue; /* the loaded model answers; "user" is only a label */
+		if (!strcmp(k, "n")) {
+			if (!json_is_integer(v) || json_integer_value(v) != 1)
+				return xprintf("field 'n': only 1 completion per record is made (give more records)");
+			continue;
+		}
+		if (!strcmp(k, "ignore_eos")) {
+			if (!json_is_boolean(v))
+				return xprintf("field 'ignore_eos': expected true or false");
+			it->ignore_eos = json_is_true(v);
+			continue;
+		}
+		if (!strcmp(k, "echo") || !strcmp(k, "best_of")) {
+			if (!(json_is_false(v) || (json_is_integer(v) && json_integer_value(v) == 1)))
+				return xprintf("field '%s': only %s is supported", k, !strcmp(k, "echo") ? "false" : "1");
+			continue;
+		}
+		if (!strcmp(k, "stream")) {
+			if (!json_is_false(v))
+				return xprintf("field 'stream': records are written whole; expected false");
+			continue;
+		}
+		if (!strcmp(k, "logprobs")) {
+			/* OpenAI's completions take a count, chat takes a boolean */
+			if (json_is_boolean(v)) {
+				it->logprobs = json_is_true(v);
+			} else if (json_is_integer(v) && json_integer_value(v) >= 0 &&
+			           json_integer_value(v) <= SB_SCHED_MAX_TOP_LOGPROBS) {
+				it->logprobs = true;
+				it->top_logprobs = (int)json_integer_value(v);
+			} else {
+				return xprintf("field 'logprobs': expected true, false or an integer from 0 to %d",
+				               SB_SCHED_MAX_TOP_LOGPROBS);
+			}
+			continue;
+		}
+		if (!strcmp(k, "logit_bias")) {
+			char *msg = item_logit_bias(it, v);
+			if (msg)
+				return msg;
+			continue;
+		}
 		if (!strcmp(k, "seed")) {
 			if (!json_is_integer(v) || json_integer_value(v) < 0)
 				return xprintf("field 'seed': expected a non-negative integer");
@@ -286,7 +468,70 @@ static char *item_settings(item *it, json_t *obj)
 		}
 		return xprintf("unknown field '%s' (expected one of: %s)", k, item_keys);
 	}
+	if (it->top_logprobs > 0)
+		it->logprobs = true;
 	return NULL;
+}
+
+/* An OpenAI batch line: {"custom_id": ..., "method": "POST", "url":
+ * "/v1/completions" or "/v1/chat/completions", "body": {the request}}.
+ * Returns an error message (malloc'd) or NULL. */
+static char *batch_from_json(item *it, json_t *obj)
+{
+	static const char *const roles[] = {"system", "user", "assistant"};
+	const char *k;
+	json_t *v;
+	/* a batch line's error is a batch output line too */
+	it->batch = BATCH_COMPLETIONS;
+	json_object_foreach(obj, k, v) {
+		if (strcmp(k, "custom_id") && strcmp(k, "method") && strcmp(k, "url") && strcmp(k, "body"))
+			return xprintf("unknown field '%s' of a batch line (expected custom_id, method, url, body)", k);
+	}
+	json_t *cid = json_object_get(obj, "custom_id"), *method = json_object_get(obj, "method");
+	json_t *url = json_object_get(obj, "url"), *body = json_object_get(obj, "body");
+	if (!json_is_string(cid))
+		return xprintf(cid ? "field 'custom_id': expected a string" : "field 'custom_id': missing");
+	if (method && (!json_is_string(method) || strcmp(json_string_value(method), "POST")))
+		return xprintf("field 'method': expected \"POST\"");
+	if (!json_is_string(url))
+		return xprintf(url ? "field 'url': expected a string" : "field 'url': missing");
+	if (!strcmp(json_string_value(url), "/v1/completions"))
+		it->batch = BATCH_COMPLETIONS;
+	else if (!strcmp(json_string_value(url), "/v1/chat/completions"))
+		it->batch = BATCH_CHAT;
+	else
+		return xprintf("field 'url': expected /v1/completions or /v1/chat/completions, got '%.60s'",
+		               json_string_value(url));
+	if (!json_is_object(body))
+		return xprintf(body ? "field 'body': expected an object (the request)" : "field 'body': missing");
+	if (it->batch == BATCH_COMPLETIONS) {
+		json_t *p = json_object_get(body, "prompt");
+		if (!json_is_string(p) || strlen(json_string_value(p)) != json_string_length(p))
+			return xprintf(p ? "field 'body.prompt': expected a string without NUL characters"
+			                 : "field 'body.prompt': missing");
+		it->prompt = xstrdup(json_string_value(p));
+	} else {
+		json_t *m = json_object_get(body, "messages");
+		if (!json_is_array(m) || !json_array_size(m))
+			return xprintf(m ? "field 'body.messages': expected a non-empty array" : "field 'body.messages': missing");
+		for (size_t i = 0; i < json_array_size(m); i++) {
+			json_t *e = json_array_get(m, i), *role = json_object_get(e, "role");
+			json_t *content = json_object_get(e, "content");
+			size_t r = 0;
+			while (r < 3 && (!json_is_string(role) || strcmp(json_string_value(role), roles[r])))
+				r++;
+			if (!json_is_object(e) || r == 3)
+				return xprintf("field 'body.messages': message %zu: 'role' is missing or not system, user or assistant", i + 1);
+			if (!json_is_string(content) || strlen(json_string_value(content)) != json_string_length(content))
+				return xprintf("field 'body.messages': message %zu: 'content' is %s", i + 1,
+				               content ? "not a string (or holds a NUL)" : "missing");
+		}
+		it->messages = json_incref(m);
+		it->prompt = xstrdup("");
+	}
+	if (!it->prompt)
+		return xprintf("out of memory");
+	return item_settings(it, body);
 }
 
 /* Parses one JSONL line into it (id defaults to the line number). */
@@ -294,6 +539,10 @@ static void item_from_json(item *it, const char *line, size_t len, size_t lineno
 {
 	json_error_t je;
 	json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
+	/* the id first: an error record of this line must not take another
+	 * line's id */
+	json_decref(it->id);
+	it->id = cli_item_id_jsonl(obj, lineno);
 	if (!obj) {
 		it->error = xprintf("line %zu: not valid JSON: %s (column %d)", lineno, je.text, je.column);
 		return;
@@ -302,16 +551,24 @@ static void item_from_json(item *it, const char *line, size_t len, size_t lineno
 		it->error = xprintf("line %zu: expected a JSON object", lineno);
 		goto done;
 	}
+	if (json_object_get(obj, "custom_id") || json_object_get(obj, "body")) {
+		char *msg = batch_from_json(it, obj);
+		if (msg) {
+			it->error = xprintf("line %zu: %s", lineno, msg);
+			free(msg);
+		}
+		goto done;
+	}
 	json_t *id = json_object_get(obj, "id");
 	if (id && !json_is_string(id) && !json_is_integer(id)) {
 		it->error = xprintf("line %zu: field 'id': expected a string or an integer", lineno);
 		goto done;
 	}
-	json_decref(it->id);
-	it->id = cli_item_id(obj, lineno);
 	json_t *p = json_object_get(obj, "prompt");
 	if (!json_is_string(p)) {
-		it->error = xprintf("line %zu: field 'prompt': expected a string", lineno);
+		it->error = xprintf(p ? "line %zu: field 'prompt': expected a string"
+		                      : "line %zu: field 'prompt': missing (a record needs the text to complete)",
+		                    lineno);
 		goto done;
 	}
 	if (strlen(json_string_value(p)) != json_string_length(p)) {
@@ -349,10 +606,15 @@ static int add_item(run *r, size_t *cap, size_t index)
 	item *it = &r->items[r->n_items++];
 	memset(it, 0, sizeof *it);
 	it->sp = r->g.sp;
+	it->act_bias = r->g.act_bias;
+	for (size_t i = 0; i < r->g.n_bias; i++)
+		if (!item_bias(it, r->g.bias_ids[i], r->g.bias_values[i]))
+			return -1;
 	it->max_tokens = r->g.max_tokens;
 	it->stops = r->g.stops;
 	it->n_stops = r->g.n_stops;
 	it->index = index;
+	it->lineno = index;
 	it->id = json_integer((json_int_t)index);
 	return 0;
 }
@@ -377,13 +639,41 @@ static int load_items(run *r, FILE *in, const char *path)
 			continue;
 		if (f == FMT_AUTO)
 			f = cli_line_is_json(line, n) ? FMT_JSONL : FMT_TEXT;
-		if (!in_shard(r, index++))
+		/* every item line, in every shard, makes the input's fingerprint */
+		r->input_hash = too_long ? cli_fnv64(r->input_hash, "\1too long", 9)
+		                         : cli_fnv64(r->input_hash, line, n);
+		r->input_hash = cli_fnv64(r->input_hash, "\n", 1);
+		if (!in_shard(r, index++)) {
+			/* Another shard's item: only its id, so that a repeated id
+			 * is found across shards as in one run. */
+			if (f == FMT_JSONL && r->shard_n) {
+				json_t *obj = too_long ? NULL : json_loadb(line, n, JSON_REJECT_DUPLICATES, NULL);
+				json_t *id = cli_item_id_jsonl(obj, lineno);
+				json_decref(obj);
+				char *key = id ? json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+				json_decref(id);
+				if (!key)
+					goto nomem;
+				if (r->n_other == r->cap_other) {
+					size_t nc = r->cap_other ? 2 * r->cap_other : 64;
+					other_key *o = realloc(r->other, nc * sizeof *o);
+					if (!o) {
+						free(key);
+						goto nomem;
+					}
+					r->other = o;
+					r->cap_other = nc;
+				}
+				r->other[r->n_other++] = (other_key){key, index};
+			}
 			continue;
+		}
 		if (add_item(r, &cap, index) < 0)
 			goto nomem;
 		item *it = &r->items[r->n_items - 1];
 		json_decref(it->id);
-		it->id = json_integer((json_int_t)lineno);
+		it->id = too_long && f == FMT_JSONL ? cli_line_id(lineno) : json_integer((json_int_t)lineno);
+		it->lineno = lineno;
 		if (too_long) {
 			it->error = xprintf("line %zu: longer than %zu bytes (the limit for one input line)",
 			                    lineno, CLI_LINE_MAX);
@@ -398,6 +688,7 @@ static int load_items(run *r, FILE *in, const char *path)
 			it->prompt[n] = 0;
 		}
 	}
+	r->n_input = index;
 	rc = cli_lines_fail(got, path);
 	goto done;
 nomem:
@@ -410,21 +701,22 @@ done:
 
 typedef struct key_ref {
 	const char *key;
-	size_t idx;
+	size_t idx;              /* into r->items, or SIZE_MAX: another shard's */
+	size_t pos;              /* position in the whole input */
 } key_ref;
 
 static int cmp_key_ref(const void *a, const void *b)
 {
 	const key_ref *x = a, *y = b;
 	int c = strcmp(x->key, y->key);
-	return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+	return c ? c : (x->pos > y->pos) - (x->pos < y->pos);
 }
 
 /* Keys, duplicate ids, seeds. Duplicates are found by sorting the keys, so
  * a batch of a million items costs n log n, not n^2. */
 static int finish_items(run *r)
 {
-	key_ref *refs = calloc(r->n_items ? r->n_items : 1, sizeof *refs);
+	key_ref *refs = calloc(r->n_items + r->n_other + 1, sizeof *refs);
 	if (!refs) {
 		cli_error("out of memory");
 		return CLI_EXIT_SOFTWARE;
@@ -438,24 +730,74 @@ static int finish_items(run *r)
 			return CLI_EXIT_SOFTWARE;
 		}
 		if (!it->seed_given)
-			it->seed = cli_seed_derive(r->g.sp.seed, it->key, strlen(it->key)) & SEED_MASK;
+			it->seed = cli_item_seed(r->g.sp.seed, it->key, strlen(it->key), r->n_input == 1);
 		it->sp.seed = it->seed;
-		refs[i] = (key_ref){it->key, i};
+		refs[i] = (key_ref){it->key, i, it->index};
 	}
-	qsort(refs, r->n_items, sizeof *refs, cmp_key_ref);
-	for (size_t i = 1; i < r->n_items; i++) {
+	for (size_t i = 0; i < r->n_other; i++)
+		refs[r->n_items + i] = (key_ref){r->other[i].key, SIZE_MAX, r->other[i].index};
+	size_t n_refs = r->n_items + r->n_other;
+	qsort(refs, n_refs, sizeof *refs, cmp_key_ref);
+	for (size_t i = 1; i < n_refs; i++) {
 		size_t first = i - 1;
-		while (i < r->n_items && !strcmp(refs[i].key, refs[first].key)) {
-			item *it = &r->items[refs[i].idx];
-			if (!it->error)
-				it->error = xprintf("duplicate id %s (first used by item %zu)", it->key,
-				                    r->items[refs[first].idx].index);
+		while (i < n_refs && !strcmp(refs[i].key, refs[first].key)) {
+			if (refs[i].idx != SIZE_MAX) {
+				item *it = &r->items[refs[i].idx];
+				if (!it->error)
+					it->error = xprintf("duplicate id %s (first used by item %zu)", it->key,
+					                    refs[first].pos);
+				it->dup = true;
+			}
 			i++;
 		}
 	}
 	free(refs);
+	/* A repeated id stays with its first item; the later ones' error
+	 * records are named by their line. */
+	for (size_t i = 0; i < r->n_items; i++) {
+		item *it = &r->items[i];
+		if (!it->dup)
+			continue;
+		json_decref(it->id);
+		free(it->key);
+		it->id = cli_line_id(it->lineno);
+		it->key = it->id ? json_dumps(it->id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+		if (!it->key) {
+			cli_error("out of memory");
+			return CLI_EXIT_SOFTWARE;
+		}
+	}
 	return 0;
 }
+
+/* --resume without --seed: the base seed of the first record of the
+ * output file, so that the rest is generated as the first run would have;
+ * a random one if the file is absent or holds none. */
+static uint64_t recorded_base_seed(const run *r)
+{
+	uint64_t seed = cli_random_seed();
+	struct stat sb;
+	/* only a regular file: opening a FIFO would wait for a writer (resume
+	 * refuses anything else later, with its own message) */
+	if (stat(r->out_path, &sb) < 0 || !S_ISREG(sb.st_mode))
+		return seed;
+	FILE *f = fopen(r->out_path, "rb");
+	if (!f)
+		return seed;
+	char *line = NULL;
+	size_t cap = 0;
+	if (getline(&line, &cap, f) > 0) {
+		json_t *rec = json_loads(line, 0, NULL);
+		json_t *b = json_object_get(rec, "base_seed");
+		if (json_is_integer(b) && json_integer_value(b) >= 0)
+			seed = (uint64_t)json_integer_value(b);
+		json_decref(rec);
+	}
+	free(line);
+	fclose(f);
+	return seed;
+}
+
 
 /* How every record make_record() writes begins. */
 #define RECORD_START "{\"id\":"
@@ -497,7 +839,7 @@ static int resume_from(run *r)
 	}
 	int rc = 0, got;
 	cli_lines *rd = cli_lines_new(f);
-	cli_keyset done = {0};
+	cli_keyset done = {0}, errs = {0};
 	const char *line;
 	size_t len;
 	bool too_long;
@@ -519,8 +861,11 @@ static int resume_from(run *r)
 		}
 		json_error_t je;
 		json_t *rec = too_long ? NULL : json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
-		json_t *id = json_is_object(rec) ? json_object_get(rec, "id") : NULL;
-		if (!id || !json_is_string(json_object_get(rec, "finish_reason"))) {
+		/* an OpenAI batch output line is named by its custom_id */
+		json_t *cid = json_is_object(rec) ? json_object_get(rec, "custom_id") : NULL;
+		bool batch_line = json_is_string(cid) && json_is_object(json_object_get(rec, "response"));
+		json_t *id = batch_line ? cid : json_is_object(rec) ? json_object_get(rec, "id") : NULL;
+		if (!id || (!batch_line && !json_is_string(json_object_get(rec, "finish_reason")))) {
 			json_decref(rec);
 			cli_error("%s: line %zu: expected a record with 'id' and 'finish_reason' (is this the output of seqboat complete?); the file is left as it is",
 			          r->out_path, lineno);
@@ -529,6 +874,11 @@ static int resume_from(run *r)
 		}
 		char *key = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
 		int added = key ? cli_keyset_add(&done, key, strlen(key)) : -1;
+		bool failed = batch_line ? json_integer_value(json_object_get(json_object_get(rec, "response"),
+		                                                               "status_code")) != 200
+		                         : !strcmp(json_string_value(json_object_get(rec, "finish_reason")), "error");
+		if (added >= 0 && failed)
+			added = cli_keyset_add(&errs, key, strlen(key));
 		free(key);
 		json_decref(rec);
 		if (added < 0)
@@ -552,14 +902,25 @@ static int resume_from(run *r)
 		        total - keep);
 	}
 	for (size_t i = 0; i < r->n_items; i++)
-		if (cli_keyset_has(&done, r->items[i].key, strlen(r->items[i].key)))
+		if (cli_keyset_has(&done, r->items[i].key, strlen(r->items[i].key))) {
 			r->items[i].done = true;
+			r->n_kept_errors += cli_keyset_has(&errs, r->items[i].key, strlen(r->items[i].key));
+		}
+	/* An error record stays: the file only grows, and a second record of
+	 * the same id would make two answers. The run ends with 65 as the one
+	 * that wrote it did. */
+	if (r->n_kept_errors)
+		fprintf(stderr, "seqboat: %s: %zu record%s of the earlier run %s an error; kept, not "
+		        "retried (fix the input line or remove the record to retry it); exit status 65\n",
+		        r->out_path, r->n_kept_errors, r->n_kept_errors == 1 ? "" : "s",
+		        r->n_kept_errors == 1 ? "is" : "are");
 	goto done;
 nomem:
 	cli_error("%s: out of memory reading the records", r->out_path);
 	rc = CLI_EXIT_SOFTWARE;
 done:
 	cli_keyset_free(&done);
+	cli_keyset_free(&errs);
 	cli_lines_free(rd);
 	fclose(f);
 	return rc;
@@ -594,10 +955,101 @@ typedef struct result {
 	size_t prompt_tokens, completion_tokens;
 	double prompt_s, gen_s;
 	const char *error;
+	json_t *logprobs;        /* borrowed; NULL: not asked for */
 } result;
+
+/* OpenAI's legacy completions logprobs from our per-token list. */
+static json_t *legacy_logprobs(const json_t *content)
+{
+	json_t *o = json_object(), *tokens = json_array(), *lps = json_array(), *tops = json_array(),
+	       *offs = json_array();
+	size_t off = 0;
+	for (size_t i = 0; i < json_array_size(content); i++) {
+		json_t *c = json_array_get(content, i), *top = json_object();
+		json_t *tk = json_object_get(c, "token");
+		json_array_append(tokens, tk);
+		json_array_append(lps, json_object_get(c, "logprob"));
+		json_t *alts = json_object_get(c, "top_logprobs");
+		for (size_t k = 0; top && k < json_array_size(alts); k++) {
+			json_t *a = json_array_get(alts, k);
+			json_object_set(top, json_string_value(json_object_get(a, "token")),
+			                json_object_get(a, "logprob"));
+		}
+		json_array_append_new(tops, top ? top : json_null());
+		json_array_append_new(offs, json_integer((json_int_t)off));
+		off += json_string_length(tk);
+	}
+	json_object_set_new(o, "tokens", tokens);
+	json_object_set_new(o, "token_logprobs", lps);
+	json_object_set_new(o, "top_logprobs", tops);
+	json_object_set_new(o, "text_offset", offs);
+	return o;
+}
+
+/* An OpenAI batch output line: {"id", "custom_id", "response":
+ * {"status_code", "request_id", "body"}, "error": null}, the body being
+ * what /v1/completions or /v1/chat/completions answers (an error body
+ * with status 400 for a request that could not be run). */
+static char *make_batch_record(const run *r, const item *it, const result *res)
+{
+	uint64_t h = cli_fnv64(CLI_FNV_START, it->key, strlen(it->key));
+	char bid[48], rid[48], cid[48], fp[32];
+	snprintf(bid, sizeof bid, "batch_req_%016llx", (unsigned long long)h);
+	snprintf(rid, sizeof rid, "req_%016llx", (unsigned long long)h);
+	snprintf(cid, sizeof cid, "%s-%016llx", it->batch == BATCH_CHAT ? "chatcmpl" : "cmpl",
+	         (unsigned long long)h);
+	snprintf(fp, sizeof fp, "fp_%016llx", (unsigned long long)sb_model_fingerprint(r->model));
+	const sb_config *cfg = sb_model_config(r->model);
+	const char *model = cfg->name[0] ? cfg->name : sb_model_dir(r->model);
+	json_t *body;
+	int status = 200;
+	if (res->error) {
+		status = 400;
+		body = json_pack("{s:{s:o,s:s,s:n,s:n}}", "error", "message",
+		                 json_text(res->error, strlen(res->error)), "type", "invalid_request_error",
+		                 "param", "code");
+	} else {
+		json_t *text = json_text(res->text ? res->text : "", res->text_len);
+		json_t *choice = it->batch == BATCH_CHAT
+		        ? json_pack("{s:i,s:{s:s,s:o}}", "index", 0, "message", "role", "assistant", "content", text)
+		        : json_pack("{s:o,s:i}", "text", text, "index", 0);
+		json_object_set_new(choice, "logprobs",
+		                    !res->logprobs ? json_null()
+		                    : it->batch == BATCH_CHAT ? json_pack("{s:O}", "content", res->logprobs)
+		                                              : legacy_logprobs(res->logprobs));
+		json_object_set_new(choice, "finish_reason", json_string(res->finish));
+		body = json_pack("{s:s,s:s}", "id", cid, "object",
+		                 it->batch == BATCH_CHAT ? "chat.completion" : "text_completion");
+		/* "created" changes from run to run: --no-timings leaves it out */
+		if (r->timings)
+			json_object_set_new(body, "created", json_integer((json_int_t)time(NULL)));
+		json_object_set_new(body, "model", json_string(model));
+		json_object_set_new(body, "system_fingerprint", json_string(fp));
+		json_object_set_new(body, "choices", json_pack("[o]", choice));
+		json_object_set_new(body, "usage", json_pack("{s:I,s:I,s:I}", "prompt_tokens",
+		                    (json_int_t)res->prompt_tokens, "completion_tokens",
+		                    (json_int_t)res->completion_tokens, "total_tokens",
+		                    (json_int_t)(res->prompt_tokens + res->completion_tokens)));
+		json_object_set_new(body, "seed", json_integer((json_int_t)it->seed));
+		if (r->timings) {
+			double tps = res->gen_s > 0 ? (double)res->completion_tokens / res->gen_s : 0;
+			json_object_set_new(body, "timings", json_pack("{s:f,s:f,s:f}", "prompt_ms",
+			                    res->prompt_s * 1e3, "generation_ms", res->gen_s * 1e3,
+			                    "tokens_per_s", tps));
+		}
+	}
+	json_t *o = json_pack("{s:s,s:O,s:{s:i,s:s,s:o},s:n}", "id", bid, "custom_id", it->id,
+	                      "response", "status_code", status, "request_id", rid, "body", body,
+	                      "error");
+	char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) : NULL;
+	json_decref(o);
+	return s;
+}
 
 static char *make_record(const run *r, const item *it, const result *res)
 {
+	if (it->batch)
+		return make_batch_record(r, it, res);
 	json_t *o = json_object();
 	json_object_set(o, "id", it->id);
 	json_object_set_new(o, "completion", json_text(res->text ? res->text : "", res->text_len));
@@ -605,6 +1057,7 @@ static char *make_record(const run *r, const item *it, const result *res)
 	json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)res->prompt_tokens));
 	json_object_set_new(o, "completion_tokens", json_integer((json_int_t)res->completion_tokens));
 	json_object_set_new(o, "seed", json_integer((json_int_t)it->seed));
+	json_object_set_new(o, "base_seed", json_integer((json_int_t)r->g.sp.seed));
 	if (r->timings && !res->error) {
 		double tps = res->gen_s > 0 ? (double)res->completion_tokens / res->gen_s : 0;
 		json_t *t = json_object();
@@ -613,6 +1066,8 @@ static char *make_record(const run *r, const item *it, const result *res)
 		json_object_set_new(t, "tokens_per_s", json_real(tps));
 		json_object_set_new(o, "timings", t);
 	}
+	if (res->logprobs)
+		json_object_set_new(o, "logprobs", json_pack("{s:O}", "content", res->logprobs));
 	if (res->error)
 		json_object_set_new(o, "error", json_text(res->error, strlen(res->error)));
 	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
@@ -713,6 +1168,7 @@ static int prefill_prefix(run *r)
 	sb_outputs o = {.last_logits = r->base_logits};
 	if (sb_prefill(r->ctx, r->base, r->prefix_ids, r->n_prefix, &o, &err) < 0)
 		rc = cli_fail(&err);
+	r->base_bias = r->g.act_bias;
 	goto done;
 nomem:
 	cli_error("out of memory");
@@ -726,6 +1182,7 @@ done:
 typedef struct job {
 	run *r;
 	item *it;
+	json_t *logprobs;        /* (completion tokens) with it->logprobs */
 	buf out;
 	cli_escaper esc;
 	bool oom;                /* the text did not fit in memory */
@@ -737,6 +1194,25 @@ static int on_token(const sb_seq_token *t)
 	run *r = j->r;
 	if (t->token >= 0)
 		r->gen_tokens++;
+	if (j->logprobs && t->token >= 0 && t->token != r->eos) {
+		json_t *top = json_array();
+		for (size_t k = 0; top && k < t->n_top; k++) {
+			char *txt = NULL;
+			size_t len = 0;
+			sb_error e = {0};
+			if (sb_tokenizer_decode(r->tok, &t->top[k].token, 1, &txt, &len, &e) < 0)
+				len = 0;
+			json_array_append_new(top, json_pack("{s:o,s:i,s:f}", "token", json_text(txt ? txt : "", len),
+			                                     "id", (int)t->top[k].token, "logprob",
+			                                     (double)t->top[k].logprob));
+			free(txt);
+		}
+		json_t *e = json_pack("{s:o,s:i,s:f,s:o}", "token", json_text(t->piece, t->piece_len), "id",
+		                      (int)t->token, "logprob", (double)t->logprob, "top_logprobs",
+		                      top ? top : json_array());
+		if (!e || json_array_append_new(j->logprobs, e))
+			j->oom = true;
+	}
 	if (t->text_len) {
 		if (buf_add(&j->out, t->text, t->text_len) < 0)
 			j->oom = true;
@@ -780,12 +1256,14 @@ static void on_done(const sb_seq_result *res)
 			.completion_tokens = res->completion_tokens,
 			.prompt_s = res->prompt_s,
 			.gen_s = res->gen_s,
+			.logprobs = j->logprobs,
 		};
 		it->record = make_record(r, it, &rr);
 		if (!it->record)
 			r->n_errors++;
 	}
 	r->live--;
+	json_decref(j->logprobs);
 	free(j->out.p);
 	free(j);
 	submit_more(r);
@@ -799,9 +1277,50 @@ static bool submit_item(run *r, item *it)
 	int32_t *ids = NULL;
 	size_t n = 0;
 	job *j = NULL;
-	if (sb_tokenizer_encode(r->tok, it->prompt, strlen(it->prompt), r->base == NULL,
-	                        &ids, &n, &err) < 0)
+	const char *stops[64];
+	size_t n_stops = 0;
+	bool chat = it->batch == BATCH_CHAT;
+	if (chat) {
+		/* The messages as chat lays out turns (the model's template),
+		 * from an empty state; the reply ends at the template's stops. */
+		size_t nm = json_array_size(it->messages);
+		const char **parts = malloc((3 * nm + 1) * sizeof *parts);
+		bool *literal = malloc((3 * nm + 1) * sizeof *literal);
+		if (!parts || !literal) {
+			free(parts);
+			free(literal);
+			sb_error_set(&err, SB_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		size_t k = 0;
+		for (size_t i = 0; i < nm; i++) {
+			json_t *m = json_array_get(it->messages, i);
+			const char *role = json_string_value(json_object_get(m, "role"));
+			bool sys = !strcmp(role, "system"), user = !strcmp(role, "user");
+			parts[k] = sys ? r->tpl.sys_prefix : user ? r->tpl.user_prefix : r->tpl.asst_prefix;
+			literal[k++] = false;
+			parts[k] = json_string_value(json_object_get(m, "content"));
+			literal[k++] = true;
+			parts[k] = sys ? r->tpl.sys_suffix : user ? r->tpl.user_suffix : r->tpl.asst_suffix;
+			literal[k++] = false;
+		}
+		parts[k] = r->tpl.asst_prefix;
+		literal[k++] = false;
+		int erc = cli_template_encode(r->tok, parts, literal, k, true, &ids, &n, &err);
+		free(parts);
+		free(literal);
+		if (erc < 0)
+			goto fail;
+		for (size_t i = 0; i < it->n_stops && n_stops < 56; i++)
+			stops[n_stops++] = it->stops[i];
+		if (r->tpl.stop[0])
+			stops[n_stops++] = r->tpl.stop;
+		for (size_t i = 0; i < r->tpl.n_stops; i++)
+			stops[n_stops++] = r->tpl.stops[i];
+	} else if (sb_tokenizer_encode(r->tok, it->prompt, strlen(it->prompt), r->base == NULL,
+	                               &ids, &n, &err) < 0) {
 		goto fail;
+	}
 	if (!n && !r->base) {
 		sb_error_set(&err, SB_ERR_ARG, "the prompt is empty and the model has no beginning-of-sequence token");
 		goto fail;
@@ -812,6 +1331,10 @@ static bool submit_item(run *r, item *it)
 	}
 	j->r = r;
 	j->it = it;
+	if (it->logprobs && !(j->logprobs = json_array())) {
+		sb_error_set(&err, SB_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
 	if (r->echo) {
 		if (r->escape)
 			cli_write_escaped(r->out, &j->esc, it->prompt, strlen(it->prompt));
@@ -822,16 +1345,23 @@ static bool submit_item(run *r, item *it)
 	sb_seq_params p = sb_seq_default_params();
 	p.tokens = ids;
 	p.n_tokens = n;
-	p.start = r->base;
-	p.start_logits = r->base_logits;
-	p.history = r->prefix_ids;
-	p.n_history = r->n_prefix;
+	p.start = chat ? NULL : r->base;
+	p.start_logits = chat ? NULL : r->base_logits;
+	p.history = chat ? NULL : r->prefix_ids;
+	p.n_history = chat ? 0 : r->n_prefix;
 	p.sampler = it->sp;
+	p.sampler.bias_ids = it->bias_ids;
+	p.sampler.bias_values = it->bias_values;
+	p.sampler.n_bias = it->n_bias;
+	p.logprobs = it->logprobs;
+	p.top_logprobs = it->top_logprobs;
 	p.max_tokens = it->max_tokens;
-	p.stops = it->stops;
-	p.n_stops = it->n_stops;
-	/* A completion continues its prompt: keep its first space. */
-	p.text_at_start = false;
+	p.ignore_eos = it->ignore_eos;
+	p.stops = chat ? stops : it->stops;
+	p.n_stops = chat ? n_stops : it->n_stops;
+	/* A completion continues its prompt: keep its first space; a chat
+	 * reply begins a text. */
+	p.text_at_start = chat;
 	p.on_token = on_token;
 	p.on_done = on_done;
 	p.user = j;
@@ -843,6 +1373,7 @@ static bool submit_item(run *r, item *it)
 fail:
 	free(ids);
 	if (j) {
+		json_decref(j->logprobs);
 		free(j->out.p);
 		free(j);
 	}
@@ -859,8 +1390,12 @@ static void submit_more(run *r)
 {
 	while (r->live < r->nslots && r->next < r->n_items && !interrupted && !r->rc) {
 		item *it = &r->items[r->next++];
-		if (it->done)
+		if (it->done || it->submitted)
 			continue;
+		/* an item of another act_bias waits for its pass */
+		if (!it->error && it->act_bias != r->pass_bias)
+			continue;
+		it->submitted = true;
 		if (it->error) {
 			if (r->text)
 				cli_error("%s", it->error);
@@ -899,8 +1434,29 @@ static int generate(run *r)
 	for (size_t i = 0; i < r->n_items; i++)
 		r->total += !r->items[i].done;
 	r->t_start = cli_now();
-	submit_more(r);
-	int rc = sb_sched_run(r->sched, &err);
+	/* One pass per act_bias (the router shift is the context's, shared by
+	 * every sequence of a batch), in the order the values first appear;
+	 * the records are still written in input order. */
+	int rc = 0;
+	for (size_t first = 0; rc == 0 && !interrupted && !r->rc;) {
+		while (first < r->n_items && (r->items[first].done || r->items[first].submitted))
+			first++;
+		if (first == r->n_items)
+			break;
+		r->pass_bias = r->items[first].act_bias;
+		sb_ctx_set_act_bias(r->ctx, r->pass_bias);
+		if (r->base && r->pass_bias != r->base_bias) {
+			/* the shared prefix as this pass's routers read it */
+			sb_outputs o = {.last_logits = r->base_logits};
+			sb_state_reset(r->base);
+			if ((rc = sb_prefill(r->ctx, r->base, r->prefix_ids, r->n_prefix, &o, &err)) < 0)
+				break;
+			r->base_bias = r->pass_bias;
+		}
+		r->next = first;
+		submit_more(r);
+		rc = sb_sched_run(r->sched, &err);
+	}
 	sb_sched_free(r->sched);
 	r->sched = NULL;
 	if (rc < 0)
@@ -910,6 +1466,74 @@ static int generate(run *r)
 	rc = write_ready(r, &r->next_write, r->next, &r->written);
 	if (r->progress)
 		show_progress(r, r->written, r->total, true);
+	return rc;
+}
+
+/* What changes an item's record: recorded beside the output and
+ * compared by --resume. */
+static json_t *run_settings(const run *r)
+{
+	const sb_sampler_params *sp = &r->g.sp;
+	json_t *bias = json_array(), *stops = json_array();
+	for (size_t i = 0; bias && i < r->g.n_bias; i++)
+		json_array_append_new(bias, json_pack("[i,f]", (int)r->g.bias_ids[i], (double)r->g.bias_values[i]));
+	for (size_t i = 0; stops && i < r->g.n_stops; i++)
+		json_array_append_new(stops, json_string(r->g.stops[i]));
+	char model[32], input[32], prefix[32];
+	snprintf(model, sizeof model, "%016llx", (unsigned long long)sb_model_fingerprint(r->model));
+	snprintf(input, sizeof input, "%016llx", (unsigned long long)r->input_hash);
+	uint64_t ph = cli_fnv64(CLI_FNV_START, r->prefix_ids ? (const void *)r->prefix_ids : "",
+	                        r->n_prefix * sizeof *r->prefix_ids);
+	snprintf(prefix, sizeof prefix, "%016llx", (unsigned long long)ph);
+	char shard[48] = "";
+	if (r->shard_n)
+		snprintf(shard, sizeof shard, "%zu/%zu", r->shard_k, r->shard_n);
+	json_t *o = json_object();
+	if (!o || !bias || !stops) {
+		json_decref(o);
+		json_decref(bias);
+		json_decref(stops);
+		return NULL;
+	}
+	json_object_set_new(o, "model_fingerprint", json_string(model));
+	json_object_set_new(o, "input_fingerprint", json_string(input));
+	json_object_set_new(o, "input_items", json_integer((json_int_t)r->n_input));
+	json_object_set_new(o, "prefix_fingerprint", json_string(prefix));
+	json_object_set_new(o, "shard", r->shard_n ? json_string(shard) : json_null());
+	json_object_set_new(o, "base_seed", json_integer((json_int_t)sp->seed));
+	json_object_set_new(o, "max_tokens", json_integer(r->g.max_tokens));
+	json_object_set_new(o, "temp", json_real(sp->temp));
+	json_object_set_new(o, "top_k", json_integer(sp->top_k));
+	json_object_set_new(o, "top_p", json_real(sp->top_p));
+	json_object_set_new(o, "min_p", json_real(sp->min_p));
+	json_object_set_new(o, "repeat_penalty", json_real(sp->repeat_penalty));
+	json_object_set_new(o, "repeat_last_n", json_integer(sp->repeat_last_n));
+	json_object_set_new(o, "presence_penalty", json_real(sp->presence_penalty));
+	json_object_set_new(o, "frequency_penalty", json_real(sp->frequency_penalty));
+	json_object_set_new(o, "logit_bias", bias);
+	json_object_set_new(o, "stop", stops);
+	json_object_set_new(o, "act_bias", json_real(r->g.act_bias));
+	json_object_set_new(o, "timings", json_boolean(r->timings));
+	return o;
+}
+
+/* -o: records the settings beside the output; --resume first compares
+ * them with those recorded. */
+static int check_settings(run *r)
+{
+	char *path = cli_settings_path(r->out_path);
+	json_t *now = run_settings(r);
+	int rc = 0;
+	if (!path || !now) {
+		cli_error("out of memory");
+		rc = CLI_EXIT_SOFTWARE;
+	} else if (r->resume && (rc = cli_settings_check(path, now, r->resume_force))) {
+		/* refused: nothing touched */
+	} else if (!r->resume_force) {
+		rc = cli_settings_write(path, now);
+	}
+	free(path);
+	json_decref(now);
 	return rc;
 }
 
@@ -1010,6 +1634,9 @@ static int parse_args(run *r, int argc, char **argv)
 				return st;
 		} else if (!strcmp(a, "--resume")) {
 			r->resume = true;
+		} else if (!strcmp(a, "--resume-force")) {
+			r->resume = true;
+			r->resume_force = true;
 		} else if (!strcmp(a, "--echo")) {
 			r->echo = true;
 		} else if (!strcmp(a, "--no-timings")) {
@@ -1034,6 +1661,19 @@ static int parse_args(run *r, int argc, char **argv)
 	if (r->resume && !r->out_path) {
 		cli_error("complete: --resume needs -o FILE (the records to continue)");
 		return CLI_EXIT_USAGE;
+	}
+	if (r->shard_n && !r->g.seed_set) {
+		cli_error("complete: --shard needs --seed N (the shards must share one base seed)");
+		return CLI_EXIT_USAGE;
+	}
+	int st = cli_gen_finish(&r->g);
+	if (st)
+		return st;
+	if (r->g.escape) {
+		for (size_t i = 0; i < r->n_prompts; i++)
+			cli_unescape((char *)r->prompts[i]);
+		if (r->system)
+			cli_unescape((char *)r->system);
 	}
 	return 0;
 }
@@ -1065,6 +1705,10 @@ static int read_input(run *r)
 {
 	if (r->n_prompts) {
 		size_t cap = 0;
+		r->n_input = r->n_prompts;
+		for (size_t i = 0; i < r->n_prompts; i++)
+			r->input_hash = cli_fnv64(cli_fnv64(r->input_hash, r->prompts[i], strlen(r->prompts[i])),
+			                          "\n", 1);
 		for (size_t i = 0; i < r->n_prompts; i++) {
 			if (!in_shard(r, i))
 				continue;
@@ -1097,17 +1741,16 @@ int cmd_complete(int argc, char **argv)
 	run r;
 	memset(&r, 0, sizeof r);
 	cli_gen_init(&r.g, 256);
-	/* Batch runs repeat by default: the base seed is 0 unless given. */
-	r.g.sp.seed = 0;
 	r.timings = true;
+	r.input_hash = CLI_FNV_START;
 	int rc = parse_args(&r, argc, argv);
 	if (rc) {
 		rc = rc < 0 ? 0 : rc;
 		goto done;
 	}
+	if (!r.g.seed_set)
+		r.g.sp.seed = r.resume ? recorded_base_seed(&r) : cli_random_seed();
 	if ((rc = check_paths(&r)) || (rc = read_input(&r)) || (rc = finish_items(&r)))
-		goto done;
-	if (r.resume && (rc = resume_from(&r)))
 		goto done;
 
 	bool to_tty = !r.out_path && cli_isatty(stdout);
@@ -1134,7 +1777,13 @@ int cmd_complete(int argc, char **argv)
 		goto done;
 	r.V = sb_model_config(r.model)->vocab_size;
 	r.eos = cli_gen_eos(r.model, r.tok);
+	cli_template_for_model(&r.tpl, sb_model_config(r.model), r.tok);
 	if ((rc = prefill_prefix(&r)))
+		goto done;
+	/* The settings are compared before the records are touched. */
+	if (r.out_path && (rc = check_settings(&r)))
+		goto done;
+	if (r.resume && (rc = resume_from(&r)))
 		goto done;
 
 	if (r.out_path) {
@@ -1160,7 +1809,7 @@ int cmd_complete(int argc, char **argv)
 	if (!rc && interrupted) {
 		cli_error("interrupted: the items under way were finished and written");
 		rc = CLI_EXIT_INTERRUPTED;
-	} else if (!rc && r.n_errors) {
+	} else if (!rc && (r.n_errors || r.n_kept_errors)) {
 		rc = CLI_EXIT_DATA;
 	}
 done:
@@ -1171,6 +1820,9 @@ done:
 	for (size_t i = 0; i < r.n_items; i++)
 		item_free(&r.items[i]);
 	free(r.items);
+	for (size_t i = 0; i < r.n_other; i++)
+		free(r.other[i].key);
+	free(r.other);
 	free(r.prompts);
 	free(r.prefix_ids);
 	free(r.base_logits);

@@ -9,13 +9,14 @@
 
 #include "gen.h"
 
-const char cli_gen_help[] =
+static const char gen_help_fmt[] =
 	"  -m, --model DIR          model directory (default: the bundled model)\n"
 	"  -t, --threads N          compute threads (default and 0: all cores; more than\n"
 	"                           the cores are lowered to their number, with a warning)\n"
 	"      --device D           compute on D: cpu (default), or cuda / cuda:N where this\n"
 	"                           build has the CUDA backend\n"
 	"  -n, --max-tokens N       most tokens to generate; -1: until end of text\n"
+	"                           (default %ld; also --n-predict, as llama.cpp)\n"
 	"      --temp T             temperature; 0 = greedy (default 0.8)\n"
 	"      --top-k K            keep the K most likely tokens; 0 = off (default 40)\n"
 	"      --top-p P            keep the smallest set with mass P; 1 = off (default 0.95)\n"
@@ -26,19 +27,29 @@ const char cli_gen_help[] =
 	"      --frequency-penalty X subtract X per occurrence (default 0)\n"
 	"      --logit-bias ID=X    add X to token ID's logit (X may be -inf); repeatable;\n"
 	"                           llama.cpp's ID+X / ID-X also work\n"
-	"      --seed N             random seed; -1 = random\n"
+	"  -s, --seed N             random seed, 0 to 2^53-1; -1 = random (default: random)\n"
 	"      --stop TEXT          stop when TEXT is generated (not printed); repeatable\n"
+	"  -e, --escape             read \\n \\r \\t \\\\ \\' \\\" \\xHH in prompts, --stop and other\n"
+	"                           texts given as flags, as llama.cpp does (the default)\n"
+	"      --no-escape          take those texts literally\n"
 	"      --act-bias B         router shift: positive = fewer attention activations\n"
 	"                           (default 0)\n"
 	"      --check              read every weight first and refuse a NaN or an\n"
-	"                           infinity (loading checks only the small tensors)\n"
-	"  -h, --help               show this help\n";
+	"                           infinity (loading checks only the small tensors)\n";
+
+const char *cli_gen_help(long default_max_tokens)
+{
+	static char buf[sizeof gen_help_fmt + 32];
+	snprintf(buf, sizeof buf, gen_help_fmt, default_max_tokens);
+	return buf;
+}
 
 void cli_gen_init(cli_gen *g, long default_max_tokens)
 {
 	memset(g, 0, sizeof *g);
 	g->max_tokens = default_max_tokens;
 	g->sp = sb_sampler_default_params();
+	g->escape = true;
 }
 
 void cli_gen_free(cli_gen *g)
@@ -152,7 +163,7 @@ int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 	}
 	if (FLAG(NULL, "--act-bias"))
 		return OK(cli_parse_float("--act-bias", v, -1e6, 1e6, &g->act_bias));
-	if (FLAG("-n", "--max-tokens") || FLAG(NULL, "--n-predict"))
+	if (FLAG("-n", "--n-predict") || FLAG(NULL, "--max-tokens"))
 		return OK(cli_parse_long("--max-tokens", v, -1, INT_MAX, &g->max_tokens));
 	if (FLAG(NULL, "--temp"))
 		return OK(cli_parse_float("--temp", v, 0, 1e6, &g->sp.temp));
@@ -170,16 +181,37 @@ int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 		return OK(cli_parse_float("--presence-penalty", v, -1e6, 1e6, &g->sp.presence_penalty));
 	if (FLAG(NULL, "--frequency-penalty"))
 		return OK(cli_parse_float("--frequency-penalty", v, -1e6, 1e6, &g->sp.frequency_penalty));
-	if (FLAG(NULL, "--seed")) {
+	if (FLAG("-s", "--seed")) {
 		if (st)
 			return -st;
 		if (!strcmp(v, "-1")) {
-			g->seed_set = true;
-			g->sp.seed = cli_random_seed();
+			g->seed_set = false;
 			return 1;
 		}
+		char *end;
+		errno = 0;
+		unsigned long long x = *v == '-' ? 0 : strtoull(v, &end, 10);
+		if (*v == '-' || !*v || *end || errno || x > CLI_SEED_MAX) {
+			/* llama.cpp's -s is the seed; a text here was meant as a
+			 * system prompt. */
+			cli_error("--seed: expected an integer from 0 to %llu or -1 (random), got '%s'%s",
+			          (unsigned long long)CLI_SEED_MAX, v,
+			          strcmp(argv[*i - 1], "-s") ? ""
+			                                     : " (-s is the seed, as in llama.cpp; a system "
+			                                       "prompt is --system TEXT or -sys TEXT)");
+			return -CLI_EXIT_USAGE;
+		}
 		g->seed_set = true;
-		return OK(cli_parse_u64("--seed", v, &g->sp.seed));
+		g->sp.seed = x;
+		return 1;
+	}
+	if (!strcmp(argv[*i], "-e") || !strcmp(argv[*i], "--escape")) {
+		g->escape = true;
+		return 1;
+	}
+	if (!strcmp(argv[*i], "--no-escape")) {
+		g->escape = false;
+		return 1;
 	}
 	if (FLAG(NULL, "--stop"))
 		return st ? -st : push_stop(g, v);
@@ -248,7 +280,7 @@ uint64_t cli_random_seed(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return mix64((uint64_t)ts.tv_sec * 1000000007ULL ^ (uint64_t)ts.tv_nsec ^
-	             ((uint64_t)getpid() << 32));
+	             ((uint64_t)getpid() << 32)) & CLI_SEED_MAX;
 }
 
 uint64_t cli_seed_derive(uint64_t base, const char *key, size_t len)
@@ -303,4 +335,76 @@ void cli_escaper_finish(FILE *f, cli_escaper *e)
 	if (e->pending_c2)
 		fputc(0xc2, f);
 	e->pending_c2 = false;
+}
+
+/* The value of one hex digit, or -1. */
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+size_t cli_unescape(char *s)
+{
+	char *o = s;
+	for (const char *p = s; *p; p++) {
+		if (*p != '\\' || !p[1]) {
+			*o++ = *p;
+			continue;
+		}
+		char c = *++p;
+		switch (c) {
+		case 'n': *o++ = '\n'; break;
+		case 'r': *o++ = '\r'; break;
+		case 't': *o++ = '\t'; break;
+		case '\\': *o++ = '\\'; break;
+		case '\'': *o++ = '\''; break;
+		case '"': *o++ = '"'; break;
+		case 'x':
+			/* \xHH, one or two digits; \x00 would end the string, so
+			 * it stays as written. */
+			if (hexval(p[1]) >= 0) {
+				int v = hexval(p[1]);
+				size_t k = 1;
+				if (hexval(p[2]) >= 0) {
+					v = v * 16 + hexval(p[2]);
+					k = 2;
+				}
+				if (v) {
+					*o++ = (char)v;
+					p += k;
+					break;
+				}
+			}
+			/* fall through */
+		default:
+			/* an unknown sequence stays as it was written */
+			*o++ = '\\';
+			*o++ = c;
+		}
+	}
+	*o = 0;
+	return (size_t)(o - s);
+}
+
+int cli_gen_finish(cli_gen *g)
+{
+	if (!g->escape)
+		return 0;
+	for (size_t i = 0; i < g->n_stops; i++) {
+		/* The stops point into argv, which may be written. */
+		char *s = (char *)g->stops[i];
+		cli_unescape(s);
+		if (!*s) {
+			cli_error("--stop: expected a non-empty string");
+			return CLI_EXIT_USAGE;
+		}
+	}
+	return 0;
+}
+
+uint64_t cli_item_seed(uint64_t base, const char *key, size_t len, bool single)
+{
+	return single ? base : cli_seed_derive(base, key, len) & CLI_SEED_MAX;
 }

@@ -17,14 +17,18 @@ typedef struct cli_gen {
 	float act_bias;          /* --act-bias */
 	long max_tokens;         /* -n; -1: until end of sequence or a stop */
 	sb_sampler_params sp;    /* bias_ids/bias_values point at the arrays below */
-	bool seed_set;           /* --seed given */
+	bool seed_set;           /* --seed given (and not -1) */
 	const char **stops;      /* (n_stops) --stop values, pointing into argv */
 	size_t n_stops;
 	int32_t *bias_ids;       /* (n_bias) --logit-bias */
 	float *bias_values;      /* (n_bias) */
 	size_t n_bias;
 	bool check;              /* --check: read every weight at load */
+	bool escape;             /* -e (the default) / --no-escape */
 } cli_gen;
+
+/* Seeds stay below 2^53 so that every JSON reader keeps them exact. */
+#define CLI_SEED_MAX ((UINT64_C(1) << 53) - 1)
 
 /* Defaults: llama.cpp's sampler defaults, the given token limit. */
 void cli_gen_init(cli_gen *g, long default_max_tokens);
@@ -36,8 +40,17 @@ void cli_gen_free(cli_gen *g);
  * exit status). */
 int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i);
 
-/* The help text for the flags above (lines starting with two spaces). */
-extern const char cli_gen_help[];
+/* After the last flag: with escapes on (the default), reads llama.cpp's
+ * escapes in the --stop values. Prints the error; 0 or an exit status. */
+int cli_gen_finish(cli_gen *g);
+
+/* llama.cpp's escapes, in place: \n \r \t \\ \' \" and \xHH (not
+ * \x00); any other backslash stays as written. Returns the new length. */
+size_t cli_unescape(char *s);
+
+/* The help text for the flags above (lines starting with two spaces),
+ * stating the command's default -n. A static buffer. */
+const char *cli_gen_help(long default_max_tokens);
 
 /* Matches argv[*i] against a flag that takes a value: "-x VALUE",
  * "--name VALUE" or "--name=VALUE". short_name may be NULL. On a match
@@ -61,6 +74,12 @@ uint64_t cli_random_seed(void);
 /* A seed for one item: a mix of the base seed and the item's key, so an
  * item's output does not depend on which other items ran before it. */
 uint64_t cli_seed_derive(uint64_t base, const char *key, size_t len);
+/* The seed of one item of a batch: the base seed itself when the input
+ * is that one item (so `--seed S -p PROMPT` uses S, as llama.cpp does),
+ * else cli_seed_derive masked to CLI_SEED_MAX. Either way the seed a
+ * record reports reproduces it, given back as --seed with the prompt
+ * alone or as the record's "seed". */
+uint64_t cli_item_seed(uint64_t base, const char *key, size_t len, bool single);
 
 /* Monotonic clock in seconds. */
 double cli_now(void);

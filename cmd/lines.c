@@ -149,8 +149,28 @@ bool cli_line_is_json(const char *s, size_t n)
 
 json_t *cli_item_id(json_t *obj, size_t lineno)
 {
+	/* an OpenAI batch line is named by its custom_id */
+	json_t *cid = json_is_object(obj) ? json_object_get(obj, "custom_id") : NULL;
+	if (json_is_string(cid))
+		return json_incref(cid);
 	json_t *id = json_is_object(obj) ? json_object_get(obj, "id") : NULL;
 	if (json_is_string(id) || json_is_integer(id))
 		return json_incref(id);
 	return json_integer((json_int_t)lineno);
+}
+
+json_t *cli_line_id(size_t lineno)
+{
+	return json_pack("{s:I}", "line", (json_int_t)lineno);
+}
+
+json_t *cli_item_id_jsonl(json_t *obj, size_t lineno)
+{
+	if (!json_is_object(obj))
+		return cli_line_id(lineno);
+	json_t *id = json_object_get(obj, "id");
+	json_t *cid = json_object_get(obj, "custom_id");
+	if ((id && !json_is_string(id) && !json_is_integer(id)) || (cid && !json_is_string(cid)))
+		return cli_line_id(lineno);
+	return cli_item_id(obj, lineno);
 }

@@ -46,10 +46,22 @@ bool cli_line_blank(const char *s, size_t n);
  * item line of an input decides between JSONL and plain text. */
 bool cli_line_is_json(const char *s, size_t n);
 
-/* The id of the item on input line `lineno`: the "id" member of obj (the
- * line parsed as JSONL, or NULL) when it is a string or an integer, else
- * the line number. `complete` and `merge` both name items through this.
+/* The id of the item on input line `lineno`: the "custom_id" of an
+ * OpenAI batch line, else the "id" member of obj (the line parsed as
+ * JSONL, or NULL) when it is a string or an integer, else the line
+ * number. `complete` and `merge` both name items through this.
  * Returns a new reference, or NULL when out of memory. */
 json_t *cli_item_id(json_t *obj, size_t lineno);
+
+/* The id of an error record that cannot have its line's own id: {"line":
+ * N}. No input line can hold it (an id is a string or an integer), so it
+ * never names another line's item. `complete` gives it to a JSONL line
+ * whose id cannot be read (not JSON, not an object, an "id" of another
+ * type, longer than CLI_LINE_MAX) and to every later line that repeats an
+ * id; `merge` names those lines the same way. New reference or NULL. */
+json_t *cli_line_id(size_t lineno);
+/* cli_item_id for a JSONL line: obj is the parsed line or NULL when it
+ * is not JSON; an unreadable id gives cli_line_id. */
+json_t *cli_item_id_jsonl(json_t *obj, size_t lineno);
 
 #endif

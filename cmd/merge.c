@@ -138,8 +138,16 @@ static int read_shard(merge *m, size_t si)
 		json_error_t je;
 		json_t *o = json_loadb(line, n, 0, &je);
 		json_t *id = json_is_object(o) ? json_object_get(o, "id") : NULL;
-		if ((!json_is_string(id) && !json_is_integer(id)) ||
-		    !json_is_string(json_object_get(o, "finish_reason"))) {
+		/* an OpenAI batch output line is named by its custom_id */
+		json_t *cid = json_is_object(o) ? json_object_get(o, "custom_id") : NULL;
+		bool batch_line = json_is_string(cid) && json_is_object(json_object_get(o, "response"));
+		if (batch_line)
+			id = cid;
+		/* an id is a string, an integer, or an error record's {"line": N} */
+		json_t *line_no = json_object_get(id, "line");
+		bool line_id = json_is_object(id) && json_object_size(id) == 1 && json_is_integer(line_no);
+		if ((!json_is_string(id) && !json_is_integer(id) && !line_id) ||
+		    (!batch_line && !json_is_string(json_object_get(o, "finish_reason")))) {
 			json_decref(o);
 			cli_error("%s: line %zu: expected a record with 'id' and 'finish_reason' "
 			          "(the output of seqboat complete)", path, lineno);
@@ -219,13 +227,32 @@ static int read_input(merge *m)
 			json_error_t je;
 			obj = json_loadb(line, n, JSON_REJECT_DUPLICATES, &je);
 		}
-		json_t *id = cli_item_id(obj, lineno);
+		json_t *id = fmt == 2 ? cli_item_id_jsonl(obj, lineno) : cli_item_id(NULL, lineno);
 		json_decref(obj);
 		char *key = id ? json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 		json_decref(id);
 		if (!key)
 			goto nomem;
 		rec *r = find(m, key);
+		if (r && r->used) {
+			/* a repeated id: complete named this line's error record by
+			 * the line (cli_line_id) */
+			json_t *lid = cli_line_id(lineno);
+			char *lkey = lid ? json_dumps(lid, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+			json_decref(lid);
+			if (!lkey) {
+				free(key);
+				goto nomem;
+			}
+			rec *l = find(m, lkey);
+			if (l) {
+				free(key);
+				key = lkey;
+				r = l;
+			} else {
+				free(lkey);
+			}
+		}
 		if (!r) {
 			problem(m, "id %s (%s line %zu): missing: no shard has its record", key,
 			        m->in_path, lineno);

@@ -47,7 +47,7 @@ static void usage(FILE *f)
 	        "  -h, --help               this text\n\n"
 	        "Sampling defaults for requests that do not set them:\n%s\n"
 	        "(-n is the default max_tokens, 256; --stop strings apply to every request.)\n",
-	        cli_gen_help);
+	        cli_gen_help(256));
 }
 
 /* "123", "64K", "512M", "2G" (powers of 1024). */

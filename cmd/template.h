@@ -16,19 +16,59 @@
 #define SB_CLI_TEMPLATE_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "seqboat.h"
+#include "tokenizer.h"
+
+/* The pieces (not the text between them) may hold {bos} and {eos}: the
+ * model's beginning- and end-of-sequence tokens, read as those ids. */
+#define CLI_TEMPLATE_MAX_STOPS 4
 
 typedef struct cli_template {
 	char sys_prefix[SB_CONFIG_STR], sys_suffix[SB_CONFIG_STR];
 	char user_prefix[SB_CONFIG_STR], user_suffix[SB_CONFIG_STR];
 	char asst_prefix[SB_CONFIG_STR], asst_suffix[SB_CONFIG_STR];
-	char stop[2 * SB_CONFIG_STR]; /* "" if none (blank or no user prefix) */
+	char stop[2 * SB_CONFIG_STR]; /* "" if none (blank, no user prefix, a {token}) */
+	/* More stop strings that end a reply (a template file's "stop", the
+	 * base-model default's blank line). */
+	char stops[CLI_TEMPLATE_MAX_STOPS][SB_CONFIG_STR];
+	size_t n_stops;
+	const char *name;        /* "config.yaml", "base model", a file's path, "raw" */
 } cli_template;
 
 /* The model's template, or the base-model default ("User: ", "Assistant:",
  * newlines) when config.yaml has no chat: mapping. */
 void cli_template_init(cli_template *t, const sb_config *cfg);
+
+/* The template chat uses for a model: config.yaml's chat: mapping, else
+ * the default for a base model, chosen from what the model was trained
+ * on: "User: TEXT", "Assistant: REPLY" and the system text as lines,
+ * where a line ends with "\n" when the tokenizer has a newline piece and
+ * with {eos} when its newline is the end-of-sequence token (a model
+ * trained on one document per line, such as the bundled one, for which a
+ * "\n" is a byte it never saw). A reply ends at the end-of-sequence token,
+ * at a blank line ("\n\n") or where the model starts the next "User:". */
+void cli_template_for_model(cli_template *t, const sb_config *cfg, const sb_tokenizer *tok);
+
+/* No template: the text typed is read as it is and the model continues
+ * it (chat --no-conversation). */
+void cli_template_raw(cli_template *t);
+
+/* A template file (chat --chat-template FILE): one JSON object with the
+ * keys system_prefix, system_suffix, user_prefix, user_suffix,
+ * assistant_prefix, assistant_suffix (strings, each optional: "" when
+ * absent) and stop (a string or an array of up to 4 strings). Unknown keys
+ * and wrong types are refused naming the file and the field. */
+int cli_template_load(cli_template *t, const char *path, sb_error *err);
+
+/* Encodes a piece of a conversation: parts[i] are concatenated, and
+ * where literal[i] is false, {bos} and {eos} in that part become those
+ * ids; the text between them is tokenized as one string each (the first
+ * with the beginning-of-sequence id when add_bos). *ids is malloc'd. */
+int cli_template_encode(const sb_tokenizer *tok, const char *const *parts, const bool *literal,
+                        size_t n, bool add_bos, int32_t **ids, size_t *n_ids, sb_error *err);
 
 /* The text of the system piece (malloc'd, caller frees; NULL when out of
  * memory). */

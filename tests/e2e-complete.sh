@@ -30,9 +30,11 @@ rc=$?
 $PY - "$TMP/batch.out" <<'EOF' || fail "malformed batch: records are wrong"
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1])]
-want = [("a", "ok"), (2, "error"), (3, "error"), ("c", "ok"), (6, "error"),
-        ("d", "error"), ("e", "error"), (9, "ok"), ("f", "error"),
-        ("a", "error"), ("g", "ok")]
+# A line whose id cannot be read, or that repeats an earlier id, has an
+# error record named {"line": N}: an id no line can hold.
+want = [("a", "ok"), ({"line": 2}, "error"), ({"line": 3}, "error"), ("c", "ok"),
+        ({"line": 6}, "error"), ("d", "error"), ("e", "error"), (9, "ok"), ("f", "error"),
+        ({"line": 11}, "error"), ("g", "ok")]
 assert len(recs) == len(want), f"{len(recs)} records for {len(want)} lines"
 for r, (id_, kind) in zip(recs, want):
     assert r["id"] == id_, (r, id_)

@@ -520,7 +520,7 @@ def jsonl_cases():
     jsonl_case("max-tokens-float", ok + b'{"id": "x", "prompt": "w4", "max_tokens": 2.5}\n', [2], ["max_tokens"])
     jsonl_case("seed-negative", ok + b'{"id": "x", "prompt": "w4", "seed": -3}\n', [2], ["seed"])
     jsonl_case("stop-not-strings", ok + b'{"id": "x", "prompt": "w4", "stop": [1]}\n', [2], ["stop"])
-    jsonl_case("unknown-field", ok + b'{"id": "x", "prompt": "w4", "temperature": 1}\n', [2], ["temperature"])
+    jsonl_case("unknown-field", ok + b'{"id": "x", "prompt": "w4", "temprature": 1}\n', [2], ["temprature"])
     jsonl_case("deep-nesting", ok + b'{"id": "d", "prompt": "w4", "stop": ' + b"[" * 100000 +
                b"]" * 100000 + b"}\n", [2], ["json", "nest", "deep", "stop"])
     jsonl_case("binary-line", ok + bytes(range(1, 10)) + b"\x80\xff\n", [2], ["json"],
