@@ -39,6 +39,8 @@ typedef struct pending {
 struct sb_cuda_ctx {
 	int device;
 	cudaStream_t st;
+	sbk_stream ks;         // st, for kernels: with early launch in the current block?
+	bool pdl_ok;           // early launch possible (Hopper, not turned off)
 	cublasHandle_t blas;
 	void *blas_ws;
 	sbk_geo g;
@@ -192,7 +194,7 @@ static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *e
 		float *w32 = (float *)dalloc(c, n * sizeof(float), err);
 		if (!w32)
 			return false;
-		sbk_widen(c->st, d, w32);
+		sbk_widen(c->ks, d, w32);
 		d->w32 = w32;
 	}
 	return true;
@@ -319,6 +321,8 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		rc = cuda_fail(err, e, "creating a stream");
 		goto fail;
 	}
+	c->ks.s = c->st;
+	c->ks.pdl = false; /* plain launches while uploading */
 	if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
 		c->blas = NULL;
 		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS did not start");
@@ -421,6 +425,16 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		const char *ev = getenv("SEQBOAT_CUDA_GRAPHS");
 		c->graphs_on = !(ev && !strcmp(ev, "0"));
 	}
+	{
+		/* Kernels launch early (programmatic dependent launch) on
+		 * compute capability 9.0 and later; SEQBOAT_CUDA_PDL=0 turns it off. */
+		int major = 0;
+		cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+		const char *ev = getenv("SEQBOAT_CUDA_PDL");
+		c->pdl_ok = major >= 9 && !(ev && !strcmp(ev, "0"));
+		ev = getenv("SEQBOAT_CUDA_VEC");
+		g->vec = !(ev && !strcmp(ev, "0"));
+	}
 	e = cudaStreamSynchronize(c->st);
 	if (e != cudaSuccess) {
 		rc = cuda_fail(err, e, "uploading the model");
@@ -519,14 +533,14 @@ static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W
                const int *arow)
 {
 	if (T <= SBK_GEMV_MAX_ROWS) {
-		sbk_gemv(c->st, W, X, T, bias, act, Y, rhxu, c->g.D + 2, act_bias, inv_tau, arow);
+		sbk_gemv(c->ks, W, X, T, bias, act, Y, rhxu, c->g.D + 2, act_bias, inv_tau, arow);
 		return;
 	}
 	const float one = 1.0f, zero = 0.0f;
 	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, T, W->cols, &one,
 	                          W->w32, W->cols, X, W->cols, &zero, Y, W->rows));
 	if (bias || act != SBK_ACT_NONE)
-		sbk_bias_act(c->st, Y, W->rows, T, bias, act);
+		sbk_bias_act(c->ks, Y, W->rows, T, bias, act);
 }
 
 static void ffn_rows(sb_cuda_ctx *c, const dlayer *ly, int T, float *hid)
@@ -534,12 +548,12 @@ static void ffn_rows(sb_cuda_ctx *c, const dlayer *ly, int T, float *hid)
 	const int D = c->g.D;
 	const float *in = c->x;
 	if (c->prenorm) {
-		sbk_norm_rows(c->st, &ly->ffn_norm, c->x, c->xn, T, D);
+		sbk_norm_rows(c->ks, &ly->ffn_norm, c->x, c->xn, T, D);
 		in = c->xn;
 	}
 	mm(c, c->ffn_h, in, T, &ly->fc1, ly->fc1_b, c->g.act, NULL, 0, 0, NULL);
 	mm(c, c->att, c->ffn_h, T, &ly->fc2, ly->fc2_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
-	sbk_residual(c->st, c->x, NULL, 0, c->att, NULL, NULL, T, D, c->g.act, true,
+	sbk_residual(c->ks, c->x, NULL, 0, c->att, NULL, NULL, T, D, c->g.act, true,
 	             c->prenorm ? NULL : &ly->ffn_norm, hid, NULL, &c->g, 0);
 }
 
@@ -552,30 +566,30 @@ static void layer_block(sb_cuda_ctx *c, unsigned char *block, int T, int l, floa
 	const int D = g->D, Z = g->Z, H = g->H, W = g->W, cols = W + T;
 	const float *in = c->x;
 	if (c->prenorm) {
-		sbk_norm_rows(c->st, &ly->norm, c->x, c->xn, T, D);
+		sbk_norm_rows(c->ks, &ly->norm, c->x, c->xn, T, D);
 		in = c->xn;
 	}
-	sbk_ema_scan(c->st, (float *)(block + g->h) + (size_t)l * D * g->N, &ly->v, in, c->mx, T, D,
+	sbk_ema_scan(c->ks, (float *)(block + g->h) + (size_t)l * D * g->N, &ly->v, in, c->mx, T, D,
 	             g->N, g->act);
 	mm(c, c->hxu, c->mx, T, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
-	sbk_router_block(c->st, c->hxu, T, D + 2, act_bias, ly->v.inv_tau, c->pr1, c->arow, c->aidx,
+	sbk_router_block(c->ks, c->hxu, T, D + 2, act_bias, ly->v.inv_tau, c->pr1, c->arow, c->aidx,
 	                 c->nact, (uint64_t *)(block + g->n_act) + l, c->act + (size_t)l * c->R);
 	mm(c, c->zgv, c->mx, T, &ly->mx, ly->mx_b, g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
-	sbk_ring_span(c->st, block, g, l, c->CK, c->CV, c->cpos);
-	sbk_qk_block(c->st, g, &ly->v, c->zgv, c->aidx, c->nact, c->pos, c->inv_freq, T, c->Q, c->CK,
+	sbk_ring_span(c->ks, block, g, l, c->CK, c->CV, c->cpos);
+	sbk_qk_block(c->ks, g, &ly->v, c->zgv, c->aidx, c->nact, c->pos, c->inv_freq, T, c->Q, c->CK,
 	             c->CV, c->cpos);
 	const float one = 1.0f, zero = 0.0f;
 	/* S (T, cols) = scale * Q CK^T;  og (T, H) = S CV */
 	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, T, Z, &g->scale, c->CK, Z,
 	                          c->Q, Z, &zero, c->S, cols));
-	sbk_attn_weights_block(c->st, g, &ly->v, c->S, T, c->nact,
+	sbk_attn_weights_block(c->ks, g, &ly->v, c->S, T, c->nact,
 	                       (const int32_t *)(block + g->ring_len) + l, c->cpos);
 	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, T, cols, &one, c->CV, H, c->S,
 	                          cols, &zero, c->og, H));
-	sbk_gate_block(c->st, g, c->og, c->zgv, c->aidx, c->nact, T);
-	sbk_ring_push_block(c->st, block, g, l, c->CK, c->CV, c->cpos, c->nact, T);
+	sbk_gate_block(c->ks, g, c->og, c->zgv, c->aidx, c->nact, T);
+	sbk_ring_push_block(c->ks, block, g, l, c->CK, c->CV, c->cpos, c->nact, T);
 	mm(c, c->att, c->og, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
-	sbk_residual(c->st, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, T, D, g->act, false,
+	sbk_residual(c->ks, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, T, D, g->act, false,
 	             c->prenorm ? NULL : &ly->norm, c->ffn ? NULL : hid, NULL, g, l);
 	if (c->ffn)
 		ffn_rows(c, ly, T, hid);
@@ -587,14 +601,14 @@ static void layer_rows(sb_cuda_ctx *c, int B, int l, float act_bias, float *hid)
 	const sbk_geo *g = &c->g;
 	const dlayer *ly = &c->layers[l];
 	const int D = g->D;
-	sbk_norm_ema_rows(c->st, c->blocks, g, l, c->prenorm, &ly->norm, &ly->v, c->x, c->mx, B);
+	sbk_norm_ema_rows(c->ks, c->blocks, g, l, c->prenorm, &ly->norm, &ly->v, c->x, c->mx, B);
 	mm(c, c->hxu, c->mx, B, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
 	mm(c, c->zgv, c->mx, B, &ly->mx, ly->mx_b, g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
-	sbk_attn_rows(c->st, c->blocks, g, &ly->v, l, c->pos, c->hxu, act_bias, c->zgv, c->inv_freq,
+	sbk_attn_rows(c->ks, c->blocks, g, &ly->v, l, c->pos, c->hxu, act_bias, c->zgv, c->inv_freq,
 	              c->pr1, c->arow, c->act + (size_t)l * c->R, c->po, c->pm, c->ps, c->count,
 	              c->og, B);
 	mm(c, c->att, c->og, B, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, c->arow);
-	sbk_residual(c->st, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, B, D, g->act, false,
+	sbk_residual(c->ks, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, B, D, g->act, false,
 	             c->prenorm ? NULL : &ly->norm, c->ffn ? NULL : hid, c->blocks, g, l);
 	if (c->ffn)
 		ffn_rows(c, ly, B, hid);
@@ -606,7 +620,7 @@ static void logits_rows(sb_cuda_ctx *c, int t0, int T)
 	const int D = c->g.D, n = T - t0;
 	const float *in = c->x + (size_t)t0 * D;
 	if (c->prenorm) {
-		sbk_norm_rows(c->st, &c->final_norm, in, c->xn + (size_t)t0 * D, n, D);
+		sbk_norm_rows(c->ks, &c->final_norm, in, c->xn + (size_t)t0 * D, n, D);
 		in = c->xn + (size_t)t0 * D;
 	}
 	mm(c, c->logits + (size_t)t0 * c->g.V, in, n, &c->out, NULL, SBK_ACT_NONE, NULL, 0, 0, NULL);
@@ -615,7 +629,7 @@ static void logits_rows(sb_cuda_ctx *c, int t0, int T)
 /* A whole decode step of B distinct rows (what a graph holds). */
 static void step_rows(sb_cuda_ctx *c, int B, float act_bias)
 {
-	sbk_embed(c->st, &c->embed, c->tok, B, c->embed_scale, c->x);
+	sbk_embed(c->ks, &c->embed, c->tok, B, c->embed_scale, c->x);
 	for (int l = 0; l < c->L; l++)
 		layer_rows(c, B, l, act_bias, c->hid + (size_t)l * c->R * c->g.D);
 	logits_rows(c, 0, B);
@@ -704,6 +718,10 @@ int sb_cuda_embed(sb_cuda_ctx *c, const sb_cuda_rows *r, sb_error *err)
 	CK(cudaMemcpyAsync(c->stage, c->h_stage, R * 20, cudaMemcpyHostToDevice, c->st));
 	c->graphed = false;
 	c->failed = 0;
+	/* Early launch only where every kernel of the block is ours (few
+	 * distinct rows: no cuBLAS product, whose kernels need not wait for
+	 * a predecessor that let them start early). */
+	c->ks.pdl = c->pdl_ok && r->distinct && T <= SBK_GEMV_MAX_ROWS;
 	if (r->distinct && c->graphs_on) {
 		int rc = graph_launch(c, T, r->act_bias, err);
 		if (rc < 0)
@@ -711,7 +729,7 @@ int sb_cuda_embed(sb_cuda_ctx *c, const sb_cuda_rows *r, sb_error *err)
 		c->graphed = rc == 0;
 	}
 	if (!c->graphed)
-		sbk_embed(c->st, &c->embed, c->tok, T, c->embed_scale, c->x);
+		sbk_embed(c->ks, &c->embed, c->tok, T, c->embed_scale, c->x);
 	CK(cudaGetLastError());
 	return 0;
 }

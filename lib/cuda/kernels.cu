@@ -11,6 +11,19 @@
 
 #define FULL 0xffffffffu
 
+/* Programmatic dependent launch (Hopper): a kernel is scheduled while its
+ * predecessor in the stream still runs, and waits here until that one's
+ * results are complete; then lets its own successor be scheduled. Every
+ * kernel calls it before touching memory. No-op without the launch
+ * attribute or before sm_90. */
+__device__ __forceinline__ void grid_dep()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 	for (int o = 16; o > 0; o >>= 1)
@@ -195,6 +208,7 @@ __device__ __forceinline__ float laplace_w(float s)
 
 __global__ void k_embed(sbk_mat E, const int32_t *tok, float scale, float *x)
 {
+	grid_dep();
 	const int t = blockIdx.x, D = E.cols, r = tok[t];
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		x[(size_t)t * D + d] = wget(E.dt, E.w, E.sc, r, d, D) * scale;
@@ -202,6 +216,7 @@ __global__ void k_embed(sbk_mat E, const int32_t *tok, float scale, float *x)
 
 __global__ void k_norm_rows(sbk_norm nm, const float *x, float *y, int D)
 {
+	grid_dep();
 	extern __shared__ float row[];
 	__shared__ float red[33];
 	const int t = blockIdx.x;
@@ -220,6 +235,7 @@ template <int K>
 __global__ void k_ema_scan(float *h, sbk_layer_vecs v, const float *xn, float *mx, int T, int D,
                            int N, int act)
 {
+	grid_dep();
 	const int d = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
 	if (d >= D)
 		return;
@@ -286,6 +302,7 @@ __global__ void k_ema_scan(float *h, sbk_layer_vecs v, const float *xn, float *m
 __global__ void k_norm_ema_rows(unsigned char *const *blocks, sbk_geo g, int l, bool prenorm,
                                 sbk_norm nm, sbk_layer_vecs v, const float *x, float *mx)
 {
+	grid_dep();
 	extern __shared__ float row[];
 	__shared__ float red[33];
 	const int b = blockIdx.y, D = g.D, N = g.N;
@@ -363,6 +380,8 @@ __device__ __forceinline__ void wload8(const void *w, const __half *sc, size_t i
 	}
 }
 
+#define GEMV_PASS 4
+
 /* One warp per output; lanes stride the inputs (coalesced weight reads,
  * eight weights a load where the rows allow it), every weight read once
  * for all B rows. */
@@ -370,6 +389,7 @@ template <int DT, int NB>
 __global__ void k_gemv(sbk_mat W, const float *x, int B, const float *bias, int act, float *y,
                        const float *rhxu, int rld, float act_bias, float inv_tau, const int *arow)
 {
+	grid_dep();
 	const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
 	if (r >= W.rows)
 		return;
@@ -392,26 +412,40 @@ __global__ void k_gemv(sbk_mat W, const float *x, int B, const float *bias, int 
 	const int cols = W.cols;
 	const size_t base = (size_t)r * cols, sbase = (size_t)r * ((cols + 31) >> 5);
 	if (live && (cols & 7) == 0) {
+		/* GEMV_PASS chunks of eight per lane loaded before any is used,
+		 * so a warp waits for memory once per pass, not once per chunk */
 		const int n8 = cols >> 3;
-		for (int c8 = lane; c8 < n8; c8 += 32) {
-			float wv[8];
-			wload8<DT>(W.w, W.sc, base + (size_t)c8 * 8, sbase + (c8 >> 2), wv);
+		for (int p0 = 0; p0 < n8; p0 += 32 * GEMV_PASS) {
+			float wv[GEMV_PASS][8];
 #pragma unroll
-			for (int b = 0; b < NB; b++)
-				if (b < B) {
-					const float4 *xp = (const float4 *)(x + (size_t)b * cols + (size_t)c8 * 8);
-					const float4 x0 = xp[0], x1 = xp[1];
-					float s = acc[b];
-					s = fmaf(wv[0], x0.x, s);
-					s = fmaf(wv[1], x0.y, s);
-					s = fmaf(wv[2], x0.z, s);
-					s = fmaf(wv[3], x0.w, s);
-					s = fmaf(wv[4], x1.x, s);
-					s = fmaf(wv[5], x1.y, s);
-					s = fmaf(wv[6], x1.z, s);
-					s = fmaf(wv[7], x1.w, s);
-					acc[b] = s;
-				}
+			for (int k = 0; k < GEMV_PASS; k++) {
+				const int c8 = p0 + lane + 32 * k;
+				if (c8 < n8)
+					wload8<DT>(W.w, W.sc, base + (size_t)c8 * 8, sbase + (c8 >> 2), wv[k]);
+			}
+#pragma unroll
+			for (int k = 0; k < GEMV_PASS; k++) {
+				const int c8 = p0 + lane + 32 * k;
+				if (c8 >= n8)
+					break;
+#pragma unroll
+				for (int b = 0; b < NB; b++)
+					if (b < B) {
+						const float4 *xp =
+							(const float4 *)(x + (size_t)b * cols + (size_t)c8 * 8);
+						const float4 x0 = xp[0], x1 = xp[1];
+						float t = acc[b];
+						t = fmaf(wv[k][0], x0.x, t);
+						t = fmaf(wv[k][1], x0.y, t);
+						t = fmaf(wv[k][2], x0.z, t);
+						t = fmaf(wv[k][3], x0.w, t);
+						t = fmaf(wv[k][4], x1.x, t);
+						t = fmaf(wv[k][5], x1.y, t);
+						t = fmaf(wv[k][6], x1.z, t);
+						t = fmaf(wv[k][7], x1.w, t);
+						acc[b] = t;
+					}
+			}
 		}
 	} else if (live) {
 #pragma unroll 4
@@ -437,6 +471,7 @@ __global__ void k_gemv(sbk_mat W, const float *x, int B, const float *bias, int 
 
 __global__ void k_bias_act(float *y, int n, int B, const float *bias, int act)
 {
+	grid_dep();
 	const size_t total = (size_t)n * B;
 	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
 	     i += (size_t)gridDim.x * blockDim.x) {
@@ -453,6 +488,7 @@ __global__ void k_router_block(const float *hxu, int T, int D2, float act_bias, 
                                float *pr1, int *arow, int *aidx, int *nact, uint64_t *snact,
                                uint8_t *act_out)
 {
+	grid_dep();
 	__shared__ int wsum[32];
 	__shared__ int base;
 	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
@@ -500,6 +536,7 @@ __global__ void k_router_block(const float *hxu, int T, int D2, float act_bias, 
 __global__ void k_ring_span(const unsigned char *block, sbk_geo g, int l, float *CK, float *CV,
                             int64_t *cpos)
 {
+	grid_dep();
 	const int j = blockIdx.x, Z = g.Z, H = g.H, W1 = g.W1;
 	const int R = ((const int32_t *)(block + g.ring_len))[l];
 	const int head = ((const int32_t *)(block + g.ring_head))[l];
@@ -529,6 +566,7 @@ __global__ void k_qk_block(sbk_geo g, sbk_layer_vecs v, const float *zgv, const 
                            const int *nact, const int64_t *pos, const double *inv_freq, float *Q,
                            float *CK, float *CV, int64_t *cpos)
 {
+	grid_dep();
 	const int i = blockIdx.x, Z = g.Z, H = g.H, W = g.W, ZH = Z + 2 * H;
 	float *q = Q + (size_t)i * Z, *k = CK + (size_t)(W + i) * Z, *vv = CV + (size_t)(W + i) * H;
 	if (i >= *nact) {
@@ -555,6 +593,7 @@ __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int 
                                      const int *nact, const int32_t *ring_len_l,
                                      const int64_t *cpos)
 {
+	grid_dep();
 	__shared__ float red[33];
 	const int i = blockIdx.x, W = g.W, cols = W + T, tid = threadIdx.x, bd = blockDim.x;
 	float *row = S + (size_t)i * cols;
@@ -600,6 +639,7 @@ __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int 
 __global__ void k_gate_block(sbk_geo g, float *og, const float *zgv, const int *aidx,
                              const int *nact)
 {
+	grid_dep();
 	const int i = blockIdx.x, Z = g.Z, H = g.H, ZH = Z + 2 * H;
 	if (i >= *nact)
 		return;
@@ -613,6 +653,7 @@ __global__ void k_gate_block(sbk_geo g, float *og, const float *zgv, const int *
 __global__ void k_ring_push_block(unsigned char *block, sbk_geo g, int l, const float *CK,
                                   const float *CV, const int64_t *cpos, const int *nact)
 {
+	grid_dep();
 	const int i = blockIdx.x, n = *nact, W1 = g.W1, Z = g.Z, H = g.H, W = g.W;
 	if (i >= n || i < n - W1)
 		return;
@@ -631,6 +672,7 @@ __global__ void k_ring_push_block(unsigned char *block, sbk_geo g, int l, const 
 
 __global__ void k_ring_count(unsigned char *block, sbk_geo g, int l, const int *nact)
 {
+	grid_dep();
 	int32_t *len = (int32_t *)(block + g.ring_len) + l, *head = (int32_t *)(block + g.ring_head) + l;
 	const long long total = (long long)*len + *nact, W1 = g.W1;
 	const long long drop = total > W1 ? total - W1 : 0;
@@ -652,6 +694,7 @@ __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_v
                             uint8_t *act_out, float *po, float *pm, float *ps, int *count,
                             float *og, int nch)
 {
+	grid_dep();
 	extern __shared__ float sh[];
 	__shared__ float sc[SBK_CHUNK];
 	__shared__ int slots[SBK_CHUNK];
@@ -696,18 +739,53 @@ __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_v
 			P[slot_new] = pos[b];
 	}
 	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
-	for (int e = w; e < n; e += nw) {
-		const bool is_new = has_new && e == n - 1;
-		const float *kk = is_new ? kn : K + (size_t)slots[e] * Z;
-		float s = 0.0f;
+	/* Each warp's entries (SBK_CHUNK / warps of them) are read together,
+	 * four floats a lane where the rows are 16-byte aligned. */
+	const bool k4 = g.vec && (Z & 3) == 0 && ((uintptr_t)K & 15) == 0;
+#define ATT_EPW (SBK_CHUNK / 8)
+	float sacc[ATT_EPW];
+#pragma unroll
+	for (int j = 0; j < ATT_EPW; j++)
+		sacc[j] = 0.0f;
+	if (k4) {
+		for (int i4 = lane; i4 < Z / 4; i4 += 32) {
+			const float4 qv = ((const float4 *)qs)[i4];
+			float4 kv[ATT_EPW];
+#pragma unroll
+			for (int j = 0; j < ATT_EPW; j++) {
+				const int e = w + j * nw;
+				if (e < n)
+					kv[j] = has_new && e == n - 1
+					        ? ((const float4 *)kn)[i4]
+					        : ((const float4 *)(K + (size_t)slots[e] * Z))[i4];
+			}
+#pragma unroll
+			for (int j = 0; j < ATT_EPW; j++)
+				if (w + j * nw < n)
+					sacc[j] += qv.x * kv[j].x + qv.y * kv[j].y + qv.z * kv[j].z +
+					           qv.w * kv[j].w;
+		}
+	} else {
 		for (int i = lane; i < Z; i += 32)
-			s += qs[i] * kk[i];
-		s = warp_sum(s);
-		if (lane == 0) {
-			s *= g.scale;
+#pragma unroll
+			for (int j = 0; j < ATT_EPW; j++) {
+				const int e = w + j * nw;
+				if (e < n) {
+					const float *kk = has_new && e == n - 1 ? kn : K + (size_t)slots[e] * Z;
+					sacc[j] += qs[i] * kk[i];
+				}
+			}
+	}
+#pragma unroll
+	for (int j = 0; j < ATT_EPW; j++) {
+		const int e = w + j * nw;
+		float sj = warp_sum(sacc[j]);
+		if (lane == 0 && e < n) {
+			const bool is_new = has_new && e == n - 1;
+			sj *= g.scale;
 			if (v.rel_bias)
-				s += rel_bias_at(v.rel_bias, g.M, is_new ? pos[b] : P[slots[e]], pos[b]);
-			sc[e] = s;
+				sj += rel_bias_at(v.rel_bias, g.M, is_new ? pos[b] : P[slots[e]], pos[b]);
+			sc[e] = sj;
 		}
 	}
 	__syncthreads();
@@ -732,13 +810,40 @@ __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_v
 		}
 	}
 	__syncthreads();
-	for (int h = tid; h < H; h += bd) {
-		float acc = 0.0f;
-		for (int e = 0; e < n_old; e++)
-			acc += sc[e] * V[(size_t)slots[e] * H + h];
-		if (has_new)
-			acc += sc[n - 1] * z[Z + H + h];
-		po[((size_t)b * nch + c) * H + h] = acc;
+	float *out = po + ((size_t)b * nch + c) * H;
+	if (g.vec && (H & 3) == 0 && ((uintptr_t)V & 15) == 0 && ((uintptr_t)z & 15) == 0 &&
+	    ((uintptr_t)out & 15) == 0 && (Z & 3) == 0) {
+		/* four values a thread, eight entries' loads in flight */
+		for (int h4 = tid; h4 < H / 4; h4 += bd) {
+			float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+			for (int e = 0; e < n_old; e++) {
+				const float4 vv = ((const float4 *)(V + (size_t)slots[e] * H))[h4];
+				const float a = sc[e];
+				acc.x += a * vv.x;
+				acc.y += a * vv.y;
+				acc.z += a * vv.z;
+				acc.w += a * vv.w;
+			}
+			if (has_new) {
+				const float4 vv = ((const float4 *)(z + Z + H))[h4];
+				const float a = sc[n - 1];
+				acc.x += a * vv.x;
+				acc.y += a * vv.y;
+				acc.z += a * vv.z;
+				acc.w += a * vv.w;
+			}
+			((float4 *)out)[h4] = acc;
+		}
+	} else {
+		for (int h = tid; h < H; h += bd) {
+			float acc = 0.0f;
+			for (int e = 0; e < n_old; e++)
+				acc += sc[e] * V[(size_t)slots[e] * H + h];
+			if (has_new)
+				acc += sc[n - 1] * z[Z + H + h];
+			out[h] = acc;
+		}
 	}
 	__threadfence();
 	__syncthreads();
@@ -771,6 +876,7 @@ __global__ void k_residual(float *x, const float *hxu, int D2, const float *att,
                            bool has_post, float *hid, unsigned char *const *ring_blocks,
                            sbk_geo g, int l)
 {
+	grid_dep();
 	extern __shared__ float row[];
 	__shared__ float red[33];
 	const int t = blockIdx.x;
@@ -810,6 +916,7 @@ __global__ void k_residual(float *x, const float *hxu, int D2, const float *att,
 
 __global__ void k_widen(sbk_mat W, float *w32)
 {
+	grid_dep();
 	const size_t total = (size_t)W.rows * W.cols;
 	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
 	     i += (size_t)gridDim.x * blockDim.x) {
@@ -820,62 +927,81 @@ __global__ void k_widen(sbk_mat W, float *w32)
 
 /* ------------------------------------------------------------ launches */
 
+/* Launches kernel k with the programmatic-serialization attribute where
+ * the stream allows it (st.pdl: a Hopper GPU). */
+template <typename... KArgs, typename... Args>
+static void launch(sbk_stream st, dim3 grid, dim3 block, size_t shmem, void (*k)(KArgs...),
+                   Args... args)
+{
+	cudaLaunchConfig_t cfg = {};
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.dynamicSmemBytes = shmem;
+	cfg.stream = st.s;
+	cudaLaunchAttribute attr[1];
+	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr[0].val.programmaticStreamSerializationAllowed = 1;
+	cfg.attrs = attr;
+	cfg.numAttrs = st.pdl ? 1 : 0;
+	cudaLaunchKernelEx(&cfg, k, args...);
+}
+
 static unsigned grid_for(size_t n, unsigned threads)
 {
 	size_t b = (n + threads - 1) / threads;
 	return (unsigned)(b < 1 ? 1 : b > 65535 ? 65535 : b);
 }
 
-void sbk_embed(cudaStream_t st, const sbk_mat *E, const int32_t *tok, int T, float scale, float *x)
+void sbk_embed(sbk_stream st, const sbk_mat *E, const int32_t *tok, int T, float scale, float *x)
 {
-	k_embed<<<T, 256, 0, st>>>(*E, tok, scale, x);
+	launch(st, T, 256, 0, k_embed, *E, tok, scale, x);
 }
 
-void sbk_norm_rows(cudaStream_t st, const sbk_norm *nm, const float *x, float *y, int T, int D)
+void sbk_norm_rows(sbk_stream st, const sbk_norm *nm, const float *x, float *y, int T, int D)
 {
-	k_norm_rows<<<T, 256, (size_t)D * sizeof(float), st>>>(*nm, x, y, D);
+	launch(st, T, 256, (size_t)D * sizeof(float), k_norm_rows, *nm, x, y, D);
 }
 
-void sbk_ema_scan(cudaStream_t st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
+void sbk_ema_scan(sbk_stream st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
                   int T, int D, int N, int act)
 {
 	const unsigned blocks = (unsigned)((D + 7) / 8);
 	if (N <= 32)
-		k_ema_scan<1><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+		launch(st, blocks, 256, 0, k_ema_scan<1>, h, *v, xn, mx, T, D, N, act);
 	else if (N <= 64)
-		k_ema_scan<2><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+		launch(st, blocks, 256, 0, k_ema_scan<2>, h, *v, xn, mx, T, D, N, act);
 	else if (N <= 128)
-		k_ema_scan<4><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+		launch(st, blocks, 256, 0, k_ema_scan<4>, h, *v, xn, mx, T, D, N, act);
 	else
-		k_ema_scan<8><<<blocks, 256, 0, st>>>(h, *v, xn, mx, T, D, N, act);
+		launch(st, blocks, 256, 0, k_ema_scan<8>, h, *v, xn, mx, T, D, N, act);
 }
 
-void sbk_norm_ema_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo *g, int l,
+void sbk_norm_ema_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g, int l,
                        bool prenorm, const sbk_norm *nm, const sbk_layer_vecs *v, const float *x,
                        float *mx, int B)
 {
 	dim3 grid((unsigned)((g->D + 31) / 32), (unsigned)B);
-	k_norm_ema_rows<<<grid, 256, (size_t)g->D * sizeof(float), st>>>(blocks, *g, l, prenorm, *nm,
+	launch(st, grid, 256, (size_t)g->D * sizeof(float), k_norm_ema_rows, blocks, *g, l, prenorm, *nm,
 	                                                                 *v, x, mx);
 }
 
 template <int DT>
-static void gemv_dt(cudaStream_t st, const sbk_mat *W, const float *x, int B, const float *bias,
+static void gemv_dt(sbk_stream st, const sbk_mat *W, const float *x, int B, const float *bias,
                     int act, float *y, const float *rhxu, int rld, float ab, float it,
                     const int *arow)
 {
 	const unsigned blocks = (unsigned)((W->rows + 7) / 8);
 	if (B <= 1)
-		k_gemv<DT, 1><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+		launch(st, blocks, 256, 0, k_gemv<DT, 1>, *W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
 	else if (B <= 2)
-		k_gemv<DT, 2><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+		launch(st, blocks, 256, 0, k_gemv<DT, 2>, *W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
 	else if (B <= 4)
-		k_gemv<DT, 4><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+		launch(st, blocks, 256, 0, k_gemv<DT, 4>, *W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
 	else
-		k_gemv<DT, 8><<<blocks, 256, 0, st>>>(*W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
+		launch(st, blocks, 256, 0, k_gemv<DT, 8>, *W, x, B, bias, act, y, rhxu, rld, ab, it, arow);
 }
 
-void sbk_gemv(cudaStream_t st, const sbk_mat *W, const float *x, int B, const float *bias, int act,
+void sbk_gemv(sbk_stream st, const sbk_mat *W, const float *x, int B, const float *bias, int act,
               float *y, const float *rhxu, int rld, float act_bias, float inv_tau,
               const int *arow)
 {
@@ -895,77 +1021,77 @@ void sbk_gemv(cudaStream_t st, const sbk_mat *W, const float *x, int B, const fl
 	}
 }
 
-void sbk_bias_act(cudaStream_t st, float *y, int n, int B, const float *bias, int act)
+void sbk_bias_act(sbk_stream st, float *y, int n, int B, const float *bias, int act)
 {
-	k_bias_act<<<grid_for((size_t)n * B, 256), 256, 0, st>>>(y, n, B, bias, act);
+	launch(st, grid_for((size_t)n * B, 256), 256, 0, k_bias_act, y, n, B, bias, act);
 }
 
-void sbk_router_block(cudaStream_t st, const float *hxu, int T, int D2, float act_bias,
+void sbk_router_block(sbk_stream st, const float *hxu, int T, int D2, float act_bias,
                       float inv_tau, float *pr1, int *arow, int *aidx, int *nact,
                       uint64_t *state_nact_l, uint8_t *act_out)
 {
-	k_router_block<<<1, 1024, 0, st>>>(hxu, T, D2, act_bias, inv_tau, pr1, arow, aidx, nact,
+	launch(st, 1, 1024, 0, k_router_block, hxu, T, D2, act_bias, inv_tau, pr1, arow, aidx, nact,
 	                                   state_nact_l, act_out);
 }
 
-void sbk_ring_span(cudaStream_t st, const unsigned char *block, const sbk_geo *g, int l,
+void sbk_ring_span(sbk_stream st, const unsigned char *block, const sbk_geo *g, int l,
                    float *CK, float *CV, int64_t *cpos)
 {
-	k_ring_span<<<g->W, 128, 0, st>>>(block, *g, l, CK, CV, cpos);
+	launch(st, g->W, 128, 0, k_ring_span, block, *g, l, CK, CV, cpos);
 }
 
-void sbk_qk_block(cudaStream_t st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
+void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
                   const int *aidx, const int *nact, const int64_t *pos, const double *inv_freq,
                   int T, float *Q, float *CK, float *CV, int64_t *cpos)
 {
-	k_qk_block<<<T, 128, 0, st>>>(*g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos);
+	launch(st, T, 128, 0, k_qk_block, *g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos);
 }
 
-void sbk_attn_weights_block(cudaStream_t st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
+void sbk_attn_weights_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
                             int T, const int *nact, const int32_t *ring_len_l,
                             const int64_t *cpos)
 {
-	k_attn_weights_block<<<T, 256, 0, st>>>(*g, v->rel_bias, S, T, nact, ring_len_l, cpos);
+	launch(st, T, 256, 0, k_attn_weights_block, *g, v->rel_bias, S, T, nact, ring_len_l, cpos);
 }
 
-void sbk_gate_block(cudaStream_t st, const sbk_geo *g, float *og, const float *zgv,
+void sbk_gate_block(sbk_stream st, const sbk_geo *g, float *og, const float *zgv,
                     const int *aidx, const int *nact, int T)
 {
-	k_gate_block<<<T, 256, 0, st>>>(*g, og, zgv, aidx, nact);
+	launch(st, T, 256, 0, k_gate_block, *g, og, zgv, aidx, nact);
 }
 
-void sbk_ring_push_block(cudaStream_t st, unsigned char *block, const sbk_geo *g, int l,
+void sbk_ring_push_block(sbk_stream st, unsigned char *block, const sbk_geo *g, int l,
                          const float *CK, const float *CV, const int64_t *cpos,
                          const int *nact, int T)
 {
-	k_ring_push_block<<<T, 128, 0, st>>>(block, *g, l, CK, CV, cpos, nact);
-	k_ring_count<<<1, 1, 0, st>>>(block, *g, l, nact);
+	launch(st, T, 128, 0, k_ring_push_block, block, *g, l, CK, CV, cpos, nact);
+	launch(st, 1, 1, 0, k_ring_count, block, *g, l, nact);
 }
 
-void sbk_attn_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo *g,
+void sbk_attn_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g,
                    const sbk_layer_vecs *v, int l, const int64_t *pos, const float *hxu,
                    float act_bias, const float *zgv, const double *inv_freq, float *pr1,
                    int *arow, uint8_t *act_out, float *po, float *pm, float *ps, int *count,
                    float *og, int B)
 {
 	const int nch = (g->W1 + SBK_CHUNK - 1) / SBK_CHUNK;
-	k_attn_rows<<<dim3((unsigned)nch, (unsigned)B), 128, 2 * (size_t)g->Z * sizeof(float), st>>>(
+	launch(st, dim3((unsigned)nch, (unsigned)B), 256, 2 * (size_t)g->Z * sizeof(float), k_attn_rows, 
 		blocks, *g, *v, l, pos, hxu, act_bias, zgv, inv_freq, pr1, arow, act_out, po, pm, ps,
 		count, og, nch);
 }
 
-void sbk_residual(cudaStream_t st, float *x, const float *hxu, int D2, const float *att,
+void sbk_residual(sbk_stream st, float *x, const float *hxu, int D2, const float *att,
                   const int *arow, const float *pr1, int T, int D, int act, bool ffn,
                   const sbk_norm *post, float *hid, unsigned char *const *ring_blocks,
                   const sbk_geo *g, int l)
 {
 	sbk_norm none = {0, NULL, NULL, 1.0f};
-	k_residual<<<T, 256, (size_t)D * sizeof(float), st>>>(x, hxu, D2, att, arow, pr1, D, act, ffn,
+	launch(st, T, 256, (size_t)D * sizeof(float), k_residual, x, hxu, D2, att, arow, pr1, D, act, ffn,
 	                                                      post ? *post : none, post != NULL, hid,
 	                                                      ring_blocks, *g, l);
 }
 
-void sbk_widen(cudaStream_t st, const sbk_mat *W, float *w32)
+void sbk_widen(sbk_stream st, const sbk_mat *W, float *w32)
 {
-	k_widen<<<grid_for((size_t)W->rows * W->cols, 256), 256, 0, st>>>(*W, w32);
+	launch(st, grid_for((size_t)W->rows * W->cols, 256), 256, 0, k_widen, *W, w32);
 }

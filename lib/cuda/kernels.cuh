@@ -13,6 +13,13 @@
 
 #include "seqboat.h"
 
+/* A stream and whether kernels on it may be launched early (programmatic
+ * dependent launch, compute capability 9.0 and later). */
+struct sbk_stream {
+	cudaStream_t s;
+	bool pdl;
+};
+
 /* A weight matrix on the device: its file dtype (I8 keeps its F16
  * scales), and a float32 copy for the cuBLAS products (== w for F32). */
 struct sbk_mat {
@@ -35,6 +42,7 @@ struct sbk_geo {
 	int attn;              // sb_attn_kind
 	int act;               // sb_act_kind
 	bool rotary;
+	bool vec;              // 16-byte loads where rows are aligned (SEQBOAT_CUDA_VEC=0: never)
 	float scale;           // 1/sqrt(Z) for softmax, 1/W otherwise
 	size_t n_act, ring_len, ring_head, ring_pos, h, ring_k, ring_v;
 };
@@ -54,55 +62,55 @@ struct sbk_layer_vecs {
 #define SBK_CHUNK 32
 
 /* x (T, D) = embed[tok] * scale */
-void sbk_embed(cudaStream_t st, const sbk_mat *E, const int32_t *tok, int T, float scale, float *x);
+void sbk_embed(sbk_stream st, const sbk_mat *E, const int32_t *tok, int T, float scale, float *x);
 /* y (T, D) = Norm(x) */
-void sbk_norm_rows(cudaStream_t st, const sbk_norm *nm, const float *x, float *y, int T, int D);
+void sbk_norm_rows(sbk_stream st, const sbk_norm *nm, const float *x, float *y, int T, int D);
 /* EMA over T rows of one state, in order: h (D, N) of the layer. */
-void sbk_ema_scan(cudaStream_t st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
+void sbk_ema_scan(sbk_stream st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
                   int T, int D, int N, int act);
 /* Norm (if prenorm) and EMA of B rows, row b in state blocks[b]. */
-void sbk_norm_ema_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo *g, int l,
+void sbk_norm_ema_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g, int l,
                        bool prenorm, const sbk_norm *nm, const sbk_layer_vecs *v, const float *x,
                        float *mx, int B);
 /* y (B, rows) = act(x (B, cols) W^T + bias), B <= SBK_GEMV_MAX_ROWS, from
  * W's own dtype. A row b is skipped (y = 0) where arow[b] < 0 (arow not
  * NULL) or where its router says no (rhxu not NULL: rows of (2+D) router
  * logits, with act_bias and inv_tau). */
-void sbk_gemv(cudaStream_t st, const sbk_mat *W, const float *x, int B, const float *bias, int act,
+void sbk_gemv(sbk_stream st, const sbk_mat *W, const float *x, int B, const float *bias, int act,
               float *y, const float *rhxu, int rld, float act_bias, float inv_tau,
               const int *arow);
 /* y (B, n) = act(y + bias) */
-void sbk_bias_act(cudaStream_t st, float *y, int n, int B, const float *bias, int act);
+void sbk_bias_act(sbk_stream st, float *y, int n, int B, const float *bias, int act);
 
 /* ---- a block of rows of one state (prefill) ---- */
 
 /* Router for T rows: pr1, arow (index among the activated or -1), aidx
  * (row of each activated), *nact (count), the state's n_act[l] += count,
  * act_out (T) bytes. */
-void sbk_router_block(cudaStream_t st, const float *hxu, int T, int D2, float act_bias,
+void sbk_router_block(sbk_stream st, const float *hxu, int T, int D2, float act_bias,
                       float inv_tau, float *pr1, int *arow, int *aidx, int *nact,
                       uint64_t *state_nact_l, uint8_t *act_out);
 /* The span the block attends over: W ring slots (the ring's last W
  * entries, right-aligned, zero where the ring is shorter) then T slots for
  * the block's activated rows. Fills the ring part. */
-void sbk_ring_span(cudaStream_t st, const unsigned char *block, const sbk_geo *g, int l,
+void sbk_ring_span(sbk_stream st, const unsigned char *block, const sbk_geo *g, int l,
                    float *CK, float *CV, int64_t *cpos);
 /* Queries (T, Z) and the span's new keys/values/positions of the
  * activated rows (zero past the count). */
-void sbk_qk_block(cudaStream_t st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
+void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
                   const int *aidx, const int *nact, const int64_t *pos, const double *inv_freq,
                   int T, float *Q, float *CK, float *CV, int64_t *cpos);
 /* S (T, W+T) scores -> attention weights inside each row's window, zero
  * elsewhere and on rows past the count. */
-void sbk_attn_weights_block(cudaStream_t st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
+void sbk_attn_weights_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
                             int T, const int *nact, const int32_t *ring_len_l,
                             const int64_t *cpos);
 /* og (T, H) *= g of each activated row */
-void sbk_gate_block(cudaStream_t st, const sbk_geo *g, float *og, const float *zgv,
+void sbk_gate_block(sbk_stream st, const sbk_geo *g, float *og, const float *zgv,
                     const int *aidx, const int *nact, int T);
 /* The activated rows' entries into the ring (the last W+1 of them), then
  * the counters. */
-void sbk_ring_push_block(cudaStream_t st, unsigned char *block, const sbk_geo *g, int l,
+void sbk_ring_push_block(sbk_stream st, unsigned char *block, const sbk_geo *g, int l,
                          const float *CK, const float *CV, const int64_t *cpos,
                          const int *nact, int T);
 
@@ -113,7 +121,7 @@ void sbk_ring_push_block(cudaStream_t st, unsigned char *block, const sbk_geo *g
  * sums (po, pm, ps) the row's last chunk combines, times the gate, into og
  * (B, H). pr1, arow (b or -1), act_out (B) bytes; count (B) zeros, left
  * zero. The ring counters and n_act move in sbk_residual (ring_blocks). */
-void sbk_attn_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo *g,
+void sbk_attn_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g,
                    const sbk_layer_vecs *v, int l, const int64_t *pos, const float *hxu,
                    float act_bias, const float *zgv, const double *inv_freq, float *pr1,
                    int *arow, uint8_t *act_out, float *po, float *pm, float *ps, int *count,
@@ -123,12 +131,12 @@ void sbk_attn_rows(cudaStream_t st, unsigned char *const *blocks, const sbk_geo 
  * then Norm(x) if post is not NULL; hid (T, D) gets a copy if not NULL.
  * ring_blocks (decode rows): the ring counters and n_act[l] of each
  * activated row's state advance by its push. */
-void sbk_residual(cudaStream_t st, float *x, const float *hxu, int D2, const float *att,
+void sbk_residual(sbk_stream st, float *x, const float *hxu, int D2, const float *att,
                   const int *arow, const float *pr1, int T, int D, int act, bool ffn,
                   const sbk_norm *post, float *hid, unsigned char *const *ring_blocks,
                   const sbk_geo *g, int l);
 
 /* Upload helpers: w32 (rows, cols) float32 from a 16-bit or I8 matrix. */
-void sbk_widen(cudaStream_t st, const sbk_mat *W, float *w32);
+void sbk_widen(sbk_stream st, const sbk_mat *W, float *w32);
 
 #endif
