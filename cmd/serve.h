@@ -102,6 +102,10 @@ typedef struct serve_job_spec {
 	const char *const *stops;
 	size_t n_stops;
 	int tpl_stop;            /* index in stops of the template's stop, or -1 */
+	/* tokens[0..shared) open many conversations (bos and the system
+	 * prompt): kept in the cache on their own, so that a new conversation
+	 * with the same system prompt starts after it. 0: none. */
+	size_t shared;
 	bool text_at_start;      /* a chat reply (else a completion) */
 	bool logprobs;
 	int top_logprobs;
@@ -131,6 +135,8 @@ typedef struct serve_job {
 	int32_t *tokens;         /* (n_tokens) the request's whole sequence */
 	size_t n_tokens;
 	size_t cached;           /* of them, from the cache */
+	size_t fresh_shared;     /* of those, read by this request first (not
+	                          * counted as cached in its usage) */
 	int tpl_stop;
 	bool logprobs;
 	double t_start, t_first; /* submit, first token (0: none yet) */
@@ -180,10 +186,11 @@ void *serve_sched_main(void *arg);
  * the token sequence, ending with the assistant prefix: each piece
  * tokenized on its own, and a reply the cache knows as the tokens that
  * were sampled for it, so that the sequence extends the previous turn's.
- * *tokens is malloc'd. Returns 0; -1 with a message in why and the field
+ * *tokens is malloc'd; *shared is the length of the bos + system piece
+ * when the conversation opens with a system message, else 0. Returns 0; -1 with a message in why and the field
  * in *param (a 400); -2 when out of memory. */
 int serve_chat_render(serve_server *s, json_t *messages, int32_t **tokens, size_t *n,
-                      char *why, size_t why_cap, const char **param);
+                      size_t *shared, char *why, size_t why_cap, const char **param);
 
 /* ------------------------------------------------------------ http */
 

@@ -542,8 +542,9 @@ void serve_cache_free(serve_cache *c)
 	free(c);
 }
 
-size_t serve_cache_use_prefix(serve_cache *c, const int32_t *tokens, size_t limit,
-                              void (*use)(const sb_state *st, size_t n, void *arg), void *arg)
+static size_t use_prefix(serve_cache *c, const int32_t *tokens, size_t limit,
+                         void (*use)(const sb_state *st, size_t n, void *arg), void *arg,
+                         bool count)
 {
 	/* Prefix hashes first, without the lock. */
 	uint64_t *ph = malloc((limit + 1) * sizeof *ph);
@@ -567,13 +568,25 @@ size_t serve_cache_use_prefix(serve_cache *c, const int32_t *tokens, size_t limi
 			found = n;
 		}
 	}
-	if (found)
+	if (count && found)
 		c->hits++;
-	else
+	else if (count)
 		c->misses++;
 	pthread_mutex_unlock(&c->mu);
 	free(ph);
 	return found;
+}
+
+size_t serve_cache_use_prefix(serve_cache *c, const int32_t *tokens, size_t limit,
+                              void (*use)(const sb_state *st, size_t n, void *arg), void *arg)
+{
+	return use_prefix(c, tokens, limit, use, arg, true);
+}
+
+size_t serve_cache_probe_prefix(serve_cache *c, const int32_t *tokens, size_t limit,
+                                void (*use)(const sb_state *st, size_t n, void *arg), void *arg)
+{
+	return use_prefix(c, tokens, limit, use, arg, false);
 }
 
 bool serve_cache_reply_tokens(serve_cache *c, const int32_t *prefix, size_t n_prefix,

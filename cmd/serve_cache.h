@@ -54,6 +54,12 @@ size_t serve_cache_use_prefix(serve_cache *c, const int32_t *tokens, size_t limi
                               void (*use)(const sb_state *st, size_t n, void *arg),
                               void *arg);
 
+/* The same without counting a hit or a miss (for the server's own
+ * look-ups). */
+size_t serve_cache_probe_prefix(serve_cache *c, const int32_t *tokens, size_t limit,
+                                void (*use)(const sb_state *st, size_t n, void *arg),
+                                void *arg);
+
 /* If an entry holds prefix[0..n_prefix) followed by a reply whose text is
  * text[0..len), returns true with that reply's tokens in *out (malloc'd,
  * caller frees) and *open_user (the reply ended at the chat template's

@@ -88,9 +88,10 @@ static char *content_text(json_t *msg, size_t i, char *why, size_t cap, bool *no
 }
 
 int serve_chat_render(serve_server *s, json_t *messages, int32_t **tokens, size_t *n,
-                      char *why, size_t why_cap, const char **param)
+                      size_t *shared, char *why, size_t why_cap, const char **param)
 {
 	*param = "messages";
+	*shared = 0;
 	if (!json_is_array(messages) || json_array_size(messages) == 0) {
 		snprintf(why, why_cap, "messages: expected a non-empty array of messages");
 		return -1;
@@ -137,6 +138,8 @@ int serve_chat_render(serve_server *s, json_t *messages, int32_t **tokens, size_
 			char *piece = cli_template_system(&s->tpl, text);
 			rc = piece ? push_text(s, &b, piece, strlen(piece), first, why, why_cap) : -2;
 			free(piece);
+			if (first)
+				*shared = b.n;
 			first = false;
 			open_user = false;
 		} else if (is_user) {

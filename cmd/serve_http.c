@@ -500,10 +500,11 @@ static const char *finish_reason(sb_finish f)
 static json_t *usage_object(const serve_job *j)
 {
 	size_t prompt = j->prompt_tokens + j->cached_tokens;
+	size_t cached = j->cached_tokens - (j->fresh_shared <= j->cached_tokens ? j->fresh_shared : 0);
 	return json_pack("{s:I,s:I,s:I,s:{s:I}}", "prompt_tokens", (json_int_t)prompt,
 	                 "completion_tokens", (json_int_t)j->completion_tokens, "total_tokens",
 	                 (json_int_t)(prompt + j->completion_tokens), "prompt_tokens_details",
-	                 "cached_tokens", (json_int_t)j->cached_tokens);
+	                 "cached_tokens", (json_int_t)cached);
 }
 
 static json_t *timings_object(const serve_job *j)
@@ -875,7 +876,7 @@ static enum MHD_Result generate(conn *c, bool chat)
 		goto done;
 	}
 	if (chat) {
-		int k = serve_chat_render(s, json_object_get(o, "messages"), &ids, &n, r->why,
+		int k = serve_chat_render(s, json_object_get(o, "messages"), &ids, &n, &r->spec.shared, r->why,
 		                          sizeof r->why, &r->param);
 		if (k == -2) {
 			rc = send_error(c, 500, "server_error", NULL, NULL, "out of memory");

@@ -159,6 +159,45 @@ static void on_done(const sb_seq_result *r)
 		job_free(j);
 }
 
+/* A system prompt is worth keeping on its own from this many tokens. */
+#define SHARED_MIN 32
+
+/* The shared prefix of a request read on its own first (max_tokens 0), on
+ * the scheduler like any sequence; the connection's thread waits for it. */
+typedef struct prefix_job {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	serve_server *srv;
+	const int32_t *tokens;   /* (n) the whole prefix, for the cache's key */
+	size_t n;
+	sb_state *final;
+	bool stored;
+	serve_cache_entry *persist;
+} prefix_job;
+
+static void on_prefix_done(const sb_seq_result *r)
+{
+	prefix_job *pj = r->user;
+	serve_server *s = pj->srv;
+	bool ok = r->state && sb_state_n_tokens(r->state) == (uint64_t)pj->n;
+	if (ok) {
+		pj->persist = serve_cache_store(s->cache, pj->tokens, pj->n, pj->final, 0, "", 0,
+		                                false);
+		pj->final = NULL;
+	}
+	pthread_mutex_lock(&s->met.mu);
+	s->met.prompt_tokens += r->prompt_tokens;
+	s->met.cached_tokens += r->cached_tokens;
+	s->met.prompt_seconds += r->prompt_s;
+	pthread_mutex_unlock(&s->met.mu);
+	pthread_mutex_lock(&pj->mu);
+	pj->stored = ok;
+	pj->done = true;
+	pthread_cond_broadcast(&pj->cv);
+	pthread_mutex_unlock(&pj->mu);
+}
+
 typedef struct submit_args {
 	serve_job *j;
 	sb_seq_params *p;
@@ -181,6 +220,74 @@ static void submit_from(const sb_state *st, size_t n, void *arg)
 	a->p->n_history = nh;
 	a->j->cached = n;
 	a->rc = sb_sched_submit(a->j->srv->sched, a->p, &a->j->seq, a->err);
+}
+
+typedef struct prefix_args {
+	serve_server *srv;
+	sb_seq_params *p;
+	size_t shared;
+	size_t from;             /* tokens of the prefix found in the cache */
+	int rc;                  /* 1: nothing to read; 0: submitted; < 0 */
+	sb_error *err;
+} prefix_args;
+
+/* Under the cache's lock (the state is valid during the call only). */
+static void submit_prefix(const sb_state *st, size_t n, void *arg)
+{
+	prefix_args *a = arg;
+	a->from = n;
+	if (n == a->shared) {
+		a->rc = 1;
+		return;
+	}
+	sb_seq_params *p = a->p;
+	size_t nh = n < 64 ? n : 64;
+	p->start = st;
+	p->tokens += n;
+	p->n_tokens -= n;
+	p->history = p->tokens - nh;
+	p->n_history = nh;
+	a->rc = sb_sched_submit(a->srv->sched, p, NULL, a->err);
+}
+
+/* Reads spec's shared prefix (bos and a system prompt) into the cache on
+ * its own unless the cache has it already, so that every conversation
+ * opening with it starts after it. Returns how many of its tokens were
+ * read now (the request's usage does not count them as cached). A failure
+ * is not the request's: it then reads those tokens itself. */
+static size_t read_shared(serve_server *s, const serve_job_spec *spec)
+{
+	prefix_job pj = {.srv = s, .tokens = spec->tokens, .n = spec->shared};
+	sb_error err = {0};
+	sb_seq_params p = sb_seq_default_params();
+	p.tokens = spec->tokens;
+	p.n_tokens = spec->shared;
+	p.sampler = spec->sp;
+	p.max_tokens = 0;
+	p.on_done = on_prefix_done;
+	p.user = &pj;
+	prefix_args a = {.srv = s, .p = &p, .shared = spec->shared, .rc = 0, .err = &err};
+	if (!(pj.final = sb_state_new(s->m, &err)))
+		return 0;
+	p.final_state = pj.final;
+	pthread_mutex_init(&pj.mu, NULL);
+	pthread_cond_init(&pj.cv, NULL);
+	/* A probe (not counted as a hit or a miss: the request's own lookup
+	 * follows). */
+	if (!serve_cache_probe_prefix(s->cache, spec->tokens, spec->shared, submit_prefix, &a))
+		a.rc = sb_sched_submit(s->sched, &p, NULL, &err);
+	if (a.rc == 0) {
+		pthread_mutex_lock(&pj.mu);
+		while (!pj.done)
+			pthread_cond_wait(&pj.cv, &pj.mu);
+		pthread_mutex_unlock(&pj.mu);
+	}
+	/* Written here, not on the scheduler's thread. */
+	serve_cache_persist(s->cache, pj.persist);
+	sb_state_free(pj.final);
+	pthread_cond_destroy(&pj.cv);
+	pthread_mutex_destroy(&pj.mu);
+	return a.rc == 0 && pj.stored ? spec->shared - a.from : 0;
 }
 
 int serve_job_start(serve_server *s, const serve_job_spec *spec, serve_job **out,
@@ -236,6 +343,8 @@ int serve_job_start(serve_server *s, const serve_job_spec *spec, serve_job **out
 	p.on_token = on_token;
 	p.on_done = on_done;
 	p.user = j;
+	if (keep && spec->shared >= SHARED_MIN && spec->shared < spec->n_tokens)
+		j->fresh_shared = read_shared(s, spec);
 	submit_args a = {.j = j, .p = &p, .spec = spec, .rc = 0, .err = err};
 	/* At least one token is read: the first one sampled needs logits. */
 	if (!serve_cache_use_prefix(s->cache, spec->tokens, spec->n_tokens - 1, submit_from, &a))

@@ -104,6 +104,20 @@ assert text == sys.argv[2], (text, sys.argv[2])
 assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 EOF
 
+# ---- A long system prompt is kept on its own: a new conversation that
+# opens with it starts after it (conversation A reads it, B does not).
+sys40=$(for i in $(seq 1 40); do printf 'w%d ' $((i % 60 + 4)); done)
+ma="[{\"role\": \"system\", \"content\": \"$sys40\"}, {\"role\": \"user\", \"content\": \"w6 w7\"}]"
+mb="[{\"role\": \"system\", \"content\": \"$sys40\"}, {\"role\": \"user\", \"content\": \"w8 w9 w10\"}]"
+post /v1/chat/completions "{\"messages\": $ma, \"max_tokens\": 6, \"seed\": 5}" > /dev/null
+[ "$(jqf '.usage.prompt_tokens_details.cached_tokens')" = 0 ] ||
+	fail "conversation A reused a system prompt nobody sent before: $(cat "$TMP/body")"
+post /v1/chat/completions "{\"messages\": $mb, \"max_tokens\": 6, \"seed\": 5}" > /dev/null
+cp "$TMP/body" "$TMP/convb"
+jq -e '.usage.prompt_tokens_details.cached_tokens >= 41 and
+       .usage.prompt_tokens_details.cached_tokens < .usage.prompt_tokens' "$TMP/convb" > /dev/null ||
+	fail "conversation B did not start after the shared system prompt: $(cat "$TMP/convb")"
+
 # ---- logprobs: one entry per completion token, top_logprobs alternatives.
 post /v1/chat/completions "{\"messages\": $m1, \"max_tokens\": 5, \"logprobs\": true, \"top_logprobs\": 3, \"logit_bias\": {\"2\": -100}}" > /dev/null
 jq -e '(.choices[0].logprobs.content | length) == .usage.completion_tokens and
@@ -183,6 +197,9 @@ post /v1/chat/completions "{\"messages\": $m2, \"max_tokens\": 10, \"seed\": 3, 
 	fail "turn 2 has another prompt length without the cache"
 cmp -s <(jqf '.choices[0].message.content') <(jq -r '.choices[0].message.content' "$TMP/turn2") ||
 	fail "turn 2 from the cached state and from nothing differ: '$(jqf '.choices[0].message.content')' vs '$(jq -r '.choices[0].message.content' "$TMP/turn2")'"
+post /v1/chat/completions "{\"messages\": $mb, \"max_tokens\": 6, \"seed\": 5}" > /dev/null
+cmp -s <(jqf '.choices[0].message.content') <(jq -r '.choices[0].message.content' "$TMP/convb") ||
+	fail "conversation B after the cached system prompt and from nothing differ"
 serve_stop
 
 # ---- Busy: --parallel 1 --queue 0 takes one request; the next gets 503
