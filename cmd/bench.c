@@ -31,7 +31,8 @@ static const char usage_text[] =
 	"to warm up, then -r times from the same starting state; results are the\n"
 	"mean and standard deviation. Every row also reports the state's bytes, the\n"
 	"resident memory after the test and the process's peak, which stay flat as\n"
-	"the depth grows. The md table ends with the build's commit and version.\n\n"
+	"the depth grows. The md table ends with the build's commit and version\n"
+	"(and, on a GPU, the GPU's name).\n\n"
 	"A list is values and ranges separated by commas, as llama-bench takes them:\n"
 	"FIRST-LAST (step 1), FIRST-LAST+STEP or FIRST-LAST*FACTOR, so\n"
 	"-p 128-512+128 is 128,256,384,512 and -d 0,1000-100000*10 is 0,1000,10000,100000.\n\n"
@@ -1252,8 +1253,11 @@ int cmd_bench(int argc, char **argv)
 	json_open = false;
 	if (b.fmt == FMT_JSON)
 		printf("\n]\n");
-	if (b.fmt == FMT_MD)
+	if (b.fmt == FMT_MD) {
 		printf("\nbuild: %s (%s)\n", SB_BUILD_COMMIT, SB_VERSION);
+		if (b.gpu_info[0])
+			printf("gpu: %s\n", b.gpu_info);
+	}
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		cli_error("standard output: write error");
 		rc = CLI_EXIT_IO;
