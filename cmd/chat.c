@@ -662,7 +662,7 @@ done:
 }
 
 /* The longest JSON header of a saved conversation (its turns' text). */
-#define CHAT_HEADER_MAX ((size_t)256 << 20)
+#define CHAT_HEADER_MAX ((size_t)64 << 20)
 
 /* Reads a saved conversation; the current one is kept if anything fails. */
 static int load(chat *c, const char *path, char **system_out, sb_error *err)

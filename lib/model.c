@@ -436,13 +436,28 @@ sb_model *sb_model_load(const char *dir, sb_error *err)
 	b.m = m;
 	b.st = m->st;
 	b.err = err;
-	b.used = calloc(count ? count : 1, 1);
 	size_t nf = arena_floats(c);
+	/* The float32 vectors are copies of tensors the file must hold (at
+	 * two bytes a value at least) plus three derived (D, N) per layer: a
+	 * config whose sizes the file cannot hold is refused before anything
+	 * that large is allocated, naming the fields that make it large. */
+	size_t derived = 3 * (size_t)c->embed_dim * (size_t)c->n_dim * (size_t)c->layers;
+	size_t from_file = nf > derived + 16 ? nf - derived - 16 : 0;
+	if (from_file > sb_st_file_size(m->st) / 2) {
+		sb_error_set(err, SB_ERR_FORMAT,
+		             "config.yaml: embed_dim %d, n_dim %d, hidden_dim %d, z_dim %d and layers %d need %zu bytes of small tensors at least, but " ST_NAME " holds %zu bytes",
+		             c->embed_dim, c->n_dim, c->hidden_dim, c->z_dim, c->layers, from_file * 2,
+		             sb_st_file_size(m->st));
+		goto fail_prefixed;
+	}
+	b.used = calloc(count ? count : 1, 1);
 	m->arena = malloc(nf * sizeof(float));
 	m->layers = calloc((size_t)c->layers, sizeof *m->layers);
 	if (!b.used || !m->arena || !m->layers) {
-		sb_error_set(err, SB_ERR_NOMEM, "out of memory loading %s", dir);
-		goto fail;
+		sb_error_set(err, SB_ERR_FORMAT,
+		             "config.yaml: embed_dim %d x n_dim %d x layers %d need %zu bytes of float32 vectors, more than this machine can allocate",
+		             c->embed_dim, c->n_dim, c->layers, nf * sizeof(float));
+		goto fail_prefixed;
 	}
 	b.arena_next = m->arena;
 	b.arena_end = m->arena + nf;

@@ -187,4 +187,23 @@ grep -q "bus/model.safetensors changed while in use" "$TMP/bus.err" ||
 	fail "a model truncated while in use: $(tail -c 300 "$TMP/bus.err")"
 [ "$(wc -l < "$TMP/bus.err")" = 1 ] || fail "a model truncated while in use: more than one line: $(head -c 600 "$TMP/bus.err")"
 
+# ------------------------------------------- chat /load refusals (item 4, 9)
+# A directory: one line. /dev/zero: stops at the limit (the state's size
+# plus 64 MiB of header) instead of growing without end.
+printf '/load %s\n/load /dev/zero\nw4\n' "$TMP/t/dir" |
+	"$SEQBOAT" chat -m "$MODEL" --temp 0 -n 2 > "$TMP/load.out" 2> "$TMP/load.err" ||
+	fail "chat after refused /loads exited $?"
+[ "$(grep -c "t/dir" "$TMP/load.err")" = 1 ] && grep -q "directory" "$TMP/load.err" ||
+	fail "/load of a directory: $(cat "$TMP/load.err")"
+[ "$(grep -c "/dev/zero" "$TMP/load.err")" = 1 ] && grep -q "limit" "$TMP/load.err" ||
+	fail "/load /dev/zero: $(cat "$TMP/load.err")"
+[ "$(wc -l < "$TMP/load.out")" = 1 ] || fail "chat did not go on after the refused /loads"
+
+# Whole-file reads stop at their limit on an endless file.
+expect "--prefix-file /dev/zero" 65 "limit" "$SEQBOAT" complete -m "$MODEL" -p w4 -n 1 --prefix-file /dev/zero
+mkdir "$TMP/zero"
+cp "$MODEL"/config.yaml "$MODEL"/model.safetensors "$TMP/zero/"
+ln -s /dev/zero "$TMP/zero/dict.txt"
+expect "dict.txt on /dev/zero" 65 "limit" "$SEQBOAT" tokenize -m "$TMP/zero" w4
+
 finish e2e-hostile

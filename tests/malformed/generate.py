@@ -394,6 +394,10 @@ def config_cases():
     cfg_case("syntax-error", sub("  window: 16\n", "  window: [16\n"), ["yaml", "syntax", "parse", "line", "expected"])
     cfg_case("tab-indent", sub("  window: 16\n", "\twindow: 16\n"), ["yaml", "tab", "line", "syntax", "parse"])
     cfg_case("odd-z-dim", sub("z_dim: 32", "z_dim: 31"), ["z_dim", "even"])
+    # In-range dimensions too large to allocate (or for the file to hold):
+    # refused as bad data naming the fields and the bytes, not "out of memory".
+    cfg_case("huge-dims", sub("embed_dim: 64", "embed_dim: 1048576").replace("n_dim: 8", "n_dim: 4096")
+             .replace("layers: 2", "layers: 64"), ["embed_dim", "n_dim", "bytes"])
     cfg_case("bos-out-of-range", sub("bos_id: 2", "bos_id: 72"), ["bos_id", "vocab"])
     cfg_case("file-escapes-dir", sub("file: dict.txt", "file: ../dict.txt"), ["file", "..", "/"])
     cfg_case("unsupported-option", sub("  window: 16\n", "  window: 16\n  local_pos: true\n"), ["local_pos"])
