@@ -4,6 +4,7 @@
     tools/data/density_curve_figures.py RUNS CURVE_JSON -o FIGURES.json
         [--seqboat build/seqboat] [--data data/sotu] [--cache DIR]
         [--rounds 3] [--cpu-rounds 3] [--act-bias-sweep 4,8,16,32] [--note TEXT]
+        [--update]
 
 RUNS/NAME/model are the models tools/data/density_curve.py exported, and
 CURVE_JSON its PyTorch figures (evaluate.py on valid and test, read whole).
@@ -22,7 +23,16 @@ For each model here and for the bundled model (models/sotu-small):
   user + system CPU time over 512 tokens (so loading and set-up cancel), in
   --cpu-rounds interleaved rounds; the smallest of the rounds is kept. CPU
   time counts only the time the process ran, so it depends much less on
-  the machine's load than tokens/s (it still feels shared caches).
+  the machine's load than tokens/s (it still feels shared caches);
+- the same CPU time for decoding text: `seqboat complete -t 1 --seed 1
+  --logit-bias 2=-inf` (no end of text) of a State of the Union opening,
+  -n 640 minus -n 128, and the routers' activation rates on the 640
+  generated tokens (`seqboat perplexity` of prompt and completion). bench
+  decodes random tokens, on which routers trained for density fire far less
+  than on text, so only this figure says what a user's decode costs.
+
+With --update the bench and CPU-time figures already in the output file are
+kept and only what is missing is measured.
 
 The perplexity outputs are kept in --cache (default RUNS/seqboat) and reused
 when present. Prints progress to stderr; the figures file is written at the
@@ -98,6 +108,34 @@ def cpu_seconds(a, model, n):
     return ru.ru_utime + ru.ru_stime
 
 
+PROMPT = ("Mr. Speaker, Mr. Vice President, Members of Congress, distinguished guests, "
+          "and fellow citizens:")
+
+
+def text_decode(a, model, n):
+    """(stdout, stderr, exit status) of one single-thread sampled completion of n tokens."""
+    args = [a.seqboat, "complete", "-m", model, "-t", "1", "-n", str(n), "--seed", "1",
+            "--logit-bias", "2=-inf", "--format", "jsonl", "--no-timings", "-p", PROMPT]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    # communicate() reaped the child: its CPU time is in RUSAGE_CHILDREN
+    return out, err, p.returncode
+
+
+def text_cpu_seconds(a, model, n):
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out, err, rc = text_decode(a, model, n)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc:
+        raise RuntimeError("complete: exit %d: %s" % (rc, err.decode("utf-8", "replace")))
+    rec = json.loads(out.decode("utf-8"))
+    if rec["completion_tokens"] != n:
+        raise RuntimeError("complete: %d tokens, expected %d" % (rec["completion_tokens"], n))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, rec["completion"]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs")
@@ -110,6 +148,8 @@ def main(argv=None):
     ap.add_argument("--cpu-rounds", type=int, default=3)
     ap.add_argument("--act-bias-sweep", default="4,8,16,32")
     ap.add_argument("--note", default="", help="the conditions of the measurement, for the file")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the bench and CPU-time figures of an existing output file")
     a = ap.parse_args(argv)
     a.cache = a.cache or os.path.join(a.runs, "seqboat")
     os.makedirs(a.cache, exist_ok=True)
@@ -146,16 +186,25 @@ def main(argv=None):
                         for s in ("valid", "test")}
 
     order = [n for n in models]
+    old = {}
+    if a.update and os.path.exists(a.output):
+        with open(a.output) as f:
+            old = json.load(f)
+        byname = {p["name"]: p for p in old["points"]}
+        for p in points:
+            if "bench" in byname.get(p["name"], {}):
+                p["bench"] = byname[p["name"]]["bench"]
+    have = {p["name"]: p.get("bench", {}) for p in points}
     samples = {n: {} for n in order}
     started = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
-    for rnd in range(a.rounds):
+    for rnd in range(a.rounds if any("tg128@d0" not in have[n] for n in order) else 0):
         log("bench round %d of %d" % (rnd + 1, a.rounds))
         for n in order if rnd % 2 == 0 else list(reversed(order)):
             for test, row in bench_once(a, models[n]).items():
                 samples[n].setdefault(test, []).append(row)
     finished = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
     for p in points:
-        if p["name"] not in samples:
+        if not samples.get(p["name"]):
             continue
         p["bench"] = {}
         for test, rows in samples[p["name"]].items():
@@ -164,7 +213,8 @@ def main(argv=None):
                                 "rounds": len(ts), "act_rate": rows[-1]["act_rate"],
                                 "n_threads": rows[-1]["n_threads"]}
     cpu = {n: [] for n in order}
-    for rnd in range(a.cpu_rounds):
+    for rnd in range(a.cpu_rounds if any("cpu_tg512_1thread" not in have[n] for n in order)
+                     else 0):
         log("CPU-time round %d of %d" % (rnd + 1, a.cpu_rounds))
         for n in order if rnd % 2 == 0 else list(reversed(order)):
             hi = cpu_seconds(a, models[n], 640)
@@ -176,18 +226,41 @@ def main(argv=None):
             p.setdefault("bench", {})["cpu_tg512_1thread"] = {
                 "cpu_s_per_token_min": min(v), "cpu_s_per_token_all": v,
                 "tokens_per_cpu_s": 1.0 / min(v)}
+    text = {n: [] for n in order}
+    completions = {}
+    for rnd in range(a.cpu_rounds if any("cpu_text512_1thread" not in have[n] for n in order)
+                     else 0):
+        log("text decode round %d of %d" % (rnd + 1, a.cpu_rounds))
+        for n in order if rnd % 2 == 0 else list(reversed(order)):
+            hi, completions[n] = text_cpu_seconds(a, models[n], 640)
+            lo, _ = text_cpu_seconds(a, models[n], 128)
+            text[n].append((hi - lo) / 512.0)
+    for p in points:
+        n = p["name"]
+        if text.get(n):
+            path = os.path.join(a.cache, "%s-generated.txt" % n)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(PROMPT + completions[n])
+            res = run_json([a.seqboat, "perplexity", "-m", models[n], "-f", path, "--json"])
+            p["bench"]["cpu_text512_1thread"] = {
+                "cpu_s_per_token_min": min(text[n]), "cpu_s_per_token_all": text[n],
+                "tokens_per_cpu_s": 1.0 / min(text[n]), "act_rate": res["act_rate"],
+                "prompt": PROMPT}
 
+    cond = old.get("conditions") or {
+        "bench_started": started, "bench_finished": finished, "bench_rounds": a.rounds,
+        "cpu_rounds": a.cpu_rounds, "machine": platform.machine(), "cpus": os.cpu_count(),
+        "note": a.note, "load_average_at_end": list(os.getloadavg())}
+    if any(text.values()):
+        cond["text_decode_finished"] = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+        cond["text_decode_load_average_at_end"] = list(os.getloadavg())
     fig = {
         "title": "sotu-small: test bits per byte against activation density",
         "bounds": {"max_mean_act_rate": 0.40,
                    "max_test_bpb_pytorch": round(TODAY["test_pytorch"] * 1.01, 4),
                    "max_test_bpb_seqboat": round(TODAY["test"] * 1.01, 4),
                    "max_file_bytes": 25 * 1000 * 1000},
-        "conditions": {"bench_started": started, "bench_finished": finished,
-                       "bench_rounds": a.rounds, "cpu_rounds": a.cpu_rounds,
-                       "machine": platform.machine(),
-                       "cpus": os.cpu_count(), "note": a.note,
-                       "load_average_at_end": list(os.getloadavg())},
+        "conditions": cond,
         "points": points,
     }
     tmp = a.output + ".tmp"

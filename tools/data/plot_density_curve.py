@@ -20,8 +20,8 @@ import math
 import os
 import sys
 
-W, H = 760, 470
-LEFT, RIGHT, TOP, BOTTOM = 78, 200, 40, 62
+W, H = 790, 470
+LEFT, RIGHT, TOP, BOTTOM = 78, 225, 40, 62
 COLOURS = {"trained": "#1f5fa8", "layer": "#c0392b", "control": "#333333",
            "act_bias": "#7f8c8d"}
 
@@ -32,6 +32,13 @@ def esc(s):
 
 def mean(v):
     return sum(v) / len(v)
+
+
+def label_of(p):
+    """A point's label on the plot: the act_bias series by its bias alone."""
+    if p["kind"] == "act_bias" and p.get("act_bias", 0):
+        return "%+g" % p["act_bias"]
+    return p.get("label", p["name"])
 
 
 def nice_ticks(lo, hi, n=6):
@@ -85,8 +92,9 @@ def plot(fig):
     o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#2e7d32" stroke-dasharray="5,4"/>'
              % (LEFT, Y(bound_y), LEFT + pw, Y(bound_y)))
     o.append('<text x="%.1f" y="%.1f" fill="#2e7d32" font-size="11">bounds: mean rate '
-             '&#8804; %.2f, test &#8804; %.4f</text>'
-             % (X(x0) + 6, Y(bound_y) + 14, bound_x, bound_y))
+             '&#8804; %.2f,</text>' % (X(x0) + 6, Y(y0) - 20, bound_x))
+    o.append('<text x="%.1f" y="%.1f" fill="#2e7d32" font-size="11">test &#8804; %.4f</text>'
+             % (X(x0) + 6, Y(y0) - 7, bound_y))
     # axes and ticks
     o.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>'
              % (LEFT, TOP, pw, ph))
@@ -123,14 +131,21 @@ def plot(fig):
             o.append('<path d="M%.1f,%.1f l5,8 l-10,0 z" fill="%s"/>' % (X(x), Y(y) - 5, c))
         else:
             o.append('<circle cx="%.1f" cy="%.1f" r="4.5" fill="%s"/>' % (X(x), Y(y), c))
-        o.append('<text x="%.1f" y="%.1f" font-size="11" fill="%s">%s</text>'
-                 % (X(x) + 7, Y(y) - 6, c, esc(p.get("label", p["name"]))))
+        # labels: above right; the per-layer point above left; the act_bias
+        # series below (the bundled model itself below right)
+        dx, dy, anchor = 7, -6, "start"
+        if p["kind"] == "layer":
+            dx, anchor = -7, "end"
+        elif p["kind"] == "act_bias":
+            dx, dy, anchor = (7, 14, "start") if p.get("act_bias", 0) == 0 else (0, 17, "middle")
+        o.append('<text x="%.1f" y="%.1f" font-size="11" fill="%s" text-anchor="%s">%s</text>'
+                 % (X(x) + dx, Y(y) + dy, c, anchor, esc(label_of(p))))
     # legend
     lx, ly = LEFT + pw + 16, TOP + 10
     for kind, text in (("trained", "trained to a mean-rate target"),
                        ("layer", "trained to a per-layer target"),
                        ("control", "fine-tuned, no target"),
-                       ("act_bias", "bundled model, act_bias only")):
+                       ("act_bias", "bundled model, act_bias raised")):
         if not any(p["kind"] == kind for p, _, _ in pts):
             continue
         c = COLOURS[kind]
