@@ -12,12 +12,21 @@
  *   - checking arguments: token ids in [0, V), states of the context's model
  *     and placement, B <= the batch capacity; errors are set here;
  *   - cutting a call into blocks of at most `max_rows` rows (sb_rows below)
- *     of one of two kinds, so a backend never sees a third:
+ *     of one of three kinds:
  *       ONE_STATE  rows 0..T-1 are consecutive tokens of one state (a prefill
- *                  piece, or a single decoded token);
+ *                  piece, or a single decoded token): one_state is true;
  *       DISTINCT   row t is one token of state t, and no state appears twice
  *                  (a decode batch; a batch that names a state twice is cut
- *                  into several blocks, in order, by the orchestration);
+ *                  into several blocks, in order, by the orchestration):
+ *                  distinct is true (T == 1 is both ONE_STATE and DISTINCT);
+ *       RUNS       several prompts at once (sb_prefill_batch): the rows of
+ *                  each state are consecutive and in order, no state has
+ *                  two runs; one_state and distinct are both false (even
+ *                  for a single run).
+ *     In DISTINCT and RUNS blocks each row's numbers must not depend on
+ *     the other sequences in the block (the CPU backend sums every element
+ *     as its one-row kernels do), so that what `complete` generates is the
+ *     same at any batch size;
  *   - each row's position: pos[t] = the state's n_tokens before the row
  *     (s->n_tokens lives on the host in struct sb_state and the orchestration
  *     advances it; backends never write it);
@@ -103,7 +112,8 @@ typedef struct sb_rows {
 	const int32_t *tokens;        /* (T) ids, checked to be in [0, V) */
 	const int64_t *pos;           /* (T) each row's position */
 	bool one_state;               /* ONE_STATE: states[t] == states[0] */
-	bool distinct;                /* DISTINCT: no state twice (T == 1 is both) */
+	bool distinct;                /* DISTINCT: no state twice (T == 1 is both);
+	                               * neither: RUNS */
 	float act_bias;               /* router shift (docs/computation.md section 2) */
 } sb_rows;
 
@@ -160,10 +170,14 @@ typedef struct sb_backend {
 	 * decision. hidden: NULL or (T, D) host floats, the layer's output x. */
 	int (*layer)(sb_bctx *b, const sb_rows *r, int l, uint8_t *act, float *hidden,
 	             sb_error *err);
-	/* Logits of rows t0..T-1 into dst ((T - t0), V) host floats: final
-	 * norm (pre-norm models) and output projection. The orchestration
-	 * asks t0 = T-1 when only the last row's prediction is wanted. */
-	int (*logits)(sb_bctx *b, const sb_rows *r, int t0, float *dst, sb_error *err);
+	/* Logits of the n selected rows sel[0] < sel[1] < ... (indices into
+	 * the block) into dst (n, V) host floats, in that order: final norm
+	 * (pre-norm models) and output projection. Called at most once per
+	 * block, after the last layer; it may overwrite the block's
+	 * activations. (sb_prefill asks for all rows or the last one; a
+	 * decode batch for all; sb_prefill_batch for each prompt's last.) */
+	int (*logits)(sb_bctx *b, const sb_rows *r, const int *sel, int n, float *dst,
+	              sb_error *err);
 	/* Waits until every host output of the block is written and every
 	 * state update is complete. May be NULL (synchronous backends). */
 	int (*sync)(sb_bctx *b, sb_error *err);

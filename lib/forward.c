@@ -24,6 +24,8 @@ struct sb_ctx {
 	/* the current block's rows: */
 	sb_state **rs;        // (max_rows) state of each row
 	int64_t *pos;         // (max_rows) raw position of each row's token
+	int32_t *tok;         // (max_rows) tokens of a sb_prefill_batch block
+	int *sel;             // (max_rows) rows whose logits are wanted
 };
 
 sb_ctx_params sb_ctx_default_params(void)
@@ -63,7 +65,9 @@ sb_ctx *sb_ctx_new(const sb_model *m, const sb_ctx_params *p, sb_error *err)
 		x->max_batch = (size_t)x->info.max_rows;
 	x->rs = calloc((size_t)x->info.max_rows, sizeof *x->rs);
 	x->pos = calloc((size_t)x->info.max_rows, sizeof *x->pos);
-	if (!x->rs || !x->pos) {
+	x->tok = calloc((size_t)x->info.max_rows, sizeof *x->tok);
+	x->sel = calloc((size_t)x->info.max_rows, sizeof *x->sel);
+	if (!x->rs || !x->pos || !x->tok || !x->sel) {
 		sb_ctx_free(x);
 		sb_error_set(err, SB_ERR_NOMEM, "out of memory creating a context");
 		return NULL;
@@ -78,6 +82,8 @@ void sb_ctx_free(sb_ctx *x)
 	x->be->ctx_free(x->b);
 	free(x->rs);
 	free(x->pos);
+	free(x->tok);
+	free(x->sel);
 	free(x);
 }
 
@@ -116,14 +122,14 @@ static int check_state(const sb_ctx *x, const sb_state *s, const char *which, sb
 	return 0;
 }
 
-/* One block through the backend. Its rows' outputs land at rows row0.. of
- * out (sb_outputs' indexing); logits_all: every row's logits into `logits`
- * (rows row0..), last: the last row's into `last` (V floats). */
+/* One block through the backend: embed, the layers, the logits of the
+ * n_sel rows x->sel into `logits` (n_sel, V), sync. Its rows' act and
+ * hidden land at rows row0.. of out (sb_outputs' indexing). */
 static int run_block(sb_ctx *x, const sb_rows *r, const sb_outputs *out, size_t row0,
-                     float *logits_all, float *last, sb_error *err)
+                     int n_sel, float *logits, sb_error *err)
 {
 	const sb_config *c = &x->m->cfg;
-	const size_t V = (size_t)c->vocab_size, D = (size_t)c->embed_dim;
+	const size_t D = (size_t)c->embed_dim;
 	int rc = x->be->embed(x->b, r, err);
 	for (int l = 0; rc == 0 && l < c->layers; l++) {
 		uint8_t *act = NULL;
@@ -134,15 +140,18 @@ static int run_block(sb_ctx *x, const sb_rows *r, const sb_outputs *out, size_t 
 			hidden = out->hidden + ((size_t)l * out->stride + out->offset + row0) * D;
 		rc = x->be->layer(x->b, r, l, act, hidden, err);
 	}
-	if (rc == 0 && logits_all)
-		rc = x->be->logits(x->b, r, 0, logits_all + row0 * V, err);
-	else if (rc == 0 && last)
-		rc = x->be->logits(x->b, r, r->T - 1, last, err);
+	if (rc == 0 && n_sel > 0)
+		rc = x->be->logits(x->b, r, x->sel, n_sel, logits, err);
 	if (rc == 0 && x->be->sync)
 		rc = x->be->sync(x->b, err);
-	if (rc == 0 && logits_all && last)
-		memcpy(last, logits_all + (row0 + (size_t)r->T - 1) * V, V * sizeof(float));
 	return rc;
+}
+
+/* x->sel = first, first+1, ..., first+n-1. */
+static void select_rows(sb_ctx *x, int first, int n)
+{
+	for (int i = 0; i < n; i++)
+		x->sel[i] = first + i;
 }
 
 int sb_prefill(sb_ctx *x, sb_state *s, const int32_t *tokens, size_t T,
@@ -166,9 +175,24 @@ int sb_prefill(sb_ctx *x, sb_state *s, const int32_t *tokens, size_t T,
 		sb_rows r = {.T = n, .states = x->rs, .tokens = tokens + t0, .pos = x->pos,
 		             .one_state = true, .distinct = n == 1, .act_bias = x->act_bias};
 		bool last_block = t0 + (size_t)n == T;
-		rc = run_block(x, &r, out, t0, all, last_block && out ? out->last_logits : NULL, err);
+		float *last = last_block && out ? out->last_logits : NULL;
+		int n_sel = 0;
+		float *dst = NULL;
+		if (all) {
+			select_rows(x, 0, n);
+			n_sel = n;
+			dst = all + t0 * (size_t)x->m->cfg.vocab_size;
+		} else if (last) {
+			select_rows(x, n - 1, 1);
+			n_sel = 1;
+			dst = last;
+		}
+		rc = run_block(x, &r, out, t0, n_sel, dst, err);
 		if (rc < 0)
 			return rc;
+		if (all && last)
+			memcpy(last, dst + (size_t)(n - 1) * x->m->cfg.vocab_size,
+			       (size_t)x->m->cfg.vocab_size * sizeof(float));
 	}
 	return 0;
 }
@@ -211,11 +235,73 @@ int sb_decode_batch(sb_ctx *x, sb_state *const *states, const int32_t *tokens, s
 		}
 		sb_rows r = {.T = (int)n, .states = x->rs, .tokens = tokens + b0, .pos = x->pos,
 		             .one_state = n == 1, .distinct = true, .act_bias = x->act_bias};
-		sb_outputs out = {.logits = logits};
-		rc = run_block(x, &r, logits ? &out : NULL, b0, logits, NULL, err);
+		select_rows(x, 0, (int)n);
+		rc = run_block(x, &r, NULL, 0, logits ? (int)n : 0,
+		               logits ? logits + b0 * (size_t)x->m->cfg.vocab_size : NULL, err);
 		if (rc < 0)
 			return rc;
 		b0 += n;
+	}
+	return 0;
+}
+
+int sb_prefill_batch(sb_ctx *x, sb_state *const *states, const int32_t *const *tokens,
+                     const size_t *n, size_t B, float *last_logits, sb_error *err)
+{
+	int rc = 0;
+	for (size_t i = 0; i < B && rc == 0; i++) {
+		char which[48];
+		snprintf(which, sizeof which, "state %zu", i);
+		if ((rc = check_state(x, states[i], which, err)) < 0)
+			break;
+		if (n[i] == 0)
+			return sb_error_set(err, SB_ERR_ARG, "sequence %zu has no tokens", i);
+		if ((rc = check_tokens(x->m, tokens[i], n[i], err)) < 0) {
+			char pre[48];
+			snprintf(pre, sizeof pre, "sequence %zu", i);
+			sb_error_prefix(err, pre);
+			break;
+		}
+		for (size_t j = 0; j < i; j++)
+			if (states[j] == states[i])
+				return sb_error_set(err, SB_ERR_ARG,
+				                    "states %zu and %zu are the same state", j, i);
+	}
+	if (rc < 0)
+		return rc;
+	const size_t V = (size_t)x->m->cfg.vocab_size;
+	const int R = x->info.max_rows;
+	size_t i = 0, j = 0; /* next token: tokens[i][j] */
+	while (i < B) {
+		int T = 0, n_sel = 0;
+		size_t first_done = i;
+		while (i < B && T < R) {
+			size_t take = n[i] - j < (size_t)(R - T) ? n[i] - j : (size_t)(R - T);
+			sb_state *s = states[i];
+			for (size_t k = 0; k < take; k++, T++) {
+				x->rs[T] = s;
+				x->tok[T] = tokens[i][j + k];
+				x->pos[T] = (int64_t)s->n_tokens + (int64_t)k;
+			}
+			s->n_tokens += take;
+			j += take;
+			if (j == n[i]) {
+				x->sel[n_sel++] = T - 1;
+				i++;
+				j = 0;
+			}
+		}
+		/* RUNS, never ONE_STATE or DISTINCT, even with one prompt or one
+		 * token per prompt: each sequence's numbers must not depend on the
+		 * others (those kinds attend and multiply in other orders). */
+		sb_rows r = {.T = T, .states = x->rs, .tokens = x->tok, .pos = x->pos,
+		             .one_state = false, .distinct = false, .act_bias = x->act_bias};
+		if (T == 1) /* one token alone: as sb_decode reads it */
+			r.one_state = r.distinct = true;
+		rc = run_block(x, &r, NULL, 0, last_logits ? n_sel : 0,
+		               last_logits ? last_logits + first_done * V : NULL, err);
+		if (rc < 0)
+			return rc;
 	}
 	return 0;
 }

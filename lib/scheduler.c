@@ -76,6 +76,8 @@ struct sb_sched {
 	int32_t *b_tokens;       /* (nslots) */
 	slot **b_slots;          /* (nslots) */
 	float *b_logits;         /* (nslots, V) */
+	const int32_t **p_tokens; /* (nslots) prompts read together */
+	size_t *p_n;             /* (nslots) their lengths */
 	float *work;             /* (V) the logits the sampler transforms */
 	sb_logprob top[SB_SCHED_MAX_TOP_LOGPROBS];
 	char *tail;              /* the bytes of a sequence's last call */
@@ -178,6 +180,8 @@ sb_sched *sb_sched_new(sb_ctx *ctx, const sb_sched_params *p, sb_error *err)
 	    !(s->b_states = calloc(n, sizeof *s->b_states)) ||
 	    !(s->b_tokens = calloc(n, sizeof *s->b_tokens)) ||
 	    !(s->b_slots = calloc(n, sizeof *s->b_slots)) ||
+	    !(s->p_tokens = calloc(n, sizeof *s->p_tokens)) ||
+	    !(s->p_n = calloc(n, sizeof *s->p_n)) ||
 	    !sb_size_mul(n, V, &rows) || !sb_size_mul(rows, sizeof(float), &rows) ||
 	    !(s->b_logits = malloc(rows)) || !(s->work = malloc(V * sizeof(float))))
 		goto nomem;
@@ -531,30 +535,74 @@ static void setup(sb_sched *s, slot *sl)
 	sb_stop_reset(q->stop);
 }
 
+/* Prompts (or pieces of them) up to this many tokens are read together,
+ * in one sb_prefill_batch per step (one pass over the weights for all
+ * admitted sequences); a longer one alone through sb_prefill, which is
+ * faster for it. Which way a sequence goes depends on its prompt alone,
+ * so its numbers never depend on the others. */
+#define PREFILL_BATCH_MAX 64
+
+/* The tokens the next prefill of the slot's sequence reads. */
+static size_t prefill_len(const sb_sched *s, const slot *sl)
+{
+	size_t n = sl->q->n_tokens - sl->q->n_read;
+	if (s->p.prefill_chunk && n > s->p.prefill_chunk)
+		n = s->p.prefill_chunk;
+	return n;
+}
+
+/* After n tokens of the prompt were read. Returns false if the sequence
+ * ended. */
+static bool prefill_done(sb_sched *s, slot *sl, size_t n)
+{
+	seq *q = sl->q;
+	q->n_read += n;
+	atomic_fetch_add_explicit(&s->prompt_tokens, n, memory_order_relaxed);
+	if (q->n_read < q->n_tokens)
+		return true;
+	q->stage = STAGE_GEN;
+	q->t_prompt = now_s();
+	return true;
+}
+
+/* The short prompts of P slots (s->b_slots) in one call. */
+static void prefill_many(sb_sched *s, size_t P)
+{
+	const size_t V = (size_t)s->V;
+	for (size_t i = 0; i < P; i++) {
+		seq *q = s->b_slots[i]->q;
+		s->b_states[i] = s->b_slots[i]->st;
+		s->p_tokens[i] = q->tokens + q->n_read;
+		s->p_n[i] = prefill_len(s, s->b_slots[i]);
+	}
+	sb_error err = {0};
+	if (sb_prefill_batch(s->ctx, s->b_states, s->p_tokens, s->p_n, P, s->b_logits, &err) < 0) {
+		for (size_t i = 0; i < P; i++)
+			finish(s, s->b_slots[i], s->b_slots[i]->q, SB_FINISH_ERROR, &err);
+		return;
+	}
+	for (size_t i = 0; i < P; i++) {
+		memcpy(s->b_slots[i]->logits, s->b_logits + i * V, V * sizeof(float));
+		prefill_done(s, s->b_slots[i], s->p_n[i]);
+	}
+}
+
 /* Reads (a chunk of) the prompt. Returns false if the sequence ended. */
 static bool prefill(sb_sched *s, slot *sl)
 {
 	seq *q = sl->q;
 	if (q->n_tokens == 0) {
 		memcpy(sl->logits, q->start_logits, (size_t)s->V * sizeof(float));
-	} else {
-		size_t n = q->n_tokens - q->n_read;
-		if (s->p.prefill_chunk && n > s->p.prefill_chunk)
-			n = s->p.prefill_chunk;
-		sb_error err = {0};
-		sb_outputs o = {.last_logits = sl->logits};
-		if (sb_prefill(s->ctx, sl->st, q->tokens + q->n_read, n, &o, &err) < 0) {
-			finish(s, sl, q, SB_FINISH_ERROR, &err);
-			return false;
-		}
-		q->n_read += n;
-		atomic_fetch_add_explicit(&s->prompt_tokens, n, memory_order_relaxed);
-		if (q->n_read < q->n_tokens)
-			return true;
+		return prefill_done(s, sl, 0);
 	}
-	q->stage = STAGE_GEN;
-	q->t_prompt = now_s();
-	return true;
+	size_t n = prefill_len(s, sl);
+	sb_error err = {0};
+	sb_outputs o = {.last_logits = sl->logits};
+	if (sb_prefill(s->ctx, sl->st, q->tokens + q->n_read, n, &o, &err) < 0) {
+		finish(s, sl, q, SB_FINISH_ERROR, &err);
+		return false;
+	}
+	return prefill_done(s, sl, n);
 }
 
 /* log-softmax of the logits: the chosen token's and the top k. */
@@ -659,15 +707,22 @@ int sb_sched_step(sb_sched *s, sb_error *err)
 {
 	(void)err;
 	admit(s);
+	size_t P = 0;
 	for (size_t i = 0; i < s->nslots; i++) {
 		slot *sl = &s->slots[i];
 		if (sl->q && sl->fresh)
 			setup(s, sl);
 		if (sl->q && is_cancelled(s, sl->q))
 			finish(s, sl, sl->q, SB_FINISH_CANCELLED, NULL);
-		if (sl->q && sl->q->stage == STAGE_PREFILL)
-			prefill(s, sl);
+		if (sl->q && sl->q->stage == STAGE_PREFILL) {
+			if (sl->q->n_tokens > 0 && prefill_len(s, sl) <= PREFILL_BATCH_MAX)
+				s->b_slots[P++] = sl;
+			else
+				prefill(s, sl);
+		}
 	}
+	if (P)
+		prefill_many(s, P);
 	size_t B = 0;
 	for (size_t i = 0; i < s->nslots; i++) {
 		slot *sl = &s->slots[i];
@@ -768,6 +823,8 @@ void sb_sched_free(sb_sched *s)
 	free(s->b_states);
 	free(s->b_tokens);
 	free(s->b_slots);
+	free(s->p_tokens);
+	free(s->p_n);
 	free(s->b_logits);
 	free(s->work);
 	free(s->tail);

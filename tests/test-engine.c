@@ -683,6 +683,114 @@ START_TEST(engine_state_reset_and_copy_are_exact)
 }
 END_TEST
 
+/* Several prompts in one call: each gets its sb_prefill numbers (within
+ * rounding), bit for bit what it gets alone in the same call, and its
+ * state continues as after sb_prefill. Lengths cross the 512-row blocks. */
+START_TEST(engine_prefill_batch_matches_single)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t V = (size_t)c->vocab_size, B = 4;
+	const size_t n[4] = {7, 1, 600, 300};
+	sb_error err = {0};
+	sb_ctx *ctx = tu_ctx_new(m, 2, &err);
+	int32_t *tok = random_tokens(1000, c->vocab_size, 31);
+	const int32_t *tp[4] = {tok, tok + 10, tok + 20, tok + 650};
+	sb_state *bs[4], *ss[4], *one = sb_ctx_state_new(ctx, &err);
+	float *lb = malloc(B * V * sizeof(float)), *ls = malloc(V * sizeof(float)),
+	      *l1 = malloc(V * sizeof(float)), *d1 = malloc(V * sizeof(float)),
+	      *d2 = malloc(V * sizeof(float));
+	for (size_t b = 0; b < B; b++) {
+		bs[b] = sb_ctx_state_new(ctx, &err);
+		ss[b] = sb_ctx_state_new(ctx, &err);
+		/* the second sequence starts from a history */
+		if (b == 1) {
+			ck_assert_int_eq(sb_prefill(ctx, bs[b], tok + 900, 50, NULL, &err), 0);
+			ck_assert_int_eq(sb_state_copy(ss[b], bs[b]), 0);
+		}
+	}
+	ck_assert_int_eq(sb_prefill_batch(ctx, bs, tp, n, B, lb, &err), 0);
+	for (size_t b = 0; b < B; b++) {
+		sb_outputs o = {.last_logits = ls};
+		ck_assert_int_eq(sb_prefill(ctx, ss[b], tp[b], n[b], &o, &err), 0);
+		for (size_t v = 0; v < V; v++)
+			ck_assert_float_eq_tol(lb[b * V + v], ls[v], 1e-4);
+		ck_assert_uint_eq(sb_state_n_tokens(bs[b]), sb_state_n_tokens(ss[b]));
+		for (int l = 0; l < c->layers; l++)
+			ck_assert_uint_eq(sb_state_n_activated(bs[b], l), sb_state_n_activated(ss[b], l));
+		/* alone in the call: the same bits */
+		sb_state_reset(one);
+		if (b == 1)
+			ck_assert_int_eq(sb_prefill(ctx, one, tok + 900, 50, NULL, &err), 0);
+		ck_assert_int_eq(sb_prefill_batch(ctx, &one, &tp[b], &n[b], 1, l1, &err), 0);
+		ck_assert(memcmp(l1, lb + b * V, V * sizeof(float)) == 0);
+		/* and the states go on alike */
+		ck_assert_int_eq(sb_decode(ctx, bs[b], tok[999], d1, &err), 0);
+		ck_assert_int_eq(sb_decode(ctx, ss[b], tok[999], d2, &err), 0);
+		for (size_t v = 0; v < V; v++)
+			ck_assert_float_eq_tol(d1[v], d2[v], 1e-4);
+	}
+	/* refused: a state twice, an empty prompt; nothing read */
+	sb_state *twice[2] = {bs[0], bs[0]};
+	uint64_t before = sb_state_n_tokens(bs[0]);
+	ck_assert_int_eq(sb_prefill_batch(ctx, twice, tp, n, 2, NULL, &err), SB_ERR_ARG);
+	const size_t zero[2] = {3, 0};
+	ck_assert_int_eq(sb_prefill_batch(ctx, bs, tp, zero, 2, NULL, &err), SB_ERR_ARG);
+	ck_assert_uint_eq(sb_state_n_tokens(bs[0]), before);
+	for (size_t b = 0; b < B; b++) {
+		sb_state_free(bs[b]);
+		sb_state_free(ss[b]);
+	}
+	sb_state_free(one);
+	free(lb);
+	free(ls);
+	free(l1);
+	free(d1);
+	free(d2);
+	free(tok);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
+/* A decode batch gives bit for bit the numbers of one decode at a time
+ * (short rings: a ring of 128 entries or more is split over threads when
+ * one row attends alone). */
+START_TEST(engine_batch_is_bit_identical)
+{
+	sb_model *m = load(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t V = (size_t)c->vocab_size, B = 5;
+	sb_error err = {0};
+	sb_ctx *ctx = tu_ctx_new(m, 2, &err);
+	int32_t *tok = random_tokens(200, c->vocab_size, 41);
+	sb_state *bs[5], *ss[5];
+	for (size_t b = 0; b < B; b++) {
+		bs[b] = sb_ctx_state_new(ctx, &err);
+		ck_assert_int_eq(sb_prefill(ctx, bs[b], tok + 10 * b, 3 + b, NULL, &err), 0);
+		ss[b] = sb_state_clone(bs[b], &err);
+	}
+	float *lb = malloc(B * V * sizeof(float)), *ls = malloc(V * sizeof(float));
+	for (size_t i = 0; i < 20; i++) {
+		ck_assert_int_eq(sb_decode_batch(ctx, bs, tok + 100 + i * B, B, lb, &err), 0);
+		for (size_t b = 0; b < B; b++) {
+			ck_assert_int_eq(sb_decode(ctx, ss[b], tok[100 + i * B + b], ls, &err), 0);
+			ck_assert_msg(memcmp(ls, lb + b * V, V * sizeof(float)) == 0,
+			              "step %zu sequence %zu differs", i, b);
+		}
+	}
+	for (size_t b = 0; b < B; b++) {
+		sb_state_free(bs[b]);
+		sb_state_free(ss[b]);
+	}
+	free(lb);
+	free(ls);
+	free(tok);
+	sb_ctx_free(ctx);
+	sb_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("engine");
@@ -700,6 +808,8 @@ int main(void)
 	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_batch_repeated_state, 0, N_CASES);
 	tcase_add_test(tc, engine_ctx_params);
+	tcase_add_loop_test(tc, engine_prefill_batch_matches_single, 0, N_CASES);
+	tcase_add_loop_test(tc, engine_batch_is_bit_identical, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_state_reset_and_copy_are_exact, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_act_bias_shifts_router, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_threads_match_one_thread, 0, N_CASES);

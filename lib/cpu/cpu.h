@@ -60,7 +60,8 @@ struct sb_bctx {
 int sb_cpu_embed(sb_bctx *b, const sb_rows *r, sb_error *err);
 int sb_cpu_layer(sb_bctx *b, const sb_rows *r, int l, uint8_t *act, float *hidden,
                  sb_error *err);
-int sb_cpu_logits(sb_bctx *b, const sb_rows *r, int t0, float *dst, sb_error *err);
+int sb_cpu_logits(sb_bctx *b, const sb_rows *r, const int *sel, int n, float *dst,
+                  sb_error *err);
 
 /* What the CPU backend keeps with each state (s->priv): how far into
  * each layer's ring the block may hold non-zero bytes, so that reset and
@@ -89,6 +90,15 @@ static inline float *st_ring_v(sb_state *s) { return (float *)(s->block + s->lay
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W,
                const float *bias, float *ws, sb_pool *pool);
 size_t sb_matmul_ws_floats(int max_cols, int n_threads);
+/* The same product with every element summed exactly as the one-row
+ * (matrix-vector) kernel sums it, so that T rows give bit for bit the
+ * numbers of T calls with one row: used for decode batches, whose rows
+ * must not depend on which others share the batch. Weights are widened in
+ * registers, once per three rows of X. Falls back to sb_matmul where
+ * sb_matmul_has_exact(W) is false (q8, or a CPU without AVX2). */
+void sb_matmul_exact(float *Y, const float *X, int T, const sb_mat *W,
+                     const float *bias, float *ws, sb_pool *pool);
+bool sb_matmul_has_exact(const sb_mat *W);
 
 /* The damped EMA (docs/computation.md section 2) for channels d0..d1-1 of one row:
  * h (D, N) = q*h + pb*xn[d] per order, out[d] = sum_n h*g + omega[d]*xn[d]. */

@@ -29,6 +29,19 @@
 #define ROW_STATE(x, t) ((x)->rows->states[t])
 #define ROW_POS(x, t) ((x)->rows->pos[t])
 
+/* Y (T, W.rows) = X W^T + bias. A block of several sequences (DISTINCT or
+ * RUNS) sums each element as a single decoded row does, so that what a
+ * sequence computes never depends on which others share its block; a
+ * prefill block of one state takes OpenBLAS's sgemm. */
+static void matmul(sb_bctx *x, float *Y, const float *X, int T, const sb_mat *W,
+                   const float *bias)
+{
+	if (!x->rows->one_state)
+		sb_matmul_exact(Y, X, T, W, bias, x->ws, x->pool);
+	else
+		sb_matmul(Y, X, T, W, bias, x->ws, x->pool);
+}
+
 /* Row-wise work (norms, EMA, activations) is split over the pool from this
  * many rows on; below it the dispatch would cost more than it saves. */
 #define PAR_MIN_ROWS 8
@@ -404,13 +417,11 @@ static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 	for (int i = 0; i < Ta; i++)
 		memcpy(x->mxa + (size_t)i * D, x->mx + (size_t)x->aidx[i] * D,
 		       (size_t)D * sizeof(float));
-	sb_matmul(x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b, x->ws, x->pool);
+	matmul(x, x->zgv, x->mxa, Ta, &ly->mx, ly->mx_b);
 	activate_rows(x, x->zgv, Ta, (size_t)Ta * ZH);
 	/* One state for every row (a prefill block) and a wide window: the
 	 * matrix-product path. Otherwise row by row through the ring. */
-	bool block = x->ck && Ta >= BATCHED_ATTN_MIN_ROWS;
-	for (int i = 1; block && i < Ta; i++)
-		block = ROW_STATE(x, x->aidx[i]) == ROW_STATE(x, x->aidx[0]);
+	bool block = x->ck && Ta >= BATCHED_ATTN_MIN_ROWS && x->rows->one_state;
 	const int R = block ? st_ring_len(ROW_STATE(x, x->aidx[0]))[l] : 0;
 	/* Rows of distinct states (a batched decode step) can attend in
 	 * parallel once every row's key is in its ring. */
@@ -442,7 +453,7 @@ static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 		rows_job j = {x, ly, l, Ta};
 		sb_pool_run(x->pool, attend_rows_part, &j);
 	}
-	sb_matmul(x->att, x->og, Ta, &ly->ho, ly->ho_b, x->ws, x->pool);
+	matmul(x, x->att, x->og, Ta, &ly->ho, ly->ho_b);
 	for (int i = 0; i < Ta; i++) {
 		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];
 		for (int d = 0; d < D; d++)
@@ -464,7 +475,7 @@ int sb_cpu_layer(sb_bctx *x, const sb_rows *r, int l, uint8_t *act_out, float *h
 	rows_fn_job pre = {.x = x, .T = T, .fn = prenorm_range, .n = T, .norm = &ly->norm};
 	run_rows(x, &pre);
 	ema_rows(x, ly, l, T);
-	sb_matmul(x->hxu, x->mx, T, &ly->hx, ly->hx_b, x->ws, x->pool);
+	matmul(x, x->hxu, x->mx, T, &ly->hx, ly->hx_b);
 
 	/* Router: pr1 = softmax([u0 + act_bias, u1] / tau)[1]; a tie is
 	 * not activated. */
@@ -495,9 +506,9 @@ int sb_cpu_layer(sb_bctx *x, const sb_rows *r, int l, uint8_t *act_out, float *h
 		const int F = c->ffn_dim;
 		rows_fn_job fpre = {.x = x, .T = T, .fn = prenorm_range, .n = T, .norm = &ly->ffn_norm};
 		run_rows(x, &fpre);
-		sb_matmul(x->ffn, x->xn, T, &ly->fc1, ly->fc1_b, x->ws, x->pool);
+		matmul(x, x->ffn, x->xn, T, &ly->fc1, ly->fc1_b);
 		activate_rows(x, x->ffn, T, (size_t)T * F);
-		sb_matmul(x->att, x->ffn, T, &ly->fc2, ly->fc2_b, x->ws, x->pool);
+		matmul(x, x->att, x->ffn, T, &ly->fc2, ly->fc2_b);
 		rows_fn_job fres = {.x = x, .T = T, .fn = residual_range, .n = T,
 		                    .norm = &ly->ffn_norm, .ffn = true};
 		run_rows(x, &fres);
@@ -522,18 +533,26 @@ int sb_cpu_embed(sb_bctx *x, const sb_rows *r, sb_error *err)
 	return 0;
 }
 
-int sb_cpu_logits(sb_bctx *x, const sb_rows *r, int t0, float *dst, sb_error *err)
+int sb_cpu_logits(sb_bctx *x, const sb_rows *r, const int *sel, int n, float *dst,
+                  sb_error *err)
 {
 	(void)err;
 	const sb_model *m = x->m;
 	const sb_config *c = &m->cfg;
-	const int D = c->embed_dim, T = r->T;
-	if (c->normalize_before)
-		for (int t = t0; t < T; t++) {
-			float *xi = x->x + (size_t)t * D;
+	const int D = c->embed_dim;
+	x->rows = r;
+	/* The selected rows, final-normed, side by side (ascending, so an
+	 * in-place gather never overwrites a row still to be read). */
+	for (int i = 0; i < n; i++) {
+		const float *xi = x->x + (size_t)sel[i] * D;
+		float *yi = x->x + (size_t)i * D;
+		if (c->normalize_before) {
 			sb_norm_apply(&m->final_norm, x->xn, xi, D);
-			memcpy(xi, x->xn, (size_t)D * sizeof(float));
+			memcpy(yi, x->xn, (size_t)D * sizeof(float));
+		} else if (yi != xi) {
+			memcpy(yi, xi, (size_t)D * sizeof(float));
 		}
-	sb_matmul(dst, x->x + (size_t)t0 * D, T - t0, &m->out, NULL, x->ws, x->pool);
+	}
+	matmul(x, dst, x->x, n, &m->out, NULL);
 	return 0;
 }

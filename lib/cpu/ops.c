@@ -174,6 +174,100 @@ static void rows_avx2(const sb_mat *W, int r0, int r1, const float *x, float *y)
 	}
 }
 
+/* Several rows of X against several rows of W at once, each output summed
+ * exactly as ROWS_AVX2 sums a row (two 8-lane accumulators over steps of
+ * 16 columns, hsum8 of their sum, then the tail in order): a batch of
+ * decoded rows gets, bit for bit, the numbers of one row at a time, while
+ * each weight is read (and widened, in registers) once per RX rows of X
+ * instead of once per row. Y[t * ys + r] for RW rows of W from w (row
+ * stride wst bytes) and RX rows of X from x (row stride xs floats). */
+#define EXACT_BLOCK(NAME, DT, RW, RX)                                                       \
+	__attribute__((target("avx2,fma,f16c"))) static void NAME(                          \
+		const char *w, size_t wst, const float *x, size_t xs, int n, float *y, size_t ys) \
+	{                                                                                   \
+		const size_t esz = sb_dtype_size(DT);                                       \
+		__m256 a0[RW][RX], a1[RW][RX];                                              \
+		for (int i = 0; i < RW; i++)                                                \
+			for (int j = 0; j < RX; j++)                                        \
+				a0[i][j] = a1[i][j] = _mm256_setzero_ps();                  \
+		int k = 0;                                                                  \
+		for (; k + 16 <= n; k += 16)                                                \
+			for (int i = 0; i < RW; i++) {                                      \
+				__m256 wl = load8(DT, w + i * wst + k * esz);               \
+				__m256 wh = load8(DT, w + i * wst + (k + 8) * esz);         \
+				for (int j = 0; j < RX; j++) {                              \
+					a0[i][j] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x + j * xs + k), \
+					                           a0[i][j]);                  \
+					a1[i][j] = _mm256_fmadd_ps(wh,                          \
+					                           _mm256_loadu_ps(x + j * xs + k + 8), \
+					                           a1[i][j]);                  \
+				}                                                           \
+			}                                                                   \
+		for (; k + 8 <= n; k += 8)                                                  \
+			for (int i = 0; i < RW; i++) {                                      \
+				__m256 wl = load8(DT, w + i * wst + k * esz);               \
+				for (int j = 0; j < RX; j++)                                \
+					a0[i][j] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x + j * xs + k), \
+					                           a0[i][j]);                  \
+			}                                                                   \
+		for (int i = 0; i < RW; i++) {                                              \
+			float tail[8];                                                      \
+			if (k < n)                                                          \
+				sb_widen(DT, w + i * wst + k * esz, tail, (size_t)(n - k)); \
+			for (int j = 0; j < RX; j++) {                                      \
+				float acc = hsum8(_mm256_add_ps(a0[i][j], a1[i][j]));       \
+				for (int q = 0; q < n - k; q++)                             \
+					acc += tail[q] * x[j * xs + k + q];                 \
+				y[j * ys + i] = acc;                                        \
+			}                                                                   \
+		}                                                                           \
+	}
+
+#define EXACT_BLOCKS(SUF, DT)                                                           \
+	EXACT_BLOCK(exact_##SUF##_1, DT, 1, 1)                                          \
+	EXACT_BLOCK(exact_##SUF##_2, DT, 1, 2)                                          \
+	EXACT_BLOCK(exact_##SUF##_3, DT, 1, 3)                                          \
+	EXACT_BLOCK(exact_##SUF##_4, DT, 1, 4)                                          \
+	EXACT_BLOCK(exact_##SUF##_5, DT, 1, 5)                                          \
+	EXACT_BLOCK(exact_##SUF##_6, DT, 1, 6)                                          \
+	static const exact_fn exact_##SUF[EXACT_RX] = {                                 \
+		exact_##SUF##_1, exact_##SUF##_2, exact_##SUF##_3,                      \
+		exact_##SUF##_4, exact_##SUF##_5, exact_##SUF##_6,                      \
+	};
+
+/* Rows of X per pass of one weight row: 12 accumulators, and the widening
+ * of each 16 weights paid once for 6 rows. */
+#define EXACT_RX 6
+
+typedef void (*exact_fn)(const char *w, size_t wst, const float *x, size_t xs, int n, float *y,
+                         size_t ys);
+EXACT_BLOCKS(f32, SB_DTYPE_F32)
+EXACT_BLOCKS(f16, SB_DTYPE_F16)
+EXACT_BLOCKS(bf16, SB_DTYPE_BF16)
+
+/* Weight rows per pass over the rows of X: their widened values stay in
+ * the L1/L2 while every row of X goes by. */
+#define EXACT_CHUNK 128
+
+/* Y (T, W.rows) for W rows r0..r1-1, T >= 1, numbers as rows_avx2's. */
+static void exact_rows(const sb_mat *W, int r0, int r1, const float *X, int T, float *Y)
+{
+	const exact_fn *fn = W->dtype == SB_DTYPE_F16    ? exact_f16
+	                     : W->dtype == SB_DTYPE_BF16 ? exact_bf16
+	                                                 : exact_f32;
+	const int n = W->cols, NO = W->rows;
+	const size_t wst = (size_t)n * sb_dtype_size(W->dtype);
+	for (int c0 = r0; c0 < r1; c0 += EXACT_CHUNK) {
+		const int c1 = c0 + EXACT_CHUNK < r1 ? c0 + EXACT_CHUNK : r1;
+		for (int t = 0; t < T; t += EXACT_RX) {
+			const int rx = T - t < EXACT_RX ? T - t : EXACT_RX;
+			for (int r = c0; r < c1; r++)
+				fn[rx - 1]((const char *)W->data + (size_t)r * wst, wst, X + (size_t)t * n,
+				           (size_t)n, n, Y + (size_t)t * NO + r, (size_t)NO);
+		}
+	}
+}
+
 __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int n)
 {
 	__m256 va = _mm256_set1_ps(a);
@@ -412,6 +506,58 @@ static void matmul_part(void *arg, int ith, int nth)
 					y[o] += j->bias[o0 + o];
 			}
 	}
+}
+
+typedef struct exact_job {
+	const sb_mat *W;
+	const float *X;
+	int T;
+	const float *bias;
+	float *Y;
+} exact_job;
+
+#ifdef SB_X86
+/* Output columns split as matvec_part splits them. */
+static void exact_part(void *arg, int ith, int nth)
+{
+	const exact_job *j = arg;
+	const int rows = j->W->rows, blocks = (rows + 15) / 16;
+	int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
+	int r0 = b0 * 16, r1 = b1 * 16 < rows ? b1 * 16 : rows;
+	if (r0 >= r1)
+		return;
+	exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
+	if (j->bias)
+		for (int t = 0; t < j->T; t++) {
+			float *y = j->Y + (size_t)t * rows;
+			for (int o = r0; o < r1; o++)
+				y[o] += j->bias[o];
+		}
+}
+#endif
+
+bool sb_matmul_has_exact(const sb_mat *W)
+{
+#ifdef SB_X86
+	return have_avx2() && (W->dtype == SB_DTYPE_F32 || W->dtype == SB_DTYPE_F16 ||
+	                       W->dtype == SB_DTYPE_BF16);
+#else
+	(void)W;
+	return false;
+#endif
+}
+
+void sb_matmul_exact(float *Y, const float *X, int T, const sb_mat *W, const float *bias,
+                     float *ws, sb_pool *pool)
+{
+#ifdef SB_X86
+	if (T > 1 && sb_matmul_has_exact(W)) {
+		exact_job j = {W, X, T, bias, Y};
+		sb_pool_run(pool, exact_part, &j);
+		return;
+	}
+#endif
+	sb_matmul(Y, X, T, W, bias, ws, pool);
 }
 
 void sb_matmul(float *Y, const float *X, int T, const sb_mat *W, const float *bias,

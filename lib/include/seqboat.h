@@ -404,6 +404,18 @@ int sb_decode_batch(sb_ctx *c, sb_state *const *states, const int32_t *tokens,
                     size_t B, float *logits, sb_error *err);
 size_t sb_ctx_max_batch(const sb_ctx *c);
 
+/* Reads several prompts at once: the n[i] >= 1 tokens tokens[i] into
+ * states[i] (B distinct states), in one pass over the weights for all of
+ * them (blocks of several sequences' rows), and writes each prompt's last
+ * logits into row i of last_logits (B, V) when it is not NULL. What one
+ * sequence gets does not depend on the others in the call (the CPU sums
+ * every number as a single decoded row does): equal to sb_prefill within
+ * rounding, and bit for bit what the same call with that sequence alone
+ * gives. Meant for short prompts; a long one reads faster alone through
+ * sb_prefill. */
+int sb_prefill_batch(sb_ctx *c, sb_state *const *states, const int32_t *const *tokens,
+                     const size_t *n, size_t B, float *last_logits, sb_error *err);
+
 /* --------------------------------------------------------------- sampler */
 
 typedef struct sb_sampler_params {
