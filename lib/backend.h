@@ -122,6 +122,12 @@ typedef struct sb_backend_info {
 	int max_rows;                 /* rows per block it accepts, >= max_batch */
 	int n_threads;                /* host threads it uses */
 	char device_name[128];        /* the device's own name ("NVIDIA H200"), or "" */
+	bool runs;                    /* takes RUNS blocks and any selection of
+	                               * logits rows; false (the zero value): the
+	                               * orchestration gives it only ONE_STATE and
+	                               * DISTINCT blocks, and asks the logits of
+	                               * rows t0..T-1 (sb_prefill_batch then reads
+	                               * each prompt as sb_prefill does) */
 } sb_backend_info;
 
 typedef struct sb_backend {

@@ -270,6 +270,16 @@ int sb_prefill_batch(sb_ctx *x, sb_state *const *states, const int32_t *const *t
 	if (rc < 0)
 		return rc;
 	const size_t V = (size_t)x->m->cfg.vocab_size;
+	if (!x->info.runs) {
+		/* a backend without RUNS blocks: each prompt as sb_prefill reads
+		 * it (its numbers again independent of the others) */
+		for (size_t k = 0; k < B; k++) {
+			sb_outputs o = {.last_logits = last_logits ? last_logits + k * V : NULL};
+			if ((rc = sb_prefill(x, states[k], tokens[k], n[k], &o, err)) < 0)
+				return rc;
+		}
+		return 0;
+	}
 	const int R = x->info.max_rows;
 	size_t i = 0, j = 0; /* next token: tokens[i][j] */
 	while (i < B) {

@@ -132,6 +132,7 @@ static int cpu_ctx_new(const sb_model *m, const sb_ctx_params *p, int device, sb
 	}
 	info->max_rows = (int)R;
 	info->n_threads = n_threads;
+	info->runs = true;
 	*out = x;
 	return 0;
 }

@@ -193,8 +193,16 @@ static int cuda_layer(sb_bctx *b, const sb_rows *r, int l, uint8_t *act, float *
 	return sb_cuda_layer(b->c, &cr, l, act, hidden, err);
 }
 
-static int cuda_logits(sb_bctx *b, const sb_rows *r, int t0, float *dst, sb_error *err)
+/* The orchestration asks this backend (info.runs false) only for rows
+ * t0..T-1: all of a block's, or its last. */
+static int cuda_logits(sb_bctx *b, const sb_rows *r, const int *sel, int n, float *dst,
+                       sb_error *err)
 {
+	const int t0 = r->T - n;
+	for (int i = 0; i < n; i++)
+		if (sel[i] != t0 + i)
+			return sb_error_set(err, SB_ERR_UNSUPPORTED,
+			                    "cuda: logits of a selection of rows (RUNS blocks) are not supported");
 	sb_cuda_rows cr = rows_of(b, r);
 	return sb_cuda_logits(b->c, &cr, t0, dst, err);
 }
