@@ -150,7 +150,7 @@ def main():
     ap.add_argument("--minutes-b", type=float, default=1.0)
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "sotu"))
     ap.add_argument("--smoke", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_intermixed_args()   # the point names may follow the options
     for n in a.names:
         if n not in RUNS:
             ap.error("unknown point %r (known: %s)" % (n, " ".join(RUNS)))
