@@ -105,6 +105,7 @@ typedef struct chat {
 	size_t n_turns, cap_turns;
 	snapshot snaps[MAX_SNAPSHOTS];
 	size_t n_snaps;
+	size_t max_snaps;        /* <= MAX_SNAPSHOTS, what --mem leaves room for */
 	uint64_t regen;          /* /regen count of the current turn */
 	char *raw;               /* the reply's text before stop matching */
 	size_t raw_len, raw_cap;
@@ -317,13 +318,15 @@ static int snapshot_push(chat *c, sb_error *err)
 {
 	sb_state *st = NULL;
 	int32_t *recent = NULL;
-	if (c->n_snaps == MAX_SNAPSHOTS) {
+	if (c->max_snaps == 0)
+		return 0; /* the memory limit leaves no room for undo */
+	if (c->n_snaps == c->max_snaps) {
 		/* The oldest turn can no longer be undone. Its buffers are
 		 * reused: freeing one state and allocating another every turn
 		 * fragments the heap, and resident memory grew with the turns. */
 		st = c->snaps[0].st;
 		recent = c->snaps[0].recent;
-		memmove(c->snaps, c->snaps + 1, (MAX_SNAPSHOTS - 1) * sizeof *c->snaps);
+		memmove(c->snaps, c->snaps + 1, (c->max_snaps - 1) * sizeof *c->snaps);
 		c->n_snaps--;
 	}
 	snapshot *s = &c->snaps[c->n_snaps];
@@ -1137,6 +1140,21 @@ int cmd_chat(int argc, char **argv)
 		c.g.sp.seed = cli_random_seed();
 	if ((rc = cli_gen_open(&c.g, &c.m, &c.tok, &c.ctx)))
 		goto done;
+	{
+		/* The conversation's state and the reply's working one, then as
+		 * many undo snapshots as --mem leaves room for (64 at most). */
+		sb_error berr = {0};
+		size_t fit = 0, limit = cli_gen_mem_limit(&c.g), two = 2 * sb_state_bytes(c.m);
+		if (sb_state_budget(c.m, limit, "--mem", 2, 1, &fit, &berr) < 0) {
+			rc = cli_fail(&berr);
+			goto done;
+		}
+		c.max_snaps = sb_state_budget(c.m, limit - two, "--mem", 1, MAX_SNAPSHOTS, &fit, NULL) < 0
+		                      ? 0 : fit;
+		if (c.max_snaps < MAX_SNAPSHOTS)
+			fprintf(stderr, "seqboat: /undo keeps %zu turns: the memory limit of %zu bytes (--mem) holds no more states of %zu bytes\n",
+			        c.max_snaps, limit, sb_state_bytes(c.m));
+	}
 	c.V = sb_model_config(c.m)->vocab_size;
 	c.eos = cli_gen_eos(c.m, c.tok);
 	c.tty = cli_isatty(stdin);

@@ -1424,6 +1424,17 @@ static int generate(run *r)
 	}
 	if (nslots > r->n_items && r->n_items)
 		nslots = r->n_items;
+	/* The batch's states, with the shared prefix's, within --mem. */
+	size_t limit = cli_gen_mem_limit(&r->g), fit = nslots;
+	size_t held = r->base ? sb_state_bytes(r->model) : 0;
+	if (sb_state_budget(r->model, limit > held ? limit - held : 0, "--mem", 1, nslots, &fit, &err) < 0)
+		return cli_fail(&err);
+	if (fit < nslots) {
+		if (r->batch > 0)
+			fprintf(stderr, "seqboat: --batch %d lowered to %zu: the states of more sequences exceed the memory limit of %zu bytes (--mem)\n",
+			        r->batch, fit, limit);
+		nslots = fit;
+	}
 	sb_sched_params sp = sb_sched_default_params();
 	sp.max_batch = nslots;
 	sp.eos_id = r->eos;

@@ -34,6 +34,9 @@ static const char gen_help_fmt[] =
 	"      --no-escape          take those texts literally\n"
 	"      --act-bias B         router shift: positive = fewer attention activations\n"
 	"                           (default 0)\n"
+	"      --mem SIZE           memory for the states of sequences, snapshots and\n"
+	"                           caches (bytes, or with K, M, G; default: 3/4 of RAM);\n"
+	"                           a model whose one sequence does not fit is refused\n"
 	"      --check              read every weight first and refuse a NaN or an\n"
 	"                           infinity (loading checks only the small tensors)\n";
 
@@ -141,6 +144,39 @@ nomem:
 	return -CLI_EXIT_SOFTWARE;
 }
 
+/* "123", "64K", "512M", "8G" (powers of 1024) into bytes, at least 1. */
+static bool parse_mem(const char *v, size_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long x = strtoull(v, &end, 10);
+	unsigned shift = 0;
+	if (*end == 'K' || *end == 'k')
+		shift = 10;
+	else if (*end == 'M' || *end == 'm')
+		shift = 20;
+	else if (*end == 'G' || *end == 'g')
+		shift = 30;
+	else if (*end == 'T' || *end == 't')
+		shift = 40;
+	if (shift)
+		end++;
+	if (end == v || *end || errno || *v == '-' || x == 0 || x > (SIZE_MAX >> shift)) {
+		cli_error("--mem: expected a size in bytes (with K, M, G or T), got '%s'", v);
+		return false;
+	}
+	*out = (size_t)x << shift;
+	return true;
+}
+
+size_t cli_gen_mem_limit(const cli_gen *g)
+{
+	if (g->mem)
+		return g->mem;
+	size_t ram = sb_mem_physical();
+	return ram ? ram / 4 * 3 : SIZE_MAX;
+}
+
 int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 {
 	const char *v = NULL;
@@ -150,6 +186,11 @@ int cli_gen_parse(cli_gen *g, int argc, char **argv, int *i)
 	if (!strcmp(argv[*i], "--check")) {
 		g->check = true;
 		return 1;
+	}
+	if (FLAG(NULL, "--mem")) {
+		if (st)
+			return -st;
+		return parse_mem(v, &g->mem) ? 1 : -CLI_EXIT_USAGE;
 	}
 	if (FLAG("-m", "--model")) {
 		g->model_dir = v;
@@ -230,6 +271,13 @@ int cli_gen_open(const cli_gen *g, sb_model **model, sb_tokenizer **tok,
 	int rc = cli_load_model(g->model_dir, model, tok, SB_BYTES_AUTO);
 	if (rc)
 		return rc;
+	/* One sequence's state at least must fit the memory limit. */
+	size_t fit;
+	if (sb_state_budget(*model, cli_gen_mem_limit(g), g->mem ? "--mem" : "--mem default, 3/4 of RAM",
+	                    1, 1, &fit, &err) < 0) {
+		rc = cli_fail(&err);
+		goto fail;
+	}
 	if (g->check && sb_model_check_weights(*model, &err) < 0) {
 		rc = cli_fail(&err);
 		goto fail;

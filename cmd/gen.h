@@ -25,7 +25,13 @@ typedef struct cli_gen {
 	size_t n_bias;
 	bool check;              /* --check: read every weight at load */
 	bool escape;             /* -e (the default) / --no-escape */
+	size_t mem;              /* --mem in bytes; 0: the default (cli_gen_mem_limit) */
 } cli_gen;
+
+/* The memory limit for state-sized allocations (batch slots, snapshots,
+ * caches), checked with sb_state_budget: --mem, or by default three
+ * quarters of physical memory. */
+size_t cli_gen_mem_limit(const cli_gen *g);
 
 /* Seeds stay below 2^53 so that every JSON reader keeps them exact. */
 #define CLI_SEED_MAX ((UINT64_C(1) << 53) - 1)

@@ -206,4 +206,32 @@ cp "$MODEL"/config.yaml "$MODEL"/model.safetensors "$TMP/zero/"
 ln -s /dev/zero "$TMP/zero/dict.txt"
 expect "dict.txt on /dev/zero" 65 "limit" "$SEQBOAT" tokenize -m "$TMP/zero" w4
 
+# ------------------------------------------ state memory budget (item 4)
+# A legal window of 2^20 makes a 1.36 GB state: refused up front against
+# --mem, naming the window, instead of allocated per slot and snapshot.
+mkdir "$TMP/wide" "$TMP/mid"
+cp "$MODEL"/* "$TMP/wide/"
+cp "$MODEL"/* "$TMP/mid/"
+sed -i 's/  window: 16$/  window: 1048576/' "$TMP/wide/config.yaml"
+sed -i 's/  window: 16$/  window: 16384/' "$TMP/mid/config.yaml"
+grep -q "window: 1048576" "$TMP/wide/config.yaml" || fail "could not set the window"
+expect "complete, one state over --mem" 65 "window 1048576" "$SEQBOAT" complete -m "$TMP/wide" -p w4 -n 1 --mem 1G
+expect "chat, one conversation over --mem" 65 "window 1048576" "$SEQBOAT" chat -m "$TMP/wide" --mem 2G
+expect "--mem garbage" 2 "--mem" "$SEQBOAT" complete -m "$MODEL" -p w4 -n 1 --mem lots
+# A 21 MB state: --batch 8 within 70 MB is lowered to 3 slots, and the
+# records are those of the full batch.
+printf 'w%d\n' 4 5 6 7 8 9 10 11 > "$TMP/eight.txt"
+"$SEQBOAT" complete -m "$TMP/mid" -f "$TMP/eight.txt" --temp 0 -n 3 --no-timings --seed 1 --batch 8 --mem 70M \
+	> "$TMP/eight.low" 2> "$TMP/err" || fail "complete under --mem: $(cat "$TMP/err")"
+grep -q "lowered to 3" "$TMP/err" || fail "--batch was not lowered to fit --mem: $(cat "$TMP/err")"
+"$SEQBOAT" complete -m "$TMP/mid" -f "$TMP/eight.txt" --temp 0 -n 3 --no-timings --seed 1 --batch 8 \
+	> "$TMP/eight.full" 2> /dev/null
+cmp -s "$TMP/eight.low" "$TMP/eight.full" || fail "a lowered batch gave other records"
+# chat within 100 MB: two states for the conversation, two undo snapshots.
+printf 'w4\nw5\nw6\n/undo\n/undo\n/undo\n' |
+	"$SEQBOAT" chat -m "$TMP/mid" --temp 0 -n 2 --mem 100M > /dev/null 2> "$TMP/err" ||
+	fail "chat under --mem: $(cat "$TMP/err")"
+grep -q "keeps 2 turns" "$TMP/err" && [ "$(grep -c "undone" "$TMP/err")" = 2 ] &&
+	grep -q "nothing to undo" "$TMP/err" || fail "chat undo under --mem: $(cat "$TMP/err")"
+
 finish e2e-hostile

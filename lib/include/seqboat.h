@@ -308,6 +308,21 @@ typedef struct sb_state_sizes {
 } sb_state_sizes;
 sb_state_sizes sb_state_sizes_of(const sb_model *m);
 
+/* Memory budgets for state-sized allocations (lib/budget.c). The size of
+ * a state is the model's (a legal window of 2^20 makes it gigabytes), so
+ * the number of states a run holds at once is decided up front.
+ * sb_mem_physical: this machine's physical memory in bytes (0 unknown).
+ * sb_state_budget: how many of `want` sequences fit in `limit` bytes when
+ * each holds `copies` states (1 for a batch slot; a conversation with its
+ * undo snapshots holds more): *fit = min(want, limit / (copies x state)).
+ * When not even one sequence fits, SB_ERR_FORMAT naming the config fields
+ * that make the state large (window, z_dim, hidden_dim or embed_dim,
+ * n_dim; layers), the bytes, and `limit_name` (the flag, e.g. "--mem").
+ * Allocates nothing; thread-safe. */
+size_t sb_mem_physical(void);
+int sb_state_budget(const sb_model *m, size_t limit, const char *limit_name, size_t copies,
+                    size_t want, size_t *fit, sb_error *err);
+
 /* A state in host memory (the CPU backend's). */
 sb_state *sb_state_new(const sb_model *m, sb_error *err);
 void sb_state_free(sb_state *s);
