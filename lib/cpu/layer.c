@@ -37,7 +37,7 @@ static void matmul(sb_bctx *x, float *Y, const float *X, int T, const sb_mat *W,
                    const float *bias)
 {
 	if (!x->rows->one_state)
-		sb_matmul_exact(Y, X, T, W, bias, x->ws, x->pool);
+		sb_matmul_exact(Y, X, T, W, bias, x->ws, x->pack, x->pool);
 	else
 		sb_matmul(Y, X, T, W, bias, x->ws, x->pool);
 }
@@ -407,6 +407,42 @@ static void attend_rows_part(void *arg, int ith, int nth)
 	}
 }
 
+typedef struct qk_job {
+	sb_bctx *x;
+	const sb_layer *ly;
+	int Ta, R;
+	bool block;
+} qk_job;
+
+/* Queries and keys of activated rows (q = z*gq + bq, k = z*gk + bk, both
+ * rotated), split over the pool: into qv and, for the matrix-product path,
+ * the block's part of ck/cv/cpos, else kbuf (pushed in row order after). */
+static void qk_part(void *arg, int ith, int nth)
+{
+	const qk_job *j = arg;
+	sb_bctx *x = j->x;
+	const sb_layer *ly = j->ly;
+	const sb_config *c = &x->m->cfg;
+	const int Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H;
+	const int i0 = (int)((long)j->Ta * ith / nth), i1 = (int)((long)j->Ta * (ith + 1) / nth);
+	for (int i = i0; i < i1; i++) {
+		const int t = x->aidx[i];
+		const float *z = x->zgv + (size_t)i * ZH;
+		float *q = x->qv + (size_t)i * Z;
+		float *k = j->block ? x->ck + (size_t)(j->R + i) * Z : x->kbuf + (size_t)i * Z;
+		for (int e = 0; e < Z; e++) {
+			q[e] = z[e] * ly->gq[e] + ly->bq[e];
+			k[e] = z[e] * ly->gk[e] + ly->bk[e];
+		}
+		if (c->rel_pos == SB_POS_ROTARY)
+			sb_rotary(q, k, Z, ROW_POS(x, t), x->inv_freq);
+		if (j->block) {
+			memcpy(x->cv + (size_t)(j->R + i) * H, z + Z + H, (size_t)H * sizeof(float));
+			x->cpos[j->R + i] = ROW_POS(x, t);
+		}
+	}
+}
+
 /* The gated attention unit for the activated rows of one layer: their
  * projections gathered into one product, their ring pushes and attention
  * in row order, and the output h_proj scaled by pr1 into att. */
@@ -426,26 +462,18 @@ static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 	/* Rows of distinct states (a batched decode step) can attend in
 	 * parallel once every row's key is in its ring. */
 	bool parallel_rows = !block && Ta > 1 && sb_pool_threads(x->pool) > 1 && x->rows->distinct;
-	for (int i = 0; i < Ta; i++) {
+	qk_job qj = {x, ly, Ta, R, block};
+	if (Ta >= PAR_MIN_ROWS)
+		sb_pool_run(x->pool, qk_part, &qj);
+	else
+		qk_part(&qj, 0, 1);
+	for (int i = 0; !block && i < Ta; i++) {
 		const int t = x->aidx[i];
-		float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
-		float *q = x->qv + (size_t)i * Z;
-		float *k = block ? x->ck + (size_t)(R + i) * Z : x->kbuf;
-		for (int j = 0; j < Z; j++) {
-			q[j] = z[j] * ly->gq[j] + ly->bq[j];
-			k[j] = z[j] * ly->gk[j] + ly->bk[j];
-		}
-		if (c->rel_pos == SB_POS_ROTARY) {
-			sb_rotary(q, k, Z, ROW_POS(x, t), x->inv_freq);
-		}
-		if (block) {
-			memcpy(x->cv + (size_t)(R + i) * H, z + Z + H, (size_t)H * sizeof(float));
-			x->cpos[R + i] = ROW_POS(x, t);
-			continue;
-		}
-		ring_push(c, ROW_STATE(x, t), l, k, z + Z + H, ROW_POS(x, t));
+		const float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
+		ring_push(c, ROW_STATE(x, t), l, x->kbuf + (size_t)i * Z, z + Z + H, ROW_POS(x, t));
 		if (!parallel_rows)
-			attend(x, ly, l, ROW_STATE(x, t), q, ROW_POS(x, t), z + Z, x->og + (size_t)i * H);
+			attend(x, ly, l, ROW_STATE(x, t), x->qv + (size_t)i * Z, ROW_POS(x, t), z + Z,
+			       x->og + (size_t)i * H);
 	}
 	if (block)
 		attend_block(x, ly, l, ROW_STATE(x, x->aidx[0]), Ta);

@@ -268,6 +268,129 @@ static void exact_rows(const sb_mat *W, int r0, int r1, const float *X, int T, f
 	}
 }
 
+/* The same sums at 512 bits: FMA works lane by lane, so two rows of X side
+ * by side in one register (row 2p in lanes 0-7, row 2p+1 in lanes 8-15,
+ * the 8 weights repeated in both halves) give each row exactly its AVX2
+ * accumulator, and the halves are reduced by hsum8 as before. X is first
+ * packed pairwise: xp[p][c] = x[2p][8c..8c+8], x[2p+1][8c..8c+8]. RP pairs
+ * (2 RP rows) against one weight row; 2 RP accumulators. */
+__attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m512 dup8(__m256 v)
+{
+	__m512 z = _mm512_castps256_ps512(v);
+	return _mm512_shuffle_f32x4(z, z, 0x44);
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m256 half8(__m512 v, int h)
+{
+	return h ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))
+	         : _mm512_castps512_ps256(v);
+}
+
+#define EXACT512_BLOCK(NAME, DT, RP)                                                          \
+	__attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(                    \
+		const char *w, const float *xp, size_t xps, const float *x, size_t xs, int rows, \
+		int n, float *y, size_t ys)                                                   \
+	{                                                                                     \
+		const size_t esz = sb_dtype_size(DT);                                         \
+		__m512 a0[RP], a1[RP];                                                        \
+		for (int p = 0; p < RP; p++)                                                  \
+			a0[p] = a1[p] = _mm512_setzero_ps();                                  \
+		int k = 0;                                                                    \
+		const float *xc = xp;                                                         \
+		for (; k + 16 <= n; k += 16, xc += 32) {                                      \
+			__m512 wl = dup8(load8(DT, w + k * esz));                             \
+			__m512 wh = dup8(load8(DT, w + (k + 8) * esz));                       \
+			for (int p = 0; p < RP; p++) {                                        \
+				a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + p * xps), a0[p]); \
+				a1[p] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xc + p * xps + 16), \
+				                        a1[p]);                               \
+			}                                                                     \
+		}                                                                             \
+		for (; k + 8 <= n; k += 8, xc += 16) {                                        \
+			__m512 wl = dup8(load8(DT, w + k * esz));                             \
+			for (int p = 0; p < RP; p++)                                          \
+				a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + p * xps), a0[p]); \
+		}                                                                             \
+		float tail[8];                                                                \
+		if (k < n)                                                                    \
+			sb_widen(DT, w + k * esz, tail, (size_t)(n - k));                     \
+		for (int p = 0; p < RP; p++)                                                  \
+			for (int h = 0; h < 2 && 2 * p + h < rows; h++) {                     \
+				const int j = 2 * p + h;                                      \
+				float acc = hsum8(_mm256_add_ps(half8(a0[p], h), half8(a1[p], h))); \
+				for (int q = 0; q < n - k; q++)                               \
+					acc += tail[q] * x[j * xs + k + q];                   \
+				y[j * ys] = acc;                                              \
+			}                                                                     \
+	}
+
+#define EXACT512_BLOCKS(SUF, DT)                                                        \
+	EXACT512_BLOCK(exact512_##SUF##_1, DT, 1)                                       \
+	EXACT512_BLOCK(exact512_##SUF##_2, DT, 2)                                       \
+	EXACT512_BLOCK(exact512_##SUF##_3, DT, 3)                                       \
+	EXACT512_BLOCK(exact512_##SUF##_4, DT, 4)                                       \
+	EXACT512_BLOCK(exact512_##SUF##_5, DT, 5)                                       \
+	EXACT512_BLOCK(exact512_##SUF##_6, DT, 6)                                       \
+	static const exact512_fn exact512_##SUF[EXACT512_RP] = {                        \
+		exact512_##SUF##_1, exact512_##SUF##_2, exact512_##SUF##_3,             \
+		exact512_##SUF##_4, exact512_##SUF##_5, exact512_##SUF##_6,             \
+	};
+
+/* Pairs of rows of X per pass of one weight row. */
+#define EXACT512_RP 6
+
+typedef void (*exact512_fn)(const char *w, const float *xp, size_t xps, const float *x,
+                            size_t xs, int rows, int n, float *y, size_t ys);
+EXACT512_BLOCKS(f32, SB_DTYPE_F32)
+EXACT512_BLOCKS(f16, SB_DTYPE_F16)
+EXACT512_BLOCKS(bf16, SB_DTYPE_BF16)
+
+/* Floats of the pairwise packing of X (T, n): ceil(T/2) pairs of
+ * 2 * (n rounded down to 8) floats. */
+static size_t pack_floats(int T, int n)
+{
+	return (size_t)((T + 1) / 2) * 2 * (size_t)(n / 8 * 8);
+}
+
+static void pack_pairs(const float *X, int T, int n, float *xp)
+{
+	const int n8 = n / 8 * 8;
+	for (int p = 0; p < (T + 1) / 2; p++) {
+		float *d = xp + (size_t)p * 2 * n8;
+		const float *r0 = X + (size_t)(2 * p) * n;
+		const float *r1 = 2 * p + 1 < T ? X + (size_t)(2 * p + 1) * n : NULL;
+		for (int c = 0; c < n8; c += 8, d += 16) {
+			memcpy(d, r0 + c, 8 * sizeof(float));
+			if (r1)
+				memcpy(d + 8, r1 + c, 8 * sizeof(float));
+			else
+				memset(d + 8, 0, 8 * sizeof(float));
+		}
+	}
+}
+
+static void exact512_rows(const sb_mat *W, int r0, int r1, const float *X, const float *xp,
+                          int T, float *Y)
+{
+	const exact512_fn *fn = W->dtype == SB_DTYPE_F16    ? exact512_f16
+	                        : W->dtype == SB_DTYPE_BF16 ? exact512_bf16
+	                                                    : exact512_f32;
+	const int n = W->cols, NO = W->rows, n8 = n / 8 * 8;
+	const size_t wst = (size_t)n * sb_dtype_size(W->dtype), xps = 2 * (size_t)n8;
+	const int RX = 2 * EXACT512_RP;
+	for (int c0 = r0; c0 < r1; c0 += EXACT_CHUNK) {
+		const int c1 = c0 + EXACT_CHUNK < r1 ? c0 + EXACT_CHUNK : r1;
+		for (int t = 0; t < T; t += RX) {
+			const int rows = T - t < RX ? T - t : RX;
+			const float *xt = X + (size_t)t * n, *pt = xp + (size_t)(t / 2) * xps;
+			float *yt = Y + (size_t)t * NO;
+			for (int r = c0; r < c1; r++)
+				fn[(rows + 1) / 2 - 1]((const char *)W->data + (size_t)r * wst, pt, xps, xt,
+				                       (size_t)n, rows, n, yt + r, (size_t)NO);
+		}
+	}
+}
+
 __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int n)
 {
 	__m256 va = _mm256_set1_ps(a);
@@ -511,6 +634,7 @@ static void matmul_part(void *arg, int ith, int nth)
 typedef struct exact_job {
 	const sb_mat *W;
 	const float *X;
+	const float *xp;       /* X packed pairwise, or NULL: the AVX2 kernels */
 	int T;
 	const float *bias;
 	float *Y;
@@ -526,7 +650,10 @@ static void exact_part(void *arg, int ith, int nth)
 	int r0 = b0 * 16, r1 = b1 * 16 < rows ? b1 * 16 : rows;
 	if (r0 >= r1)
 		return;
-	exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
+	if (j->xp)
+		exact512_rows(j->W, r0, r1, j->X, j->xp, j->T, j->Y);
+	else
+		exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
 	if (j->bias)
 		for (int t = 0; t < j->T; t++) {
 			float *y = j->Y + (size_t)t * rows;
@@ -547,15 +674,32 @@ bool sb_matmul_has_exact(const sb_mat *W)
 #endif
 }
 
+size_t sb_matmul_pack_floats(int max_rows, int max_cols)
+{
+#ifdef SB_X86
+	return pack_floats(max_rows, max_cols);
+#else
+	(void)max_rows;
+	(void)max_cols;
+	return 1;
+#endif
+}
+
 void sb_matmul_exact(float *Y, const float *X, int T, const sb_mat *W, const float *bias,
-                     float *ws, sb_pool *pool)
+                     float *ws, float *pack, sb_pool *pool)
 {
 #ifdef SB_X86
 	if (T > 1 && sb_matmul_has_exact(W)) {
-		exact_job j = {W, X, T, bias, Y};
+		exact_job j = {W, X, NULL, T, bias, Y};
+		if (have_avx512() && pack) {
+			pack_pairs(X, T, W->cols, pack);
+			j.xp = pack;
+		}
 		sb_pool_run(pool, exact_part, &j);
 		return;
 	}
+#else
+	(void)pack;
 #endif
 	sb_matmul(Y, X, T, W, bias, ws, pool);
 }
