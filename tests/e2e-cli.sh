@@ -64,30 +64,6 @@ done
 	|| fail "bench does not call q8 weights q8"
 "$SEQBOAT" info -m "$MODEL" | grep -q '^weights file .*, F32$' || fail "info of an F32 model changed"
 
-# --- perplexity: Ctrl-C while scoring reports what was scored
-# the bundled model (slower than the fixture) over 20000 ids: an argument
-# of about 100 KB, below the kernel's limit for one
-$PY -c 'import random; random.seed(1); print(" ".join(str(random.randrange(8000)) for _ in range(20000)))' >"$TMP/ids"
-"$SEQBOAT" perplexity --ids "$(cat "$TMP/ids")" -t 1 >"$TMP/out" 2>"$TMP/err" &
-pid=$!
-sleep 1.5
-kill -INT $pid
-wait $pid
-rc=$?
-[ $rc -eq 130 ] || fail "perplexity after SIGINT: exit $rc, expected 130 ($(cat "$TMP/err"))"
-[ -s "$TMP/out" ] && fail "perplexity after SIGINT wrote to stdout"
-grep -Eq '^seqboat: perplexity: interrupted (after scoring [0-9]+ of 19999 tokens \(0 chunks complete\): perplexity so far [0-9.]+ \+/- [0-9.]+|before the first token)' "$TMP/err" \
-	|| fail "perplexity after SIGINT: $(cat "$TMP/err")"
-# ... and a base logits file is not left half-written
-"$SEQBOAT" perplexity --ids "$(cat "$TMP/ids")" -t 1 --kl-divergence-base "$TMP/base.kld" >"$TMP/out" 2>"$TMP/err" &
-pid=$!
-sleep 1.5
-kill -INT $pid
-wait $pid
-rc=$?
-[ $rc -eq 130 ] || fail "perplexity --kl-divergence-base after SIGINT: exit $rc"
-ls "$TMP" | grep -q 'base.kld' && fail "an interrupted --kl-divergence-base left $(ls "$TMP" | grep base.kld)"
-
 # --- on a terminal: tokenizing shows progress and Ctrl-C names the phase;
 # tokenize without input says what it expects
 $PY -c 'import sys; t=open(sys.argv[1]).read(); open(sys.argv[2],"w").write(t*(3000000//len(t)+1))' \
@@ -96,11 +72,13 @@ cat >"$TMP/tty-run.py" <<'EOF'
 # tty-run.py OUT STDIN_TTY INTERRUPT_ON ARGS...: runs ARGS with stderr (and,
 # if STDIN_TTY is 1, stdin) on a terminal; if INTERRUPT_ON is not empty,
 # sends SIGINT once stderr shows it. Writes stderr to OUT; exits with the
-# child's status (128 + signal when killed).
+# child's status (128 + signal when killed). $TTY_RUN_STDOUT, if set, gets
+# its standard output.
 import os, pty, select, signal, subprocess, sys, time
 out, tty_in, trigger, args = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4:]
 m, s = pty.openpty()
-p = subprocess.Popen(args, stdin=s if tty_in else subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=s)
+so = open(os.environ["TTY_RUN_STDOUT"], "wb") if os.environ.get("TTY_RUN_STDOUT") else subprocess.DEVNULL
+p = subprocess.Popen(args, stdin=s if tty_in else subprocess.DEVNULL, stdout=so, stderr=s)
 os.close(s)
 buf, sent, deadline = b"", False, time.time() + 120
 while time.time() < deadline:
@@ -122,6 +100,23 @@ rc = p.wait()
 open(out, "wb").write(buf)
 sys.exit(rc if rc >= 0 else 128 - rc)
 EOF
+# Ctrl-C while scoring (sent once the progress line shows scoring under
+# way) reports what was scored, on stderr, and exits 130; the bundled
+# model over 20000 ids, an argument of about 100 KB (below the kernel's
+# limit for one)
+$PY -c 'import random; random.seed(1); print(" ".join(str(random.randrange(8000)) for _ in range(20000)))' >"$TMP/ids"
+TTY_RUN_STDOUT="$TMP/out" $PY "$TMP/tty-run.py" "$TMP/tty" 0 "/19999 tok" "$SB_SEQBOAT_REAL" perplexity --ids "$(cat "$TMP/ids")" -t 1
+rc=$?
+[ $rc -eq 130 ] || fail "perplexity after SIGINT: exit $rc, expected 130 ($(cat "$TMP/tty"))"
+[ -s "$TMP/out" ] && fail "perplexity after SIGINT wrote to stdout"
+grep -aEq 'seqboat: perplexity: interrupted after scoring [0-9]+ of 19999 tokens \(0 chunks complete\): perplexity so far [0-9.]+ \+/- [0-9.]+, mean nll [0-9.]+ nats' "$TMP/tty" \
+	|| fail "perplexity after SIGINT: $(cat "$TMP/tty")"
+# ... and a base logits file is not left half-written
+TTY_RUN_STDOUT="$TMP/out" $PY "$TMP/tty-run.py" "$TMP/tty" 0 "/19999 tok" "$SB_SEQBOAT_REAL" perplexity --ids "$(cat "$TMP/ids")" -t 1 --kl-divergence-base "$TMP/base.kld"
+rc=$?
+[ $rc -eq 130 ] || fail "perplexity --kl-divergence-base after SIGINT: exit $rc"
+grep -aq "the base logits file was not written" "$TMP/tty" || fail "--kl-divergence-base after SIGINT: $(cat "$TMP/tty")"
+ls "$TMP" | grep -q 'base.kld' && fail "an interrupted --kl-divergence-base left $(ls "$TMP" | grep base.kld)"
 $PY "$TMP/tty-run.py" "$TMP/tty" 0 "tokenizing" "$SB_SEQBOAT_REAL" perplexity -f "$TMP/big.txt"
 rc=$?
 [ $rc -eq 130 ] || fail "perplexity interrupted while tokenizing: exit $rc ($(cat "$TMP/tty"))"
@@ -205,6 +200,42 @@ printf 'w4\n' | chat -n 2 --color=always >"$TMP/out"
 grep -q $'\033\\[36m' "$TMP/out" || fail "--color=always: no colour"
 printf 'w4\n' | NO_COLOR=1 chat -n 2 --color >"$TMP/out"
 grep -q $'\033\\[36m' "$TMP/out" || fail "--color overrides NO_COLOR"
+# colours on a terminal: on unless NO_COLOR is set
+$PY - "$SB_SEQBOAT_REAL" "$MODEL" <<'PYEND' || fail "colours on a terminal"
+import os, pty, select, sys, time
+exe, model = sys.argv[1], sys.argv[2]
+def session(env):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(exe, [exe, "chat", "-m", model, "--seed", "1", "-n", "3"], env)
+    buf, sent, end = b"", 0, time.time() + 30
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            try:
+                d = os.read(fd, 65536)
+            except OSError:
+                break
+            if not d:
+                break
+            buf += d
+        if sent == 0 and b"> " in buf:
+            time.sleep(0.5)
+            os.write(fd, b"w4\r")
+            sent = 1
+        elif sent == 1 and buf.count(b"> ") >= 2:
+            time.sleep(0.5)
+            os.write(fd, b"\x04")
+            sent = 2
+    os.waitpid(pid, 0)
+    return buf
+env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+on = session(env)
+assert b"\033[36m" in on and b"\033[1;32m> " in on, on
+env["NO_COLOR"] = "1"
+off = session(env)
+assert b"> " in off and b"\033[36m" not in off and b"\033[1;32m" not in off and b"\033[0m" not in off, off
+PYEND
 # -s is the seed, as in llama.cpp; a text there is refused with a hint
 printf 'w4\n' | chat -n 6 --temp 2 -s 42 >"$TMP/s1"
 printf 'w4\n' | chat -n 6 --temp 2 --seed 42 >"$TMP/s2"
