@@ -622,9 +622,13 @@ static int add_item(run *r, size_t *cap, size_t index)
 /* Splits the input into items, one per non-blank line (with --shard,
  * only those whose position among the items is K mod N). Returns 0 or an
  * exit status. */
+/* What an item holds besides its struct and its line, about: id, key,
+ * allocator headers. */
+#define ITEM_OVERHEAD 96
+
 static int load_items(run *r, FILE *in, const char *path)
 {
-	size_t cap = 0, index = 0;
+	size_t cap = 0, index = 0, held = 0, held_max = cli_gen_mem_limit(&r->g);
 	fmt f = r->in_fmt;
 	int rc = 0, got;
 	const char *line;
@@ -667,6 +671,16 @@ static int load_items(run *r, FILE *in, const char *path)
 				r->other[r->n_other++] = (other_key){key, index};
 			}
 			continue;
+		}
+		/* The items are held whole until the run ends: their memory is
+		 * counted against --mem, and an input that would exceed it is
+		 * refused before anything is generated (split it with --shard). */
+		held += sizeof(item) + n + ITEM_OVERHEAD;
+		if (held > held_max) {
+			cli_error("%s: line %zu: the input's items need more than %zu bytes, the memory limit (--mem); split it with --shard K/N or raise --mem",
+			          path, lineno, held_max);
+			rc = CLI_EXIT_DATA;
+			goto done;
 		}
 		if (add_item(r, &cap, index) < 0)
 			goto nomem;

@@ -234,4 +234,18 @@ printf 'w4\nw5\nw6\n/undo\n/undo\n/undo\n' |
 grep -q "keeps 2 turns" "$TMP/err" && [ "$(grep -c "undone" "$TMP/err")" = 2 ] &&
 	grep -q "nothing to undo" "$TMP/err" || fail "chat undo under --mem: $(cat "$TMP/err")"
 
+# complete holds its items until the run ends (the input is not streamed):
+# their memory counts against --mem, and 200k one-character prompts
+# within 20 MB are refused early instead of growing without end.
+yes a | head -n 200000 > "$TMP/many-a.txt"
+expect "200k prompts over --mem" 65 "memory limit" "$SEQBOAT" complete -m "$MODEL" -f "$TMP/many-a.txt" -n 1 --mem 20M
+if [ -z "${SB_SANITIZER:-}" ]; then
+	rss=$($PY -c 'import os,sys
+pid=os.fork()
+if pid==0:
+    fd=os.open(os.devnull,os.O_RDWR); [os.dup2(fd,i) for i in (0,1,2)]; os.execv(sys.argv[1],sys.argv[1:])
+print(os.wait4(pid,0)[2].ru_maxrss)' "${SB_SEQBOAT_REAL:-$SEQBOAT}" complete -m "$MODEL" -f "$TMP/many-a.txt" -n 1 --mem 20M)
+	[ "$rss" -lt 65536 ] || fail "200k prompts over --mem 20M reached $rss KB"
+fi
+
 finish e2e-hostile
