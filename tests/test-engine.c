@@ -293,6 +293,27 @@ START_TEST(engine_snapshot_restore_is_identical)
 }
 END_TEST
 
+/* sb_state_budget: how many sequences fit a limit, and a refusal naming
+ * the config fields when one does not. */
+START_TEST(engine_state_budget)
+{
+	sb_model *a = load(cases[0]);
+	sb_error err = {0};
+	size_t one = sb_state_bytes(a), fit = 99;
+	ck_assert_int_eq(sb_state_budget(a, 10 * one + one / 2, "--mem", 1, 64, &fit, &err), 0);
+	ck_assert_uint_eq(fit, 10);
+	ck_assert_int_eq(sb_state_budget(a, 10 * one, "--mem", 1, 3, &fit, &err), 0);
+	ck_assert_uint_eq(fit, 3);
+	ck_assert_int_eq(sb_state_budget(a, 10 * one, "--mem", 3, 64, &fit, &err), 0);
+	ck_assert_uint_eq(fit, 3);
+	ck_assert_int_eq(sb_state_budget(a, 2 * one - 1, "--mem", 2, 1, &fit, &err), SB_ERR_FORMAT);
+	ck_assert_msg(strstr(err.msg, "--mem") && strstr(err.msg, "layers") &&
+	              (strstr(err.msg, "window") || strstr(err.msg, "embed_dim")), "%s", err.msg);
+	ck_assert_uint_gt(sb_mem_physical(), 0);
+	sb_model_free(a);
+}
+END_TEST
+
 /* Every counter of a state file must be one the model can reach (issue
  * 16: n_tokens >= 2^63 overflowed a position in the forward pass), and its
  * floats finite. Genuine states pass, full rings with a moved head too;
@@ -805,6 +826,7 @@ int main(void)
 	tcase_add_loop_test(tc, engine_snapshot_restore_is_identical, 0, N_CASES);
 	tcase_add_test(tc, engine_state_load_rejects_bad_files);
 	tcase_add_test(tc, engine_state_load_checks_every_counter);
+	tcase_add_test(tc, engine_state_budget);
 	tcase_add_loop_test(tc, engine_batch_matches_single, 0, N_CASES);
 	tcase_add_loop_test(tc, engine_batch_repeated_state, 0, N_CASES);
 	tcase_add_test(tc, engine_ctx_params);
