@@ -34,7 +34,7 @@ static void usage(FILE *f)
 	        "      --queue N            requests that may wait for a slot (default 16);\n"
 	        "                           beyond that: 503 with Retry-After\n"
 	        "      --cache-bytes N      state cache bound, bytes (K, M, G suffixes;\n"
-	        "                           default 32 states' worth; 0: no cache)\n"
+	        "                           default 32 states' worth, within --mem; 0: no cache)\n"
 	        "      --cache-dir DIR      keep cached states in DIR across restarts\n"
 	        "      --api-key KEY        require 'Authorization: Bearer KEY' (or set\n"
 	        "                           $SEQBOAT_API_KEY); /health stays open\n"
@@ -294,9 +294,37 @@ int cmd_serve(int argc, char **argv)
 		goto done;
 	}
 	size_t state_bytes = sb_state_bytes(s->m);
-	if (!o->cache_bytes)
-		o->cache_bytes = 32 * state_bytes;
 	sb_error err = {0};
+	/* --mem bounds every state the server holds: a slot's, and for every
+	 * request in the server (running or queued) its final state and the
+	 * copy of the cached state it starts from; the cache gets the rest. */
+	size_t limit = cli_gen_mem_limit(&g), fit = 0;
+	size_t held = (size_t)o->parallel + 2 * (size_t)(o->parallel + o->queue);
+	const char *mem_name = g.mem ? "--mem" : "--mem (default: 3/4 of RAM)";
+	if (sb_state_budget(s->m, limit, mem_name, 1, held, &fit, &err) < 0) {
+		rc = cli_fail(&err);
+		goto done;
+	}
+	if (fit < held) {
+		cli_error("--parallel %d and --queue %d hold up to %zu states of %zu bytes; %s allows %zu",
+		          o->parallel, o->queue, held, state_bytes, mem_name, fit);
+		rc = CLI_EXIT_USAGE;
+		goto done;
+	}
+	size_t left = limit - held * state_bytes;
+	if (!o->cache_bytes) {
+		o->cache_bytes = 32 * state_bytes < left ? 32 * state_bytes : left;
+		if (o->cache_bytes < state_bytes)
+			serve_log("no state cache: %s leaves %zu bytes, less than one state (%zu)",
+			          mem_name, left, state_bytes);
+	} else if (o->cache_bytes > left) {
+		cli_error("--cache-bytes: %zu is more than %s leaves for the cache (%zu bytes after "
+		          "%zu states for --parallel and --queue)", o->cache_bytes, mem_name, left, held);
+		rc = CLI_EXIT_USAGE;
+		goto done;
+	}
+	if (o->cache_bytes < state_bytes)
+		o->cache_bytes = 1; /* nothing fits: no cache */
 	if (!(s->cache = serve_cache_new(s->m, o->cache_bytes, o->cache_dir, &err))) {
 		rc = cli_fail(&err);
 		goto done;

@@ -17,6 +17,24 @@ jqf() { jq -r "$@" < "$TMP/body"; }
 slow=1
 [ "${SB_SANITIZER:-}" = valgrind ] && slow=20
 
+# ---- Bad flags and a memory limit too small: one line, exit 2.
+usage_error() { # expected-text args...
+	local want=$1
+	shift
+	"$SEQBOAT" serve -m "$MODEL" --port 0 "$@" > "$TMP/u.out" 2> "$TMP/u.err"
+	local rc=$?
+	[ "$rc" = 2 ] || fail "serve $*: expected exit 2, got $rc: $(cat "$TMP/u.err")"
+	grep -q -- "$want" "$TMP/u.err" || fail "serve $*: no '$want' in: $(cat "$TMP/u.err")"
+	[ -s "$TMP/u.out" ] && fail "serve $*: wrote to stdout"
+}
+usage_error "unknown option" --bogus
+usage_error "--port" --port 70000
+usage_error "--parallel" --parallel 0
+usage_error "--cache-bytes" --cache-bytes lots
+usage_error "--timeout" --timeout -1
+usage_error "hold up to 44 states" --mem 1M
+usage_error "more than --mem leaves" --mem 2M --cache-bytes 1M
+
 # ---- /health says 503 while the model loads, then 200.
 SERVE_NOWAIT=1 serve_start loading -m "$MODEL" -t 1 --load-delay 1.5
 code=$(curl -s -o "$TMP/body" -w '%{http_code}' "$SERVE_URL/health")
