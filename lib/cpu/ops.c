@@ -288,40 +288,43 @@ __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m256 half8(__m5
 
 #define EXACT512_BLOCK(NAME, DT, RP)                                                          \
 	__attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(                    \
-		const char *w, const float *xp, size_t xps, const float *x, size_t xs, int rows, \
-		int n, float *y, size_t ys)                                                   \
+		const char *wb, size_t wst, int nr, const float *xp, const float *x, size_t xs,  \
+		int rows, int n, float *y, size_t ys)                                         \
 	{                                                                                     \
 		const size_t esz = sb_dtype_size(DT);                                         \
-		__m512 a0[RP], a1[RP];                                                        \
-		for (int p = 0; p < RP; p++)                                                  \
-			a0[p] = a1[p] = _mm512_setzero_ps();                                  \
-		int k = 0;                                                                    \
-		const float *xc = xp;                                                         \
-		for (; k + 16 <= n; k += 16, xc += 32) {                                      \
-			__m512 wl = dup8(load8(DT, w + k * esz));                             \
-			__m512 wh = dup8(load8(DT, w + (k + 8) * esz));                       \
-			for (int p = 0; p < RP; p++) {                                        \
-				a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + p * xps), a0[p]); \
-				a1[p] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xc + p * xps + 16), \
-				                        a1[p]);                               \
-			}                                                                     \
-		}                                                                             \
-		for (; k + 8 <= n; k += 8, xc += 16) {                                        \
-			__m512 wl = dup8(load8(DT, w + k * esz));                             \
+		for (int r = 0; r < nr; r++) {                                                \
+			const char *w = wb + (size_t)r * wst;                                 \
+			__m512 a0[RP], a1[RP];                                                \
 			for (int p = 0; p < RP; p++)                                          \
-				a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + p * xps), a0[p]); \
-		}                                                                             \
-		float tail[8];                                                                \
-		if (k < n)                                                                    \
-			sb_widen(DT, w + k * esz, tail, (size_t)(n - k));                     \
-		for (int p = 0; p < RP; p++)                                                  \
-			for (int h = 0; h < 2 && 2 * p + h < rows; h++) {                     \
-				const int j = 2 * p + h;                                      \
-				float acc = hsum8(_mm256_add_ps(half8(a0[p], h), half8(a1[p], h))); \
-				for (int q = 0; q < n - k; q++)                               \
-					acc += tail[q] * x[j * xs + k + q];                   \
-				y[j * ys] = acc;                                              \
+				a0[p] = a1[p] = _mm512_setzero_ps();                          \
+			int k = 0;                                                            \
+			const float *xc = xp;                                                 \
+			for (; k + 16 <= n; k += 16, xc += 32 * RP) {                         \
+				__m512 wl = dup8(load8(DT, w + k * esz));                     \
+				__m512 wh = dup8(load8(DT, w + (k + 8) * esz));               \
+				for (int p = 0; p < RP; p++) {                                \
+					a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + 16 * p), a0[p]); \
+					a1[p] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xc + 16 * (RP + p)), \
+					                        a1[p]);                       \
+				}                                                             \
 			}                                                                     \
+			for (; k + 8 <= n; k += 8, xc += 16 * RP) {                           \
+				__m512 wl = dup8(load8(DT, w + k * esz));                     \
+				for (int p = 0; p < RP; p++)                                  \
+					a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + 16 * p), a0[p]); \
+			}                                                                     \
+			float tail[8];                                                        \
+			if (k < n)                                                            \
+				sb_widen(DT, w + k * esz, tail, (size_t)(n - k));             \
+			for (int p = 0; p < RP; p++)                                          \
+				for (int h = 0; h < 2 && 2 * p + h < rows; h++) {             \
+					const int j = 2 * p + h;                              \
+					float acc = hsum8(_mm256_add_ps(half8(a0[p], h), half8(a1[p], h))); \
+					for (int q = 0; q < n - k; q++)                       \
+						acc += tail[q] * x[j * xs + k + q];           \
+					y[j * ys + r] = acc;                                  \
+				}                                                             \
+		}                                                                             \
 	}
 
 #define EXACT512_BLOCKS(SUF, DT)                                                        \
@@ -339,14 +342,17 @@ __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m256 half8(__m5
 /* Pairs of rows of X per pass of one weight row. */
 #define EXACT512_RP 6
 
-typedef void (*exact512_fn)(const char *w, const float *xp, size_t xps, const float *x,
-                            size_t xs, int rows, int n, float *y, size_t ys);
+typedef void (*exact512_fn)(const char *wb, size_t wst, int nr, const float *xp,
+                            const float *x, size_t xs, int rows, int n, float *y, size_t ys);
 EXACT512_BLOCKS(f32, SB_DTYPE_F32)
 EXACT512_BLOCKS(f16, SB_DTYPE_F16)
 EXACT512_BLOCKS(bf16, SB_DTYPE_BF16)
 
-/* Floats of the pairwise packing of X (T, n): ceil(T/2) pairs of
- * 2 * (n rounded down to 8) floats. */
+/* The packing of X (T, n) for the kernels above: blocks of 2 RP rows
+ * (the last may be shorter, rp pairs); in a block, for each 8 columns c,
+ * the rp pairs side by side: [c][p][x[2p][8c..8c+8], x[2p+1][8c..8c+8]],
+ * so that the kernel's loads are at constant offsets. A missing odd row
+ * is zeros. */
 static size_t pack_floats(int T, int n)
 {
 	return (size_t)((T + 1) / 2) * 2 * (size_t)(n / 8 * 8);
@@ -354,18 +360,19 @@ static size_t pack_floats(int T, int n)
 
 static void pack_pairs(const float *X, int T, int n, float *xp)
 {
-	const int n8 = n / 8 * 8;
-	for (int p = 0; p < (T + 1) / 2; p++) {
-		float *d = xp + (size_t)p * 2 * n8;
-		const float *r0 = X + (size_t)(2 * p) * n;
-		const float *r1 = 2 * p + 1 < T ? X + (size_t)(2 * p + 1) * n : NULL;
-		for (int c = 0; c < n8; c += 8, d += 16) {
-			memcpy(d, r0 + c, 8 * sizeof(float));
-			if (r1)
-				memcpy(d + 8, r1 + c, 8 * sizeof(float));
-			else
-				memset(d + 8, 0, 8 * sizeof(float));
-		}
+	const int n8 = n / 8 * 8, RX = 2 * EXACT512_RP;
+	for (int t = 0; t < T; t += RX) {
+		const int rows = T - t < RX ? T - t : RX, rp = (rows + 1) / 2;
+		float *d = xp + (size_t)(t / 2) * 2 * n8;
+		for (int c = 0; c < n8; c += 8)
+			for (int p = 0; p < rp; p++, d += 16) {
+				const int j = t + 2 * p;
+				memcpy(d, X + (size_t)j * n + c, 8 * sizeof(float));
+				if (j + 1 < T)
+					memcpy(d + 8, X + (size_t)(j + 1) * n + c, 8 * sizeof(float));
+				else
+					memset(d + 8, 0, 8 * sizeof(float));
+			}
 	}
 }
 
@@ -376,17 +383,15 @@ static void exact512_rows(const sb_mat *W, int r0, int r1, const float *X, const
 	                        : W->dtype == SB_DTYPE_BF16 ? exact512_bf16
 	                                                    : exact512_f32;
 	const int n = W->cols, NO = W->rows, n8 = n / 8 * 8;
-	const size_t wst = (size_t)n * sb_dtype_size(W->dtype), xps = 2 * (size_t)n8;
+	const size_t wst = (size_t)n * sb_dtype_size(W->dtype);
 	const int RX = 2 * EXACT512_RP;
 	for (int c0 = r0; c0 < r1; c0 += EXACT_CHUNK) {
 		const int c1 = c0 + EXACT_CHUNK < r1 ? c0 + EXACT_CHUNK : r1;
 		for (int t = 0; t < T; t += RX) {
 			const int rows = T - t < RX ? T - t : RX;
-			const float *xt = X + (size_t)t * n, *pt = xp + (size_t)(t / 2) * xps;
-			float *yt = Y + (size_t)t * NO;
-			for (int r = c0; r < c1; r++)
-				fn[(rows + 1) / 2 - 1]((const char *)W->data + (size_t)r * wst, pt, xps, xt,
-				                       (size_t)n, rows, n, yt + r, (size_t)NO);
+			fn[(rows + 1) / 2 - 1]((const char *)W->data + (size_t)c0 * wst, wst, c1 - c0,
+			                       xp + (size_t)(t / 2) * 2 * n8, X + (size_t)t * n,
+			                       (size_t)n, rows, n, Y + (size_t)t * NO + c0, (size_t)NO);
 		}
 	}
 }
