@@ -301,11 +301,9 @@ static int start(chat *c, sb_error *err)
 	drop_snapshots(c);
 	c->recording = false;
 	if (c->system && *c->system) {
-		const char *parts[] = {c->tpl.sys_prefix, c->system, c->tpl.sys_suffix};
-		const bool literal[] = {false, true, false};
 		int32_t *ids = NULL;
 		size_t n = 0;
-		int rc = cli_template_encode(c->tok, parts, literal, 3, true, &ids, &n, err);
+		int rc = cli_template_encode_system(c->tok, &c->tpl, c->system, true, &ids, &n, err);
 		if (rc == 0)
 			rc = feed_ids(c, ids, n, err);
 		free(ids);

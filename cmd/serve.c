@@ -285,7 +285,7 @@ int cmd_serve(int argc, char **argv)
 	s->V = sb_model_config(s->m)->vocab_size;
 	s->eos = cli_gen_eos(s->m, s->tok);
 	s->fingerprint = sb_model_fingerprint(s->m);
-	cli_template_init(&s->tpl, sb_model_config(s->m));
+	cli_template_for_model(&s->tpl, sb_model_config(s->m), s->tok);
 	set_model_id(s);
 	if ((size_t)o->parallel > sb_ctx_max_batch(s->ctx)) {
 		cli_error("--parallel: %d is more than the engine decodes at once (%zu)", o->parallel,

@@ -33,19 +33,28 @@ static int push_ids(tokbuf *b, const int32_t *ids, size_t n)
 	return 0;
 }
 
-static int push_text(serve_server *s, tokbuf *b, const char *text, size_t len, bool bos,
+/* Appends the tokens of an encoding call (rc its status, err its error). */
+static int push_encoded(tokbuf *b, int rc, int32_t *ids, size_t n, const sb_error *err,
+                        char *why, size_t cap)
+{
+	if (rc < 0) {
+		snprintf(why, cap, "%s", err->msg);
+		return err->code == SB_ERR_NOMEM ? -2 : -1;
+	}
+	rc = push_ids(b, ids, n);
+	free(ids);
+	return rc;
+}
+
+/* Template text ({bos}/{eos} read as those ids), or a literal text. */
+static int push_text(serve_server *s, tokbuf *b, const char *text, bool literal, bool bos,
                      char *why, size_t cap)
 {
 	int32_t *ids = NULL;
 	size_t n = 0;
 	sb_error err = {0};
-	if (sb_tokenizer_encode(s->tok, text, len, bos, &ids, &n, &err) < 0) {
-		snprintf(why, cap, "%s", err.msg);
-		return err.code == SB_ERR_NOMEM ? -2 : -1;
-	}
-	int rc = push_ids(b, ids, n);
-	free(ids);
-	return rc;
+	int rc = cli_template_encode(s->tok, &text, &literal, 1, bos, &ids, &n, &err);
+	return push_encoded(b, rc, ids, n, &err, why, cap);
 }
 
 /* A message's content: a string, null, or an array of {"type": "text",
@@ -130,22 +139,26 @@ int serve_chat_render(serve_server *s, json_t *messages, int32_t **tokens, size_
 		if (first && !is_sys) {
 			/* A conversation without a system prompt starts with bos
 			 * alone, as chat starts it. */
-			if ((rc = push_text(s, &b, "", 0, true, why, why_cap)) < 0)
+			if ((rc = push_text(s, &b, "", false, true, why, why_cap)) < 0)
 				break;
 			first = false;
 		}
 		if (is_sys) {
-			char *piece = cli_template_system(&s->tpl, text);
-			rc = piece ? push_text(s, &b, piece, strlen(piece), first, why, why_cap) : -2;
-			free(piece);
+			int32_t *ids = NULL;
+			size_t ni = 0;
+			sb_error err = {0};
+			int erc = cli_template_encode_system(s->tok, &s->tpl, text, first, &ids, &ni, &err);
+			rc = push_encoded(&b, erc, ids, ni, &err, why, why_cap);
 			if (first)
 				*shared = b.n;
 			first = false;
 			open_user = false;
 		} else if (is_user) {
-			char *piece = cli_template_user(&s->tpl, text, open_user);
-			rc = piece ? push_text(s, &b, piece, strlen(piece), false, why, why_cap) : -2;
-			free(piece);
+			int32_t *ids = NULL;
+			size_t ni = 0;
+			sb_error err = {0};
+			int erc = cli_template_encode_user(s->tok, &s->tpl, text, open_user, &ids, &ni, &err);
+			rc = push_encoded(&b, erc, ids, ni, &err, why, why_cap);
 			open_user = false;
 		} else {
 			int32_t *ids = NULL;
@@ -156,14 +169,13 @@ int serve_chat_render(serve_server *s, json_t *messages, int32_t **tokens, size_
 				rc = push_ids(&b, ids, nr);
 				free(ids);
 			} else {
-				rc = push_text(s, &b, text, strlen(text), false, why, why_cap);
+				rc = push_text(s, &b, text, true, false, why, why_cap);
 			}
 			/* A reply that ended at the template's stop holds the next
 			 * user prefix already; others get the assistant suffix. */
 			open_user = open;
 			if (rc == 0 && !open && s->tpl.asst_suffix[0])
-				rc = push_text(s, &b, s->tpl.asst_suffix, strlen(s->tpl.asst_suffix),
-				               false, why, why_cap);
+				rc = push_text(s, &b, s->tpl.asst_suffix, false, false, why, why_cap);
 		}
 		free(text);
 		text = NULL;

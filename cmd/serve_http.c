@@ -339,6 +339,8 @@ static int parse_common(serve_server *s, json_t *o, req *r, bool chat)
 		sp->tpl_stop = (int)ns;
 		r->stops[ns++] = s->tpl.stop;
 	}
+	for (size_t i = 0; chat && i < s->tpl.n_stops; i++)
+		r->stops[ns++] = s->tpl.stops[i];
 	sp->stops = r->stops;
 	sp->n_stops = ns;
 

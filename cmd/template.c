@@ -244,26 +244,17 @@ nomem:
 	return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
 }
 
-static char *concat(const char *a, const char *b, const char *c, const char *d)
+int cli_template_encode_system(const sb_tokenizer *tok, const cli_template *t,
+                               const char *system, bool add_bos, int32_t **ids, size_t *n_ids,
+                               sb_error *err)
 {
-	size_t la = strlen(a), lb = strlen(b), lc = strlen(c), ld = strlen(d);
-	char *s = malloc(la + lb + lc + ld + 1);
-	if (!s)
-		return NULL;
-	memcpy(s, a, la);
-	memcpy(s + la, b, lb);
-	memcpy(s + la + lb, c, lc);
-	memcpy(s + la + lb + lc, d, ld);
-	s[la + lb + lc + ld] = 0;
-	return s;
+	const char *parts[] = {t->sys_prefix, system, t->sys_suffix};
+	const bool literal[] = {false, true, false};
+	return cli_template_encode(tok, parts, literal, 3, add_bos, ids, n_ids, err);
 }
 
-char *cli_template_system(const cli_template *t, const char *system)
-{
-	return concat(t->sys_prefix, system, t->sys_suffix, "");
-}
-
-char *cli_template_user(const cli_template *t, const char *text, bool open_user)
+int cli_template_encode_user(const sb_tokenizer *tok, const cli_template *t, const char *text,
+                             bool open_user, int32_t **ids, size_t *n_ids, sb_error *err)
 {
 	const char *up = t->user_prefix;
 	if (open_user) {
@@ -272,5 +263,7 @@ char *cli_template_user(const cli_template *t, const char *text, bool open_user)
 			n--;
 		up += n;
 	}
-	return concat(up, text, t->user_suffix, t->asst_prefix);
+	const char *parts[] = {up, text, t->user_suffix, t->asst_prefix};
+	const bool literal[] = {false, true, false, false};
+	return cli_template_encode(tok, parts, literal, 4, false, ids, n_ids, err);
 }

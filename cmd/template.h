@@ -5,8 +5,8 @@
  * A conversation is read piece by piece, each piece tokenized on its own,
  * so a longer conversation's tokens always extend a shorter one's:
  *
- *     [bos] system_prefix SYSTEM system_suffix       (cli_template_system)
- *     user_prefix TEXT user_suffix assistant_prefix  (cli_template_user)
+ *     [bos] system_prefix SYSTEM system_suffix       (cli_template_encode_system)
+ *     user_prefix TEXT user_suffix assistant_prefix  (cli_template_encode_user)
  *     REPLY                                          (the generated tokens)
  *     assistant_suffix                               (after each reply)
  *
@@ -70,14 +70,17 @@ int cli_template_load(cli_template *t, const char *path, sb_error *err);
 int cli_template_encode(const sb_tokenizer *tok, const char *const *parts, const bool *literal,
                         size_t n, bool add_bos, int32_t **ids, size_t *n_ids, sb_error *err);
 
-/* The text of the system piece (malloc'd, caller frees; NULL when out of
- * memory). */
-char *cli_template_system(const cli_template *t, const char *system);
+/* The system piece (with the beginning-of-sequence id first when
+ * add_bos), as tokens: the template's pieces read with their {bos}/{eos}
+ * markers, the system text as it is. *ids is malloc'd. */
+int cli_template_encode_system(const sb_tokenizer *tok, const cli_template *t,
+                               const char *system, bool add_bos, int32_t **ids, size_t *n_ids,
+                               sb_error *err);
 
-/* The text of a user piece, ending with the assistant prefix (malloc'd,
- * caller frees; NULL when out of memory). open_user: the state already
- * ends with `stop` (the model wrote the user prefix but for its trailing
- * blanks), so only those blanks are repeated. */
-char *cli_template_user(const cli_template *t, const char *text, bool open_user);
+/* A user piece, ending with the assistant prefix, as tokens. open_user:
+ * the state already ends with `stop` (the model wrote the user prefix but
+ * for its trailing blanks), so only those blanks are repeated. */
+int cli_template_encode_user(const sb_tokenizer *tok, const cli_template *t, const char *text,
+                             bool open_user, int32_t **ids, size_t *n_ids, sb_error *err);
 
 #endif

@@ -369,4 +369,16 @@ jq -e '.usage.completion_tokens == '$((150000 / slow))' and .choices[0].finish_r
 	fail "the drained request was cut: $(head -c 300 "$TMP/drained")"
 grep -q "draining [1-9] request" "$SERVE_LOG" || fail "the drain was not logged: $(cat "$SERVE_LOG")"
 
+# ---- Chat messages are laid out as `seqboat chat` lays out a conversation
+# (the template chosen for the model: the bundled model ends a line with
+# </s>): the same greedy reply from the same system and user text.
+serve_start bundled -m "$SB_SRCDIR/models/sotu-small" -t 1
+want=$(printf 'Tell me about the economy.\n' | "$SEQBOAT" chat -m "$SB_SRCDIR/models/sotu-small" \
+	--system "You are the President." --temp 0 -n 12 2> /dev/null)
+body='{"messages": [{"role": "system", "content": "You are the President."},
+	{"role": "user", "content": "Tell me about the economy."}], "max_tokens": 12, "temperature": 0}'
+got=$(post /v1/chat/completions "$body" | jq -r '.choices[0].message.content')
+[ -n "$want" ] && [ "$got" = "$want" ] || fail "chat over HTTP gave '$got', seqboat chat gave '$want'"
+serve_stop
+
 finish e2e-serve
