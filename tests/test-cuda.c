@@ -18,26 +18,6 @@ static const char *cases[] = {"rotary-softmax", "simple-relu2-ffn"};
 #define N_CASES 2
 #define REL_TOL 1e-3
 
-static const char *model_dir(const char *name)
-{
-	static char buf[4096];
-	const char *env = getenv("SB_FIXTURE_MODELS");
-	if (env && *env)
-		snprintf(buf, sizeof buf, "%s/%s", env, name);
-	else
-		snprintf(buf, sizeof buf, "%s/tests/models/%s",
-		         getenv("SB_BUILDDIR") ? getenv("SB_BUILDDIR") : "build", name);
-	return buf;
-}
-
-static sb_model *load(const char *name)
-{
-	sb_error err = {0};
-	sb_model *m = sb_model_load(model_dir(name), &err);
-	ck_assert_msg(m != NULL, "load %s: %s", name, err.msg);
-	return m;
-}
-
 static sb_ctx *ctx_on(const sb_model *m, const char *device, size_t max_batch)
 {
 	sb_ctx_params p = sb_ctx_default_params();
@@ -127,7 +107,7 @@ static void check_parity(const char *name, run_mode mode)
 {
 	expected e;
 	load_expected(name, &e);
-	sb_model *m = load(name);
+	sb_model *m = tu_load_fixture_model(name);
 	sb_ctx *gpu = ctx_on(m, "cuda", 0), *cpu = ctx_on(m, "cpu", 0);
 	float *lg = calloc(e.T * e.V, sizeof(float)), *lc = calloc(e.T * e.V, sizeof(float));
 	uint8_t *ag = calloc(e.L * e.T, 1), *ac = calloc(e.L * e.T, 1);
@@ -181,7 +161,7 @@ static int32_t *random_tokens(size_t n, int V, unsigned seed)
  * prefill on the GPU equals decode on the GPU and prefill on the CPU. */
 START_TEST(cuda_long_prefill_matches_decode_and_cpu)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t T = 1300, V = (size_t)c->vocab_size, L = (size_t)c->layers;
 	int32_t *tok = random_tokens(T, c->vocab_size, 11);
@@ -231,7 +211,7 @@ END_TEST
  * matrix-vector path), 20 (cuBLAS) and with a state named twice. */
 static void check_batch(const char *name, size_t B, bool twice)
 {
-	sb_model *m = load(name);
+	sb_model *m = tu_load_fixture_model(name);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size;
 	sb_ctx *gpu = ctx_on(m, "cuda", 64), *cpu = ctx_on(m, "cpu", 64);
@@ -292,7 +272,7 @@ END_TEST
 /* Decode steps replayed from a CUDA graph compute what plain launches do. */
 START_TEST(cuda_graphs_match_plain_launches)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, T = 60;
 	int32_t *tok = random_tokens(T, c->vocab_size, 5);
@@ -325,7 +305,7 @@ END_TEST
  * loads from a device: each continuation computes what staying put does. */
 START_TEST(cuda_state_moves_between_host_and_device)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, T = 40;
 	int32_t *tok = random_tokens(T + 10, c->vocab_size, 9);
@@ -380,7 +360,7 @@ END_TEST
 /* act_bias moves the GPU's routers as it moves the CPU's. */
 START_TEST(cuda_act_bias_matches_cpu)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t T = 200, L = (size_t)c->layers;
 	int32_t *tok = random_tokens(T, c->vocab_size, 21);
@@ -422,7 +402,7 @@ END_TEST
 static bool have_gpu_here(void)
 {
 	sb_error err = {0};
-	sb_model *m = sb_model_load(model_dir(cases[0]), &err);
+	sb_model *m = sb_model_load(tu_fixture_model_dir(cases[0]), &err);
 	if (!m) {
 		fprintf(stderr, "test-cuda: %s\n", err.msg);
 		return true; /* let the tests fail on it */

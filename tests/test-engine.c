@@ -24,25 +24,6 @@ void *__wrap_aligned_alloc(size_t a, size_t n) { n_allocs++; return __real_align
 static const char *cases[] = {"rotary-softmax", "simple-relu2-ffn"};
 #define N_CASES 2
 
-static const char *model_dir(const char *name)
-{
-	static char buf[4096];
-	const char *env = getenv("SB_FIXTURE_MODELS");
-	if (env && *env)
-		snprintf(buf, sizeof buf, "%s/%s", env, name);
-	else
-		snprintf(buf, sizeof buf, "%s/tests/models/%s",
-		         getenv("SB_BUILDDIR") ? getenv("SB_BUILDDIR") : "build", name);
-	return buf;
-}
-
-static sb_model *load(const char *name)
-{
-	sb_error err = {0};
-	sb_model *m = sb_model_load(model_dir(name), &err);
-	ck_assert_msg(m != NULL, "load %s: %s", name, err.msg);
-	return m;
-}
 
 typedef struct expected {
 	sb_st_file *f;
@@ -84,7 +65,7 @@ static void check_parity(const char *name, run_mode mode)
 {
 	expected e;
 	load_expected(name, &e);
-	sb_model *m = load(name);
+	sb_model *m = tu_load_fixture_model(name);
 	const sb_config *c = sb_model_config(m);
 	ck_assert_uint_eq(e.V, (size_t)c->vocab_size);
 	ck_assert_uint_eq(e.L, (size_t)c->layers);
@@ -152,7 +133,7 @@ static int32_t *random_tokens(size_t n, int V, unsigned seed)
  * times) computes what token-by-token decode computes. */
 START_TEST(engine_prefill_long_matches_decode)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t T = 700, V = (size_t)c->vocab_size, L = (size_t)c->layers;
 	int32_t *tok = random_tokens(T, c->vocab_size, 7);
@@ -188,7 +169,7 @@ END_TEST
 /* The state's size does not depend on how many tokens it has read. */
 START_TEST(engine_state_size_is_constant)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
 	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
@@ -224,7 +205,7 @@ END_TEST
 /* Decoding a token allocates nothing. */
 START_TEST(engine_decode_allocates_nothing)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
 	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
@@ -257,7 +238,7 @@ END_TEST
  * through serialization to a file. */
 START_TEST(engine_snapshot_restore_is_identical)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, N = 50, M = 40;
 	sb_error err = {0};
@@ -297,7 +278,7 @@ END_TEST
  * the config fields when one does not. */
 START_TEST(engine_state_budget)
 {
-	sb_model *a = load(cases[0]);
+	sb_model *a = tu_load_fixture_model(cases[0]);
 	sb_error err = {0};
 	size_t one = sb_state_bytes(a), fit = 99;
 	ck_assert_int_eq(sb_state_budget(a, 10 * one + one / 2, "--mem", 1, 64, &fit, &err), 0);
@@ -320,7 +301,7 @@ END_TEST
  * each refusal leaves the state as it was. */
 START_TEST(engine_state_load_checks_every_counter)
 {
-	sb_model *a = load(cases[0]);
+	sb_model *a = tu_load_fixture_model(cases[0]);
 	sb_error err = {0};
 	sb_state *sa = sb_state_new(a, &err), *sc = sb_state_new(a, &err);
 	sb_ctx *ctx = tu_ctx_new(a, 1, &err);
@@ -405,7 +386,7 @@ END_TEST
  * counters out of range is refused and leaves the state as it was. */
 START_TEST(engine_state_load_rejects_bad_files)
 {
-	sb_model *a = load(cases[0]), *b = load(cases[1]);
+	sb_model *a = tu_load_fixture_model(cases[0]), *b = tu_load_fixture_model(cases[1]);
 	sb_error err = {0};
 	sb_state *sa = sb_state_new(a, &err), *sb = sb_state_new(b, &err);
 	sb_ctx *ctx = tu_ctx_new(a, 1, &err);
@@ -444,7 +425,7 @@ END_TEST
  * alone. */
 START_TEST(engine_batch_matches_single)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, B = 3, steps = 30;
 	sb_error err = {0};
@@ -489,7 +470,7 @@ END_TEST
  * decode on three threads give the one-thread numbers within 1e-5. */
 START_TEST(engine_threads_match_one_thread)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t T = 600, V = (size_t)c->vocab_size;
 	sb_error err = {0};
@@ -523,7 +504,7 @@ END_TEST
  * fires everything. */
 START_TEST(engine_act_bias_shifts_router)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
 	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
@@ -554,7 +535,7 @@ END_TEST
  * numbers as decoding them one by one. */
 START_TEST(engine_batch_repeated_state)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const size_t V = (size_t)sb_model_config(m)->vocab_size;
 	sb_error err = {0};
 	sb_ctx *ctx = tu_ctx_new(m, 2, &err);
@@ -593,7 +574,7 @@ END_TEST
 /* Context parameters: defaults, the device string, the batch capacity. */
 START_TEST(engine_ctx_params)
 {
-	sb_model *m = load(cases[0]);
+	sb_model *m = tu_load_fixture_model(cases[0]);
 	sb_error err = {0};
 	sb_ctx_params p = sb_ctx_default_params();
 	ck_assert_int_eq(p.n_threads, 0);
@@ -662,7 +643,7 @@ END_TEST
  * only the used part of each ring). */
 START_TEST(engine_state_reset_and_copy_are_exact)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	sb_error err = {0};
 	sb_ctx *ctx = tu_ctx_new(m, 1, &err);
@@ -709,7 +690,7 @@ END_TEST
  * state continues as after sb_prefill. Lengths cross the 512-row blocks. */
 START_TEST(engine_prefill_batch_matches_single)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, B = 4;
 	const size_t n[4] = {7, 1, 600, 300};
@@ -779,7 +760,7 @@ END_TEST
  * one row attends alone). */
 START_TEST(engine_batch_is_bit_identical)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, B = 5;
 	sb_error err = {0};

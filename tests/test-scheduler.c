@@ -24,25 +24,6 @@ static const char *cases[] = {"rotary-softmax", "simple-relu2-ffn"};
 #define EOS 2            /* the fixtures' fairseq </s> */
 #define MAX_GEN 512
 
-static const char *model_dir(const char *name)
-{
-	static char buf[4096];
-	const char *env = getenv("SB_FIXTURE_MODELS");
-	if (env && *env)
-		snprintf(buf, sizeof buf, "%s/%s", env, name);
-	else
-		snprintf(buf, sizeof buf, "%s/tests/models/%s",
-		         getenv("SB_BUILDDIR") ? getenv("SB_BUILDDIR") : "build", name);
-	return buf;
-}
-
-static sb_model *load(const char *name)
-{
-	sb_error err = {0};
-	sb_model *m = sb_model_load(model_dir(name), &err);
-	ck_assert_msg(m != NULL, "load %s: %s", name, err.msg);
-	return m;
-}
 
 static sb_ctx *new_ctx(const sb_model *m)
 {
@@ -215,7 +196,7 @@ static void assert_same(const got *g, const int32_t *want, size_t n, const char 
 START_TEST(scheduler_batches_equal_one_at_a_time)
 {
 	const char *name = cases[_i % N_CASES];
-	sb_model *m = load(name);
+	sb_model *m = tu_load_fixture_model(name);
 	int V = sb_model_config(m)->vocab_size;
 	sb_ctx *ctx = new_ctx(m);
 	sb_sched_params sp = sb_sched_default_params();
@@ -298,7 +279,7 @@ END_TEST
  * with its logits and no new tokens. The final state holds every token. */
 START_TEST(scheduler_snapshot_start_equals_full_prefill)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	int V = sb_model_config(m)->vocab_size;
 	sb_ctx *ctx = new_ctx(m);
 	sb_sched_params sp = sb_sched_default_params();
@@ -437,7 +418,7 @@ static void *cancel_thread(void *arg)
  * while still pending stop; the others give their one-at-a-time tokens. */
 START_TEST(scheduler_cancel_one_and_all)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	int V = sb_model_config(m)->vocab_size;
 	sb_ctx *ctx = new_ctx(m);
 	sb_sched_params sp = sb_sched_default_params();
@@ -551,7 +532,7 @@ END_TEST
  * one-at-a-time text ends the sequence where it starts. */
 START_TEST(scheduler_stop_string_cuts_the_text)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	int V = sb_model_config(m)->vocab_size;
 	sb_error err = {0};
 	sb_tokenizer *tok = sb_tokenizer_load_for_model(m, SB_BYTES_AUTO, &err);
@@ -647,7 +628,7 @@ static void *serve_thread(void *arg)
  * submitted from several others while it runs, then shutdown. */
 START_TEST(scheduler_serve_takes_submissions_from_threads)
 {
-	sb_model *m = load(cases[_i]);
+	sb_model *m = tu_load_fixture_model(cases[_i]);
 	int V = sb_model_config(m)->vocab_size;
 	sb_ctx *ctx = new_ctx(m);
 	sb_sched_params sp = sb_sched_default_params();
@@ -697,7 +678,7 @@ END_TEST
 /* Bad sequences are refused at submit, naming what is wrong. */
 START_TEST(scheduler_submit_validates)
 {
-	sb_model *m = load(cases[0]);
+	sb_model *m = tu_load_fixture_model(cases[0]);
 	sb_ctx *ctx = new_ctx(m);
 	sb_sched_params sp = sb_sched_default_params();
 	sb_error err = {0};

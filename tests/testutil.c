@@ -63,3 +63,23 @@ sb_ctx *tu_ctx_new(const sb_model *m, int n_threads, sb_error *err)
 	p.device = getenv("SB_TEST_DEVICE");
 	return sb_ctx_new(m, &p, err);
 }
+
+const char *tu_fixture_model_dir(const char *name)
+{
+	static char buf[4096];
+	const char *env = getenv("SB_FIXTURE_MODELS");
+	if (env && *env)
+		snprintf(buf, sizeof buf, "%s/%s", env, name);
+	else
+		snprintf(buf, sizeof buf, "%s/tests/models/%s",
+		         getenv("SB_BUILDDIR") ? getenv("SB_BUILDDIR") : "build", name);
+	return buf;
+}
+
+sb_model *tu_load_fixture_model(const char *name)
+{
+	sb_error err = {0};
+	sb_model *m = sb_model_load(tu_fixture_model_dir(name), &err);
+	ck_assert_msg(m != NULL, "load %s: %s", name, err.msg);
+	return m;
+}

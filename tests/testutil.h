@@ -16,6 +16,11 @@ const char *tu_tmpdir(void);
 /* Writes len bytes to dir/name; returns the full path (static buffer). */
 const char *tu_write_file(const char *dir, const char *name, const void *buf,
                           size_t len);
+/* The converted fixture model <name> ($SB_FIXTURE_MODELS/<name>, else
+ * $SB_BUILDDIR/tests/models/<name>), in a static buffer; and the model
+ * loaded from there (a failed load fails the test). */
+const char *tu_fixture_model_dir(const char *name);
+sb_model *tu_load_fixture_model(const char *name);
 /* A context of n_threads threads on $SB_TEST_DEVICE (unset: the CPU). */
 sb_ctx *tu_ctx_new(const sb_model *m, int n_threads, sb_error *err);
 /* Runs a Suite with the usual runner; returns the process exit status. */
