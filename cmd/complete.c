@@ -11,7 +11,19 @@
  *
  * Items are decoded in groups with sb_decode_batch; each keeps its own
  * state, sampler and stop matcher, so the grouping does not change what an
- * item produces. */
+ * item produces.
+ *
+ * The input is read as a stream, twice, a line at a time. The first pass
+ * takes its fingerprint and number of items (recorded beside -o, compared
+ * by --resume, and one item alone takes the base seed) and the act_bias
+ * values its items use. The second reads the items as the batch takes
+ * them: memory is bounded by the batch (a window of the items read and not
+ * yet written, at most 16 per slot and 64 more) plus, for JSONL, a hash set
+ * of the ids read so far (a repeated id is an error) and, with --resume,
+ * one of the ids the output holds. Standard input that is not a regular
+ * file is copied to a temporary file for the second pass. The router shift
+ * is one per batch, so several act_bias values need one pass each: then
+ * every item is held until the run ends, counted against --mem. */
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -97,12 +109,6 @@ static int buf_add(buf *b, const char *s, size_t n)
 
 typedef enum { FMT_AUTO, FMT_TEXT, FMT_JSONL } fmt;
 
-/* --shard: the id of an item of another shard, and its position. */
-typedef struct other_key {
-	char *key;
-	size_t index;
-} other_key;
-
 typedef struct run {
 	cli_gen g;
 	fmt out_fmt, in_fmt;
@@ -114,17 +120,36 @@ typedef struct run {
 	bool resume_force;       /* --resume-force: continue even with other settings */
 	uint64_t input_hash;     /* FNV-1a over the input's item lines (all shards) */
 	size_t n_kept_errors;    /* --resume: error records of the earlier run, kept */
-	other_key *other;        /* (n_other) --shard: the other shards' ids */
-	size_t n_other, cap_other;
+	cli_keyset done_ids;     /* --resume: the ids the output file holds */
+	cli_keyset error_ids;    /* ... those of its error records */
 	bool timings;
 	const char *system;      /* --system */
 	const char *prefix_file; /* --prefix-file */
 	int batch;               /* 0: automatic */
 	size_t shard_k, shard_n; /* --shard K/N; shard_n 0: every item */
 	size_t n_input;          /* items in the whole input (before --shard) */
+	size_t n_shard;          /* ... of them this run's */
 
-	item *items;
-	size_t n_items;
+	/* The items read and not yet written: a window over the input, read
+	 * as the batch takes items and dropped as their records are written
+	 * (every item at once only with several act_bias values). */
+	item **win;              /* (win_n) the items from win_first (0-based, of this shard) */
+	size_t win_first, win_n, win_cap;
+	bool hold_all;           /* several act_bias values: one pass each over every item */
+	size_t n_bias_seen;
+	float bias0;             /* the first act_bias of an item */
+	/* the input, read a second time as the items are generated: */
+	FILE *in;
+	bool in_owned;           /* in is ours to close (a file, or a spool of standard input) */
+	const char *in_name;
+	cli_lines *rd;
+	fmt in_found;            /* what the first pass found the input to be */
+	size_t index;            /* items of the whole input read so far */
+	size_t prompt_i;         /* -p: the next one */
+	uint64_t hash_again;     /* the input's fingerprint, read again */
+	bool eof;
+	size_t held_over;        /* hold_all: the line where the items pass --mem, or 0 */
+	cli_keyset ids;          /* JSONL: every id read so far, with its position */
 	sb_model *model;
 	sb_tokenizer *tok;
 	sb_ctx *ctx;
@@ -150,6 +175,8 @@ typedef struct run {
 	cli_template tpl;        /* how /v1/chat/completions messages are laid out */
 	float base_bias;         /* the act_bias the prefix state was read with */
 	size_t next_write, written, total;
+	size_t win_limit;        /* the most items the window holds (one act_bias) */
+	bool cancelled;          /* r->rc ended the sequences under way */
 	double last_progress;
 	int rc;                  /* a write failed: the exit status */
 } run;
@@ -592,43 +619,93 @@ static bool in_shard(const run *r, size_t index)
 	return !r->shard_n || index % r->shard_n == r->shard_k;
 }
 
-/* Appends an item, the index-th (1-based) of the whole input. */
-static int add_item(run *r, size_t *cap, size_t index)
+/* Sets an item's defaults: the index-th (1-based) of the whole input, with
+ * the command line's settings. False when out of memory. */
+static bool item_init(const run *r, item *it, size_t index)
 {
-	if (r->n_items == *cap) {
-		size_t nc = *cap ? *cap * 2 : 64;
-		item *p = realloc(r->items, nc * sizeof *p);
-		if (!p)
-			return -1;
-		r->items = p;
-		*cap = nc;
-	}
-	item *it = &r->items[r->n_items++];
 	memset(it, 0, sizeof *it);
 	it->sp = r->g.sp;
 	it->act_bias = r->g.act_bias;
-	for (size_t i = 0; i < r->g.n_bias; i++)
-		if (!item_bias(it, r->g.bias_ids[i], r->g.bias_values[i]))
-			return -1;
 	it->max_tokens = r->g.max_tokens;
 	it->stops = r->g.stops;
 	it->n_stops = r->g.n_stops;
 	it->index = index;
 	it->lineno = index;
 	it->id = json_integer((json_int_t)index);
-	return 0;
+	for (size_t i = 0; i < r->g.n_bias; i++)
+		if (!item_bias(it, r->g.bias_ids[i], r->g.bias_values[i]))
+			return false;
+	return it->id != NULL;
 }
 
-/* Splits the input into items, one per non-blank line (with --shard,
- * only those whose position among the items is K mod N). Returns 0 or an
- * exit status. */
+/* The item at this position among the shard's items read (0-based); it
+ * must still be in the window. */
+static item *item_at(const run *r, size_t i)
+{
+	return r->win[i - r->win_first];
+}
+
+/* A new item at the end of the window; NULL when out of memory. */
+static item *new_item(run *r, size_t index)
+{
+	if (r->win_n == r->win_cap) {
+		size_t nc = r->win_cap ? r->win_cap * 2 : 64;
+		item **p = realloc(r->win, nc * sizeof *p);
+		if (!p)
+			return NULL;
+		r->win = p;
+		r->win_cap = nc;
+	}
+	item *it = malloc(sizeof *it);
+	if (!it)
+		return NULL;
+	bool ok = item_init(r, it, index);
+	r->win[r->win_n++] = it;
+	return ok ? it : NULL;
+}
+
+/* The act_bias of an item that will run: one value keeps the input a
+ * stream, a second one makes the run hold every item (one pass each). */
+static void note_bias(run *r, float v)
+{
+	if (!r->n_bias_seen++)
+		r->bias0 = v;
+	else if (v != r->bias0)
+		r->hold_all = true;
+}
+
 /* What an item holds besides its struct and its line, about: id, key,
  * allocator headers. */
 #define ITEM_OVERHEAD 96
 
-static int load_items(run *r, FILE *in, const char *path)
+/* One line into the spool of standard input, as the second pass must read
+ * it again: a line that was too long is written too long again. */
+static int spool_line(FILE *f, const char *line, size_t n, bool too_long)
 {
-	size_t cap = 0, index = 0, held = 0, held_max = cli_gen_mem_limit(&r->g);
+	if (too_long) {
+		char pad[4096];
+		memset(pad, 'x', sizeof pad);
+		for (size_t left = CLI_LINE_MAX + 1; left;) {
+			size_t k = left < sizeof pad ? left : sizeof pad;
+			if (fwrite(pad, 1, k, f) != k)
+				return -1;
+			left -= k;
+		}
+	} else if (n && fwrite(line, 1, n, f) != n) {
+		return -1;
+	}
+	return fputc('\n', f) == EOF ? -1 : 0;
+}
+
+/* The first pass over the input, a line at a time: its fingerprint and
+ * number of items (-o records them and --resume compares them before
+ * anything is generated; one item alone takes the base seed itself), this
+ * shard's number of items, and whether they use more than one act_bias.
+ * With spool, every line is copied there for the second pass. Returns 0
+ * or an exit status. */
+static int scan_input(run *r, FILE *in, const char *path, FILE *spool)
+{
+	size_t index = 0, held = 0, held_max = cli_gen_mem_limit(&r->g);
 	fmt f = r->in_fmt;
 	int rc = 0, got;
 	const char *line;
@@ -639,6 +716,12 @@ static int load_items(run *r, FILE *in, const char *path)
 		goto nomem;
 	while ((got = cli_lines_next(rd, &line, &n, &too_long)) > 0) {
 		size_t lineno = cli_lines_number(rd);
+		if (spool && spool_line(spool, line, n, too_long) < 0) {
+			cli_error("%s: cannot keep the input in a temporary file to read it again: %s", path,
+			          strerror(errno));
+			rc = CLI_EXIT_IO;
+			goto done;
+		}
 		if (!too_long && cli_line_blank(line, n))
 			continue;
 		if (f == FMT_AUTO)
@@ -647,44 +730,131 @@ static int load_items(run *r, FILE *in, const char *path)
 		r->input_hash = too_long ? cli_fnv64(r->input_hash, "\1too long", 9)
 		                         : cli_fnv64(r->input_hash, line, n);
 		r->input_hash = cli_fnv64(r->input_hash, "\n", 1);
-		if (!in_shard(r, index++)) {
+		if (!in_shard(r, index++))
+			continue;
+		r->n_shard++;
+		/* only held whole when several act_bias values occur */
+		held += sizeof(item) + n + ITEM_OVERHEAD;
+		if (held > held_max && !r->held_over)
+			r->held_over = lineno;
+		if (too_long)
+			continue; /* an error record */
+		if (f == FMT_JSONL) {
+			item t;
+			bool ok = item_init(r, &t, index);
+			if (ok)
+				item_from_json(&t, line, n, lineno);
+			if (ok && !t.error)
+				note_bias(r, t.act_bias);
+			item_free(&t);
+			if (!ok)
+				goto nomem;
+		} else if (!memchr(line, 0, n)) {
+			note_bias(r, r->g.act_bias);
+		}
+	}
+	r->n_input = index;
+	r->in_found = f;
+	rc = cli_lines_fail(got, path);
+	goto done;
+nomem:
+	cli_error("out of memory reading the prompts");
+	rc = CLI_EXIT_SOFTWARE;
+done:
+	cli_lines_free(rd);
+	return rc;
+}
+
+/* An item's key and seed; a JSONL id that an earlier item (of any shard)
+ * already has makes it an error record named by its line; --resume marks
+ * the ids the output holds done. Returns -1 when out of memory. */
+static int finish_item(run *r, item *it)
+{
+	if (!(it->key = json_dumps(it->id, JSON_COMPACT | JSON_ENCODE_ANY)))
+		return -1;
+	if (!it->seed_given)
+		it->seed = cli_item_seed(r->g.sp.seed, it->key, strlen(it->key), r->n_input == 1);
+	it->sp.seed = it->seed;
+	if (!r->n_prompts && r->in_found == FMT_JSONL) {
+		size_t first = 0;
+		int put = cli_keyset_put(&r->ids, it->key, strlen(it->key), it->index, &first);
+		if (put < 0)
+			return -1;
+		if (put == 0) {
+			/* A repeated id stays with its first item; the later
+			 * ones' error records are named by their line. */
+			if (!it->error)
+				it->error = xprintf("duplicate id %s (first used by item %zu)", it->key, first);
+			json_decref(it->id);
+			free(it->key);
+			it->id = cli_line_id(it->lineno);
+			it->key = it->id ? json_dumps(it->id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+			if (!it->key)
+				return -1;
+		}
+	}
+	if (r->resume && cli_keyset_has(&r->done_ids, it->key, strlen(it->key))) {
+		it->done = true;
+		r->n_kept_errors += cli_keyset_has(&r->error_ids, it->key, strlen(it->key));
+		if (r->total)
+			r->total--;
+	}
+	return 0;
+}
+
+/* The second pass: the next item of this shard, read from the input and
+ * put at the end of the window; NULL at the end of the input or on an
+ * error (r->rc set, its line printed). */
+static item *read_next(run *r)
+{
+	if (r->eof || r->rc)
+		return NULL;
+	if (r->n_prompts) {
+		while (r->prompt_i < r->n_prompts) {
+			size_t i = r->prompt_i++;
+			if (!in_shard(r, i))
+				continue;
+			item *it = new_item(r, i + 1);
+			if (!it || !(it->prompt = xstrdup(r->prompts[i])) || finish_item(r, it) < 0)
+				goto nomem;
+			return it;
+		}
+		r->eof = true;
+		return NULL;
+	}
+	const char *line;
+	size_t n;
+	bool too_long;
+	int got;
+	fmt f = r->in_found;
+	while ((got = cli_lines_next(r->rd, &line, &n, &too_long)) > 0) {
+		size_t lineno = cli_lines_number(r->rd);
+		if (!too_long && cli_line_blank(line, n))
+			continue;
+		r->hash_again = too_long ? cli_fnv64(r->hash_again, "\1too long", 9)
+		                         : cli_fnv64(r->hash_again, line, n);
+		r->hash_again = cli_fnv64(r->hash_again, "\n", 1);
+		size_t index = ++r->index;
+		if (!in_shard(r, index - 1)) {
 			/* Another shard's item: only its id, so that a repeated id
 			 * is found across shards as in one run. */
-			if (f == FMT_JSONL && r->shard_n) {
+			if (f == FMT_JSONL) {
 				json_t *obj = too_long ? NULL : json_loadb(line, n, JSON_REJECT_DUPLICATES, NULL);
 				json_t *id = cli_item_id_jsonl(obj, lineno);
 				json_decref(obj);
 				char *key = id ? json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 				json_decref(id);
-				if (!key)
+				size_t first;
+				int put = key ? cli_keyset_put(&r->ids, key, strlen(key), index, &first) : -1;
+				free(key);
+				if (put < 0)
 					goto nomem;
-				if (r->n_other == r->cap_other) {
-					size_t nc = r->cap_other ? 2 * r->cap_other : 64;
-					other_key *o = realloc(r->other, nc * sizeof *o);
-					if (!o) {
-						free(key);
-						goto nomem;
-					}
-					r->other = o;
-					r->cap_other = nc;
-				}
-				r->other[r->n_other++] = (other_key){key, index};
 			}
 			continue;
 		}
-		/* The items are held whole until the run ends: their memory is
-		 * counted against --mem, and an input that would exceed it is
-		 * refused before anything is generated (split it with --shard). */
-		held += sizeof(item) + n + ITEM_OVERHEAD;
-		if (held > held_max) {
-			cli_error("%s: line %zu: the input's items need more than %zu bytes, the memory limit (--mem); split it with --shard K/N or raise --mem",
-			          path, lineno, held_max);
-			rc = CLI_EXIT_DATA;
-			goto done;
-		}
-		if (add_item(r, &cap, index) < 0)
+		item *it = new_item(r, index);
+		if (!it)
 			goto nomem;
-		item *it = &r->items[r->n_items - 1];
 		json_decref(it->id);
 		it->id = too_long && f == FMT_JSONL ? cli_line_id(lineno) : json_integer((json_int_t)lineno);
 		it->lineno = lineno;
@@ -701,87 +871,24 @@ static int load_items(run *r, FILE *in, const char *path)
 			memcpy(it->prompt, line, n);
 			it->prompt[n] = 0;
 		}
+		if (!it->id || finish_item(r, it) < 0)
+			goto nomem;
+		return it;
 	}
-	r->n_input = index;
-	rc = cli_lines_fail(got, path);
-	goto done;
+	r->eof = true;
+	if ((r->rc = cli_lines_fail(got, r->in_name)))
+		return NULL;
+	if (r->index != r->n_input || r->hash_again != r->input_hash) {
+		cli_error("%s: the input changed while it was being read (it is read twice); the records written are those of the input as it was read",
+		          r->in_name);
+		r->rc = CLI_EXIT_IO;
+	}
+	return NULL;
 nomem:
 	cli_error("out of memory reading the prompts");
-	rc = CLI_EXIT_SOFTWARE;
-done:
-	cli_lines_free(rd);
-	return rc;
-}
-
-typedef struct key_ref {
-	const char *key;
-	size_t idx;              /* into r->items, or SIZE_MAX: another shard's */
-	size_t pos;              /* position in the whole input */
-} key_ref;
-
-static int cmp_key_ref(const void *a, const void *b)
-{
-	const key_ref *x = a, *y = b;
-	int c = strcmp(x->key, y->key);
-	return c ? c : (x->pos > y->pos) - (x->pos < y->pos);
-}
-
-/* Keys, duplicate ids, seeds. Duplicates are found by sorting the keys, so
- * a batch of a million items costs n log n, not n^2. */
-static int finish_items(run *r)
-{
-	key_ref *refs = calloc(r->n_items + r->n_other + 1, sizeof *refs);
-	if (!refs) {
-		cli_error("out of memory");
-		return CLI_EXIT_SOFTWARE;
-	}
-	for (size_t i = 0; i < r->n_items; i++) {
-		item *it = &r->items[i];
-		it->key = json_dumps(it->id, JSON_COMPACT | JSON_ENCODE_ANY);
-		if (!it->key) {
-			free(refs);
-			cli_error("out of memory");
-			return CLI_EXIT_SOFTWARE;
-		}
-		if (!it->seed_given)
-			it->seed = cli_item_seed(r->g.sp.seed, it->key, strlen(it->key), r->n_input == 1);
-		it->sp.seed = it->seed;
-		refs[i] = (key_ref){it->key, i, it->index};
-	}
-	for (size_t i = 0; i < r->n_other; i++)
-		refs[r->n_items + i] = (key_ref){r->other[i].key, SIZE_MAX, r->other[i].index};
-	size_t n_refs = r->n_items + r->n_other;
-	qsort(refs, n_refs, sizeof *refs, cmp_key_ref);
-	for (size_t i = 1; i < n_refs; i++) {
-		size_t first = i - 1;
-		while (i < n_refs && !strcmp(refs[i].key, refs[first].key)) {
-			if (refs[i].idx != SIZE_MAX) {
-				item *it = &r->items[refs[i].idx];
-				if (!it->error)
-					it->error = xprintf("duplicate id %s (first used by item %zu)", it->key,
-					                    refs[first].pos);
-				it->dup = true;
-			}
-			i++;
-		}
-	}
-	free(refs);
-	/* A repeated id stays with its first item; the later ones' error
-	 * records are named by their line. */
-	for (size_t i = 0; i < r->n_items; i++) {
-		item *it = &r->items[i];
-		if (!it->dup)
-			continue;
-		json_decref(it->id);
-		free(it->key);
-		it->id = cli_line_id(it->lineno);
-		it->key = it->id ? json_dumps(it->id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-		if (!it->key) {
-			cli_error("out of memory");
-			return CLI_EXIT_SOFTWARE;
-		}
-	}
-	return 0;
+	r->eof = true;
+	r->rc = CLI_EXIT_SOFTWARE;
+	return NULL;
 }
 
 /* --resume without --seed: the base seed of the first record of the
@@ -853,7 +960,7 @@ static int resume_from(run *r)
 	}
 	int rc = 0, got;
 	cli_lines *rd = cli_lines_new(f);
-	cli_keyset done = {0}, errs = {0};
+	cli_keyset *done = &r->done_ids, *errs = &r->error_ids;
 	const char *line;
 	size_t len;
 	bool too_long;
@@ -887,12 +994,12 @@ static int resume_from(run *r)
 			goto done;
 		}
 		char *key = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
-		int added = key ? cli_keyset_add(&done, key, strlen(key)) : -1;
+		int added = key ? cli_keyset_add(done, key, strlen(key)) : -1;
 		bool failed = batch_line ? json_integer_value(json_object_get(json_object_get(rec, "response"),
 		                                                               "status_code")) != 200
 		                         : !strcmp(json_string_value(json_object_get(rec, "finish_reason")), "error");
 		if (added >= 0 && failed)
-			added = cli_keyset_add(&errs, key, strlen(key));
+			added = cli_keyset_add(errs, key, strlen(key));
 		free(key);
 		json_decref(rec);
 		if (added < 0)
@@ -915,26 +1022,12 @@ static int resume_from(run *r)
 		fprintf(stderr, "seqboat: %s: removed a torn last line of %llu bytes\n", r->out_path,
 		        total - keep);
 	}
-	for (size_t i = 0; i < r->n_items; i++)
-		if (cli_keyset_has(&done, r->items[i].key, strlen(r->items[i].key))) {
-			r->items[i].done = true;
-			r->n_kept_errors += cli_keyset_has(&errs, r->items[i].key, strlen(r->items[i].key));
-		}
-	/* An error record stays: the file only grows, and a second record of
-	 * the same id would make two answers. The run ends with 65 as the one
-	 * that wrote it did. */
-	if (r->n_kept_errors)
-		fprintf(stderr, "seqboat: %s: %zu record%s of the earlier run %s an error; kept, not "
-		        "retried (fix the input line or remove the record to retry it); exit status 65\n",
-		        r->out_path, r->n_kept_errors, r->n_kept_errors == 1 ? "" : "s",
-		        r->n_kept_errors == 1 ? "is" : "are");
+	/* The items are marked done as they are read (finish_item). */
 	goto done;
 nomem:
 	cli_error("%s: out of memory reading the records", r->out_path);
 	rc = CLI_EXIT_SOFTWARE;
 done:
-	cli_keyset_free(&done);
-	cli_keyset_free(&errs);
 	cli_lines_free(rd);
 	fclose(f);
 	return rc;
@@ -1124,7 +1217,7 @@ static void show_progress(run *r, size_t done, size_t total, bool final)
 static int write_ready(run *r, size_t *next_write, size_t admitted, size_t *written)
 {
 	while (*next_write < admitted) {
-		item *it = &r->items[*next_write];
+		item *it = item_at(r, *next_write);
 		if (!it->done && !it->record)
 			break;
 		if (it->record && !r->text) {
@@ -1147,6 +1240,23 @@ static int write_ready(run *r, size_t *next_write, size_t admitted, size_t *writ
 		(*next_write)++;
 	}
 	return 0;
+}
+
+/* write_ready, then (one act_bias) the written items leave the window. */
+static int write_and_drop(run *r)
+{
+	int rc = write_ready(r, &r->next_write, r->next, &r->written);
+	if (!r->hold_all && r->next_write > r->win_first) {
+		size_t k = r->next_write - r->win_first;
+		for (size_t i = 0; i < k; i++) {
+			item_free(r->win[i]);
+			free(r->win[i]);
+		}
+		memmove(r->win, r->win + k, (r->win_n - k) * sizeof *r->win);
+		r->win_n -= k;
+		r->win_first += k;
+	}
+	return rc;
 }
 
 static int prefill_prefix(run *r)
@@ -1402,8 +1512,20 @@ fail:
  * that are ready and shows the progress. */
 static void submit_more(run *r)
 {
-	while (r->live < r->nslots && r->next < r->n_items && !interrupted && !r->rc) {
-		item *it = &r->items[r->next++];
+	while (r->live < r->nslots && !interrupted && !r->rc) {
+		item *it = NULL;
+		if (r->next < r->win_first + r->win_n) {
+			it = item_at(r, r->next);
+		} else if (!r->hold_all) {
+			/* The window is full when its first item is still under
+			 * way: the rest wait for it to be written. */
+			if (r->win_n >= r->win_limit && !(r->rc = write_and_drop(r)) && r->win_n >= r->win_limit)
+				break;
+			it = read_next(r);
+		}
+		if (!it)
+			break;
+		r->next++;
 		if (it->done || it->submitted)
 			continue;
 		/* an item of another act_bias waits for its pass */
@@ -1418,8 +1540,13 @@ static void submit_more(run *r)
 		}
 		submit_item(r, it);
 	}
-	if (!r->rc && (r->rc = write_ready(r, &r->next_write, r->next, &r->written)))
+	if (!r->rc)
+		r->rc = write_and_drop(r);
+	if (r->rc && !r->cancelled) {
+		/* a write or a read failed: end what is under way */
+		r->cancelled = true;
 		sb_sched_cancel_all(r->sched);
+	}
 	if (r->progress && cli_now() - r->last_progress > 0.25) {
 		r->last_progress = cli_now();
 		show_progress(r, r->written, r->total, false);
@@ -1436,8 +1563,8 @@ static int generate(run *r)
 		if (nslots > cap)
 			nslots = cap ? cap : 1;
 	}
-	if (nslots > r->n_items && r->n_items)
-		nslots = r->n_items;
+	if (nslots > r->n_shard && r->n_shard)
+		nslots = r->n_shard;
 	/* The batch's states, with the shared prefix's, within --mem. */
 	size_t limit = cli_gen_mem_limit(&r->g), fit = nslots;
 	size_t held = r->base ? sb_state_bytes(r->model) : 0;
@@ -1456,19 +1583,32 @@ static int generate(run *r)
 	if (!(r->sched = sb_sched_new(r->ctx, &sp, &err)))
 		return cli_fail(&err);
 	r->nslots = nslots;
-	for (size_t i = 0; i < r->n_items; i++)
-		r->total += !r->items[i].done;
+	/* One act_bias: the items are read as the batch takes them, and the
+	 * window of items read but not yet written holds at most this many
+	 * (an item that runs long makes the next ones wait in it). */
+	r->win_limit = 16 * nslots + 64;
+	r->total = r->n_shard;
 	r->t_start = cli_now();
+	int rc = 0;
+	if (r->hold_all)
+		while (read_next(r))
+			;
 	/* One pass per act_bias (the router shift is the context's, shared by
 	 * every sequence of a batch), in the order the values first appear;
-	 * the records are still written in input order. */
-	int rc = 0;
-	for (size_t first = 0; rc == 0 && !interrupted && !r->rc;) {
-		while (first < r->n_items && (r->items[first].done || r->items[first].submitted))
-			first++;
-		if (first == r->n_items)
-			break;
-		r->pass_bias = r->items[first].act_bias;
+	 * the records are still written in input order. With several values
+	 * every item is held (read above); with one, a single pass streams. */
+	for (size_t first = 0, pass = 0; rc == 0 && !interrupted && !r->rc; pass++) {
+		if (r->hold_all) {
+			while (first < r->win_n && (item_at(r, first)->done || item_at(r, first)->submitted))
+				first++;
+			if (first == r->win_n)
+				break;
+			r->pass_bias = item_at(r, first)->act_bias;
+		} else {
+			if (pass)
+				break;
+			r->pass_bias = r->n_bias_seen ? r->bias0 : r->g.act_bias;
+		}
 		sb_ctx_set_act_bias(r->ctx, r->pass_bias);
 		if (r->base && r->pass_bias != r->base_bias) {
 			/* the shared prefix as this pass's routers read it */
@@ -1478,9 +1618,16 @@ static int generate(run *r)
 				break;
 			r->base_bias = r->pass_bias;
 		}
-		r->next = first;
-		submit_more(r);
-		rc = sb_sched_run(r->sched, &err);
+		r->next = r->hold_all ? first : r->next;
+		/* one act_bias: until the input ends (the scheduler returns when
+		 * nothing is under way; a full window has its first item so) */
+		size_t before;
+		do {
+			before = r->next;
+			submit_more(r);
+			rc = sb_sched_run(r->sched, &err);
+		} while (!r->hold_all && rc == 0 && !r->eof && !interrupted && !r->rc &&
+		         (r->next != before || r->live));
 	}
 	sb_sched_free(r->sched);
 	r->sched = NULL;
@@ -1488,7 +1635,7 @@ static int generate(run *r)
 		return cli_fail(&err);
 	if (r->rc)
 		return r->rc;
-	rc = write_ready(r, &r->next_write, r->next, &r->written);
+	rc = write_and_drop(r);
 	if (r->progress)
 		show_progress(r, r->written, r->total, true);
 	return rc;
@@ -1726,22 +1873,17 @@ static int check_paths(run *r)
 	return 0;
 }
 
+/* The first pass over the input (see scan_input); the items themselves
+ * are read in the second, as they are generated. Standard input that is
+ * not a regular file is kept in a temporary file for that. */
 static int read_input(run *r)
 {
 	if (r->n_prompts) {
-		size_t cap = 0;
 		r->n_input = r->n_prompts;
-		for (size_t i = 0; i < r->n_prompts; i++)
+		for (size_t i = 0; i < r->n_prompts; i++) {
 			r->input_hash = cli_fnv64(cli_fnv64(r->input_hash, r->prompts[i], strlen(r->prompts[i])),
 			                          "\n", 1);
-		for (size_t i = 0; i < r->n_prompts; i++) {
-			if (!in_shard(r, i))
-				continue;
-			if (add_item(r, &cap, i + 1) < 0 ||
-			    !(r->items[r->n_items - 1].prompt = xstrdup(r->prompts[i]))) {
-				cli_error("out of memory");
-				return CLI_EXIT_SOFTWARE;
-			}
+			r->n_shard += in_shard(r, i);
 		}
 		return 0;
 	}
@@ -1755,10 +1897,50 @@ static int read_input(run *r)
 		cli_error("%s: cannot open: %s", path, strerror(errno));
 		return CLI_EXIT_IO;
 	}
-	int rc = load_items(r, in, path);
-	if (in != stdin)
-		fclose(in);
-	return rc;
+	r->in_name = path;
+	r->in = in;
+	r->in_owned = in != stdin;
+	struct stat sb;
+	off_t start = 0;
+	FILE *spool = NULL;
+	if (fstat(fileno(in), &sb) < 0 || !S_ISREG(sb.st_mode) || (start = ftello(in)) < 0) {
+		if (!(spool = tmpfile())) {
+			cli_error("%s: cannot make a temporary file to read the input twice: %s", path,
+			          strerror(errno));
+			return CLI_EXIT_IO;
+		}
+	}
+	int rc = scan_input(r, in, path, spool);
+	if (spool) {
+		if (r->in_owned)
+			fclose(in);
+		r->in = spool;
+		r->in_owned = true;
+		if (!rc && fflush(spool) == EOF) {
+			cli_error("%s: cannot keep the input in a temporary file to read it again: %s", path,
+			          strerror(errno));
+			rc = CLI_EXIT_IO;
+		}
+	}
+	if (rc)
+		return rc;
+	if (fseeko(r->in, spool ? 0 : start, SEEK_SET) < 0) {
+		cli_error("%s: cannot read the input again: %s", path, strerror(errno));
+		return CLI_EXIT_IO;
+	}
+	if (!(r->rd = cli_lines_new(r->in))) {
+		cli_error("out of memory reading the prompts");
+		return CLI_EXIT_SOFTWARE;
+	}
+	/* Several act_bias values: one pass each, over items held whole until
+	 * the run ends; their memory counts against --mem, and an input that
+	 * would exceed it is refused before anything is generated. */
+	if (r->hold_all && r->held_over) {
+		cli_error("%s: line %zu: the input's items (with several act_bias values, held until the run ends) need more than %zu bytes, the memory limit (--mem); split it with --shard K/N, by act_bias, or raise --mem",
+		          path, r->held_over, cli_gen_mem_limit(&r->g));
+		return CLI_EXIT_DATA;
+	}
+	return 0;
 }
 
 int cmd_complete(int argc, char **argv)
@@ -1768,6 +1950,7 @@ int cmd_complete(int argc, char **argv)
 	cli_gen_init(&r.g, 256);
 	r.timings = true;
 	r.input_hash = CLI_FNV_START;
+	r.hash_again = CLI_FNV_START;
 	int rc = parse_args(&r, argc, argv);
 	if (rc) {
 		rc = rc < 0 ? 0 : rc;
@@ -1775,7 +1958,7 @@ int cmd_complete(int argc, char **argv)
 	}
 	if (!r.g.seed_set)
 		r.g.sp.seed = r.resume ? recorded_base_seed(&r) : cli_random_seed();
-	if ((rc = check_paths(&r)) || (rc = read_input(&r)) || (rc = finish_items(&r)))
+	if ((rc = check_paths(&r)) || (rc = read_input(&r)))
 		goto done;
 
 	bool to_tty = !r.out_path && cli_isatty(stdout);
@@ -1831,6 +2014,14 @@ int cmd_complete(int argc, char **argv)
 	sigaction(SIGINT, &sa, &old);
 	rc = generate(&r);
 	sigaction(SIGINT, &old, NULL);
+	/* An error record stays: the file only grows, and a second record of
+	 * the same id would make two answers. The run ends with 65 as the one
+	 * that wrote it did. */
+	if (r.n_kept_errors)
+		fprintf(stderr, "seqboat: %s: %zu record%s of the earlier run %s an error; kept, not "
+		        "retried (fix the input line or remove the record to retry it); exit status 65\n",
+		        r.out_path, r.n_kept_errors, r.n_kept_errors == 1 ? "" : "s",
+		        r.n_kept_errors == 1 ? "is" : "are");
 	if (!rc && interrupted) {
 		cli_error("interrupted: the items under way were finished and written");
 		rc = CLI_EXIT_INTERRUPTED;
@@ -1842,12 +2033,17 @@ done:
 		cli_error("%s: write failed: %s", r.out_path, strerror(errno));
 		rc = CLI_EXIT_IO;
 	}
-	for (size_t i = 0; i < r.n_items; i++)
-		item_free(&r.items[i]);
-	free(r.items);
-	for (size_t i = 0; i < r.n_other; i++)
-		free(r.other[i].key);
-	free(r.other);
+	for (size_t i = 0; i < r.win_n; i++) {
+		item_free(r.win[i]);
+		free(r.win[i]);
+	}
+	free(r.win);
+	cli_keyset_free(&r.ids);
+	cli_keyset_free(&r.done_ids);
+	cli_keyset_free(&r.error_ids);
+	cli_lines_free(r.rd);
+	if (r.in && r.in_owned)
+		fclose(r.in);
 	free(r.prompts);
 	free(r.prefix_ids);
 	free(r.base_logits);

@@ -31,30 +31,47 @@ static int grow(cli_keyset *s)
 {
 	size_t cap = s->cap ? s->cap * 2 : 64;
 	char **slot = calloc(cap, sizeof *slot);
-	if (!slot)
+	size_t *val = calloc(cap, sizeof *val);
+	if (!slot || !val) {
+		free(slot);
+		free(val);
 		return -1;
-	cli_keyset t = {slot, cap, s->n};
+	}
+	cli_keyset t = {slot, val, cap, s->n};
 	for (size_t i = 0; i < s->cap; i++)
-		if (s->slot[i])
-			slot[find(&t, s->slot[i], strlen(s->slot[i]))] = s->slot[i];
+		if (s->slot[i]) {
+			size_t j = find(&t, s->slot[i], strlen(s->slot[i]));
+			slot[j] = s->slot[i];
+			val[j] = s->val[i];
+		}
 	free(s->slot);
+	free(s->val);
 	*s = t;
 	return 0;
 }
 
 int cli_keyset_add(cli_keyset *s, const char *key, size_t len)
 {
+	size_t old;
+	return cli_keyset_put(s, key, len, 0, &old);
+}
+
+int cli_keyset_put(cli_keyset *s, const char *key, size_t len, size_t value, size_t *old)
+{
 	if ((s->n + 1) * 2 > s->cap && grow(s) < 0)
 		return -1;
 	size_t i = find(s, key, len);
-	if (s->slot[i])
+	if (s->slot[i]) {
+		*old = s->val[i];
 		return 0;
+	}
 	char *k = malloc(len + 1);
 	if (!k)
 		return -1;
 	memcpy(k, key, len);
 	k[len] = 0;
 	s->slot[i] = k;
+	s->val[i] = value;
 	s->n++;
 	return 1;
 }
@@ -69,5 +86,6 @@ void cli_keyset_free(cli_keyset *s)
 	for (size_t i = 0; i < s->cap; i++)
 		free(s->slot[i]);
 	free(s->slot);
+	free(s->val);
 	memset(s, 0, sizeof *s);
 }

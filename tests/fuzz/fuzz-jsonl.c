@@ -28,13 +28,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	copy[size - 1] = '\n';
 	FILE *f = fmemopen(copy, size, "rb");
 	fuzz_check(f != NULL);
-	int rc = load_items(&r, f, "fuzz.jsonl");
-	fclose(f);
-	if (!rc)
-		rc = finish_items(&r);
-	fuzz_check(rc == 0);
-	for (size_t i = 0; i < r.n_items; i++) {
-		item *it = &r.items[i];
+	/* the two passes cmd_complete makes: the scan, then the items */
+	r.input_hash = r.hash_again = CLI_FNV_START;
+	r.in_name = "fuzz.jsonl";
+	int rc = scan_input(&r, f, "fuzz.jsonl", NULL);
+	fuzz_check(rc == 0 && fseeko(f, 0, SEEK_SET) == 0);
+	r.rd = cli_lines_new(f);
+	fuzz_check(r.rd != NULL);
+	size_t n_items = 0;
+	item *it;
+	while ((it = read_next(&r))) {
+		n_items++;
 		fuzz_check(it->key && (it->error || it->prompt));
 		if (it->error) {
 			error_record(&r, it, it->error);
@@ -45,9 +49,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			json_decref(back);
 		}
 	}
-	for (size_t i = 0; i < r.n_items; i++)
-		item_free(&r.items[i]);
-	free(r.items);
+	/* the second pass read what the first did */
+	fuzz_check(r.rc == 0 && n_items == r.n_shard && r.index == r.n_input);
+	fclose(f);
+	for (size_t i = 0; i < r.win_n; i++) {
+		item_free(r.win[i]);
+		free(r.win[i]);
+	}
+	free(r.win);
+	cli_keyset_free(&r.ids);
+	cli_lines_free(r.rd);
 	cli_gen_free(&r.g);
 	free(copy);
 	return 0;
