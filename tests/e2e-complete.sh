@@ -187,4 +187,28 @@ cp "$TMP/full.out" "$TMP/again.out"
 "$SEQBOAT" "${long[@]}" -o "$TMP/again.out" --resume || fail "resume of a finished file failed"
 cmp -s "$TMP/full.out" "$TMP/again.out" || fail "resume of a finished file changed it"
 
+# The input is streamed through a window of the items read and not yet
+# written (16 per slot and 64 more): more items than that, of uneven
+# lengths, give the same records in input order whatever the batch, the
+# same through a pipe (copied to a temporary file for the second pass) as
+# from the file, and a repeated id far from its first use is still found.
+$PY -c 'import json
+for i in range(300): print(json.dumps({"id": "s%d" % (i if i != 290 else 3), "prompt": "w%d" % (4 + i % 9), "max_tokens": (i * 7) % 13}))' > "$TMP/stream.jsonl"
+"$SEQBOAT" complete -m "$MODEL" -f "$TMP/stream.jsonl" --seed 4 --no-timings --batch 1 > "$TMP/stream1.out" 2> /dev/null
+[ $? = 65 ] || fail "streamed batch: expected exit 65 (one repeated id)"
+"$SEQBOAT" complete -m "$MODEL" -f "$TMP/stream.jsonl" --seed 4 --no-timings --batch 6 > "$TMP/stream6.out" 2> /dev/null
+cat "$TMP/stream.jsonl" | "$SEQBOAT" complete -m "$MODEL" --seed 4 --no-timings --batch 3 > "$TMP/streamp.out" 2> /dev/null
+cmp -s "$TMP/stream1.out" "$TMP/stream6.out" || fail "streamed batch: --batch 1 and 6 differ"
+cmp -s "$TMP/stream1.out" "$TMP/streamp.out" || fail "streamed batch: a pipe and the file differ"
+$PY - "$TMP/stream1.out" <<'EOF' || fail "streamed batch: records out of order or the repeat not found"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+assert len(recs) == 300
+for i, r in enumerate(recs):
+    if i == 290:
+        assert r["id"] == {"line": 291} and "first used by item 4" in r["error"], r
+    else:
+        assert r["id"] == "s%d" % i and r["completion_tokens"] <= (i * 7) % 13, r
+EOF
+
 finish e2e-complete
