@@ -756,22 +756,12 @@ static void plot_frame(FILE *f, double y0, const char *ylabel, double ymax)
 	fprintf(f, "</text>\n");
 }
 
+/* A panel over depth: the frame, then the depth axis. */
 static void plot_panel(FILE *f, const plot_axis *a, double y0, const char *ylabel, double ymax,
                        const long *depths, size_t n_depths)
 {
 	const double x0 = PLOT_LEFT, x1 = PLOT_W - PLOT_RIGHT, h = PLOT_PANEL_H;
-	double step = nice_step(ymax);
-	double top = ceil(ymax / step) * step;
-	fprintf(f, "<rect x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\" fill=\"#fbfbfb\" stroke=\"#888\"/>\n",
-	        x0, y0, x1 - x0, h);
-	for (double v = 0; v <= top * 1.0001; v += step) {
-		double y = y0 + h - v / top * h;
-		fprintf(f, "<line x1=\"%g\" y1=\"%.1f\" x2=\"%g\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", x0, y, x1, y);
-		double av = fabs(v);
-		fprintf(f, "<text x=\"%g\" y=\"%.1f\" text-anchor=\"end\" dominant-baseline=\"middle\">%g%s</text>\n",
-		        x0 - 6, y, av >= 1e6 ? v / 1e6 : av >= 1e4 ? v / 1e3 : v,
-		        av >= 1e6 ? "M" : av >= 1e4 ? "k" : "");
-	}
+	plot_frame(f, y0, ylabel, ymax);
 	if (a->any_pos)
 		for (double d = a->lo_dec; d <= a->hi_dec + 1e-9; d += 1) {
 			double x = plot_x(a, (long)llround(pow(10, d)));
@@ -794,10 +784,6 @@ static void plot_panel(FILE *f, const plot_axis *a, double y0, const char *ylabe
 		        plot_x(a, depths[i]), y0 + h, plot_x(a, depths[i]), y0 + h + 4);
 	fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">depth (tokens already read, log scale)</text>\n",
 	        (x0 + x1) / 2, y0 + h + 36);
-	fprintf(f, "<text transform=\"translate(%g %g) rotate(-90)\" text-anchor=\"middle\">",
-	        x0 - 58, y0 + h / 2);
-	cli_xml_escape(f, ylabel, strlen(ylabel));
-	fprintf(f, "</text>\n");
 }
 
 static double plot_y(double y0, double v, double ymax)
