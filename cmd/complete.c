@@ -1408,31 +1408,21 @@ static bool submit_item(run *r, item *it)
 		/* The messages as chat lays out turns (the model's template),
 		 * from an empty state; the reply ends at the template's stops. */
 		size_t nm = json_array_size(it->messages);
-		const char **parts = malloc((3 * nm + 1) * sizeof *parts);
-		bool *literal = malloc((3 * nm + 1) * sizeof *literal);
-		if (!parts || !literal) {
-			free(parts);
-			free(literal);
+		const char **roles = malloc(nm * sizeof *roles), **texts = malloc(nm * sizeof *texts);
+		if (!roles || !texts) {
+			free(roles);
+			free(texts);
 			sb_error_set(&err, SB_ERR_NOMEM, "out of memory");
 			goto fail;
 		}
-		size_t k = 0;
 		for (size_t i = 0; i < nm; i++) {
 			json_t *m = json_array_get(it->messages, i);
-			const char *role = json_string_value(json_object_get(m, "role"));
-			bool sys = !strcmp(role, "system"), user = !strcmp(role, "user");
-			parts[k] = sys ? r->tpl.sys_prefix : user ? r->tpl.user_prefix : r->tpl.asst_prefix;
-			literal[k++] = false;
-			parts[k] = json_string_value(json_object_get(m, "content"));
-			literal[k++] = true;
-			parts[k] = sys ? r->tpl.sys_suffix : user ? r->tpl.user_suffix : r->tpl.asst_suffix;
-			literal[k++] = false;
+			roles[i] = json_string_value(json_object_get(m, "role"));
+			texts[i] = json_string_value(json_object_get(m, "content"));
 		}
-		parts[k] = r->tpl.asst_prefix;
-		literal[k++] = false;
-		int erc = cli_template_encode(r->tok, parts, literal, k, true, &ids, &n, &err);
-		free(parts);
-		free(literal);
+		int erc = cli_template_encode_messages(r->tok, &r->tpl, roles, texts, nm, &ids, &n, &err);
+		free(roles);
+		free(texts);
 		if (erc < 0)
 			goto fail;
 		for (size_t i = 0; i < it->n_stops && n_stops < 56; i++)

@@ -267,3 +267,60 @@ int cli_template_encode_user(const sb_tokenizer *tok, const cli_template *t, con
 	const bool literal[] = {false, true, false, false};
 	return cli_template_encode(tok, parts, literal, 4, false, ids, n_ids, err);
 }
+int cli_template_encode_messages(const sb_tokenizer *tok, const cli_template *t,
+                                 const char *const *roles, const char *const *texts, size_t n,
+                                 int32_t **ids, size_t *n_ids, sb_error *err)
+{
+	int32_t *v = NULL;
+	size_t nv = 0, cap = 0;
+	int rc = 0;
+	/* i == n: the assistant prefix, unless the last piece (a user's) ends with it */
+	for (size_t i = 0; i <= n && rc == 0; i++) {
+		int32_t *p = NULL;
+		size_t k = 0;
+		bool sys = i < n && (!strcmp(roles[i], "system") || !strcmp(roles[i], "developer"));
+		bool user = i < n && !strcmp(roles[i], "user");
+		if (i == n && n && !strcmp(roles[n - 1], "user"))
+			break;
+		if (i == 0 && !sys) {
+			/* a conversation without a system message starts with bos alone */
+			const char *none = "";
+			const bool lit = false;
+			if ((rc = cli_template_encode(tok, &none, &lit, 1, true, &p, &k, err)) < 0)
+				break;
+			int fail = push_ids(&v, &nv, &cap, p, k);
+			free(p);
+			if (fail)
+				goto nomem;
+			p = NULL;
+			k = 0;
+		}
+		if (i == n) {
+			const char *prefix = t->asst_prefix;
+			const bool lit = false;
+			rc = cli_template_encode(tok, &prefix, &lit, 1, false, &p, &k, err);
+		} else if (sys) {
+			rc = cli_template_encode_system(tok, t, texts[i], i == 0, &p, &k, err);
+		} else if (user) {
+			rc = cli_template_encode_user(tok, t, texts[i], false, &p, &k, err);
+		} else {
+			const char *parts[] = {texts[i], t->asst_suffix};
+			const bool lit[] = {true, false};
+			rc = cli_template_encode(tok, parts, lit, 2, false, &p, &k, err);
+		}
+		int fail = rc == 0 && push_ids(&v, &nv, &cap, p, k) < 0;
+		free(p);
+		if (fail)
+			goto nomem;
+	}
+	if (rc < 0) {
+		free(v);
+		return rc;
+	}
+	*ids = v;
+	*n_ids = nv;
+	return 0;
+nomem:
+	free(v);
+	return sb_error_set(err, SB_ERR_NOMEM, "out of memory");
+}

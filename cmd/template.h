@@ -83,4 +83,14 @@ int cli_template_encode_system(const sb_tokenizer *tok, const cli_template *t,
 int cli_template_encode_user(const sb_tokenizer *tok, const cli_template *t, const char *text,
                              bool open_user, int32_t **ids, size_t *n_ids, sb_error *err);
 
+/* A whole conversation, as chat and serve read it: piece by piece, each
+ * piece tokenized on its own ([bos] with the first; a system message as
+ * the system piece, a user message as a user piece, an assistant message
+ * as its text and the assistant suffix), then the assistant prefix if the
+ * last message is not the user's. roles[i] is "system" (or "developer"),
+ * "user" or "assistant". *ids is malloc'd. */
+int cli_template_encode_messages(const sb_tokenizer *tok, const cli_template *t,
+                                 const char *const *roles, const char *const *texts, size_t n,
+                                 int32_t **ids, size_t *n_ids, sb_error *err);
+
 #endif

@@ -379,6 +379,26 @@ body='{"messages": [{"role": "system", "content": "You are the President."},
 	{"role": "user", "content": "Tell me about the economy."}], "max_tokens": 12, "temperature": 0}'
 got=$(post /v1/chat/completions "$body" | jq -r '.choices[0].message.content')
 [ -n "$want" ] && [ "$got" = "$want" ] || fail "chat over HTTP gave '$got', seqboat chat gave '$want'"
+# ... and an OpenAI batch line of complete lays out the same messages (an
+# assistant reply among them) as serve does: the same greedy reply.
+body='{"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "We meet tonight."},
+	{"role": "user", "content": "Go on."}], "max_tokens": 12, "temperature": 0}'
+got=$(post /v1/chat/completions "$body" | jq -r '.choices[0].message.content')
+jq -cn --argjson b "$body" '{custom_id: "c", method: "POST", url: "/v1/chat/completions", body: $b}' > "$TMP/bline.jsonl"
+want=$("$SEQBOAT" complete -m "$SB_SRCDIR/models/sotu-small" -f "$TMP/bline.jsonl" --seed 1 2> /dev/null |
+	jq -r '.response.body.choices[0].message.content')
+[ -n "$want" ] && [ "$got" = "$want" ] || fail "chat over HTTP gave '$got', a complete batch line gave '$want'"
+serve_stop
+# The fixture model's word tokenizer shows where pieces are cut ("Assistant:"
+# and a reply are two pieces, never one word): the same prompt tokens.
+serve_start pieces -m "$MODEL" -t 1
+body='{"messages": [{"role": "user", "content": "w4"}, {"role": "assistant", "content": "w5 w6"},
+	{"role": "user", "content": "w7"}], "max_tokens": 2, "temperature": 0}'
+got=$(post /v1/chat/completions "$body" | jq -r '.usage.prompt_tokens')
+jq -cn --argjson b "$body" '{custom_id: "c", method: "POST", url: "/v1/chat/completions", body: $b}' > "$TMP/bline.jsonl"
+want=$("$SEQBOAT" complete -m "$MODEL" -f "$TMP/bline.jsonl" --seed 1 2> /dev/null |
+	jq -r '.response.body.usage.prompt_tokens')
+[ -n "$want" ] && [ "$got" = "$want" ] || fail "prompt tokens over HTTP: $got, in a complete batch line: $want"
 serve_stop
 
 finish e2e-serve
