@@ -2,8 +2,9 @@
  * test-cuda.c - the CUDA backend against the official fixtures and the CPU
  * engine: logits within 1e-3 of the largest logit of their row, every
  * router decision equal (the fixtures' margins are all >= 2e-3), in
- * decode, prefill, split and batch modes; graphs against plain launches;
- * states moving between host and device. Built only with the CUDA backend;
+ * decode, prefill, split and batch modes; F16 weights (split tensor-core
+ * products) against the CPU; graphs against plain launches; states
+ * moving between host and device. Built only with the CUDA backend;
  * exits 77 (skipped) where no GPU can be used.
  */
 #include <math.h>
@@ -159,9 +160,8 @@ static int32_t *random_tokens(size_t n, int V, unsigned seed)
 
 /* Long inputs (several 512-row blocks, the ring wrapping many times):
  * prefill on the GPU equals decode on the GPU and prefill on the CPU. */
-START_TEST(cuda_long_prefill_matches_decode_and_cpu)
+static void check_long(const sb_model *m, const char *label)
 {
-	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t T = 1300, V = (size_t)c->vocab_size, L = (size_t)c->layers;
 	int32_t *tok = random_tokens(T, c->vocab_size, 11);
@@ -180,8 +180,8 @@ START_TEST(cuda_long_prefill_matches_decode_and_cpu)
 		ck_assert_msg(sb_prefill(gpu, b, tok + t, 1, &od, &err) == 0, "%s", err.msg);
 	}
 	double dpd = rel_diff(lp, ld, T, V), dpc = rel_diff(lp, lc, T, V);
-	fprintf(stderr, "%s T=%zu: gpu prefill vs gpu decode %.3g, vs cpu prefill %.3g\n", cases[_i],
-	        T, dpd, dpc);
+	fprintf(stderr, "%s T=%zu: gpu prefill vs gpu decode %.3g, vs cpu prefill %.3g\n", label, T,
+	        dpd, dpc);
 	ck_assert_msg(dpd <= REL_TOL, "prefill vs decode: %g", dpd);
 	ck_assert_msg(dpc <= REL_TOL, "gpu vs cpu: %g", dpc);
 	ck_assert(memcmp(ap, ad, L * T) == 0);
@@ -202,6 +202,12 @@ START_TEST(cuda_long_prefill_matches_decode_and_cpu)
 	free(tok);
 	sb_ctx_free(gpu);
 	sb_ctx_free(cpu);
+}
+
+START_TEST(cuda_long_prefill_matches_decode_and_cpu)
+{
+	sb_model *m = tu_load_fixture_model(cases[_i]);
+	check_long(m, cases[_i]);
 	sb_model_free(m);
 }
 END_TEST
@@ -209,9 +215,8 @@ END_TEST
 /* A batch of B states with different histories: one sb_decode_batch on
  * the GPU equals each state decoded alone on the CPU; for B = 3 (the
  * matrix-vector path), 20 (cuBLAS) and with a state named twice. */
-static void check_batch(const char *name, size_t B, bool twice)
+static void check_batch_on(const sb_model *m, const char *name, size_t B, bool twice)
 {
-	sb_model *m = tu_load_fixture_model(name);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size;
 	sb_ctx *gpu = ctx_on(m, "cuda", 64), *cpu = ctx_on(m, "cpu", 64);
@@ -259,8 +264,37 @@ static void check_batch(const char *name, size_t B, bool twice)
 	free(lc);
 	sb_ctx_free(gpu);
 	sb_ctx_free(cpu);
+}
+
+static void check_batch(const char *name, size_t B, bool twice)
+{
+	sb_model *m = tu_load_fixture_model(name);
+	check_batch_on(m, name, B, twice);
 	sb_model_free(m);
 }
+
+/* F16 weights take the split tensor-core products (lib/cuda/gemm.cuh)
+ * where F32 ones take SGEMM: the fixture model rewritten in F16, long
+ * prefills (blocks of 512 rows, the ring wrapping) and a batch of 20
+ * decode rows against the CPU on the same F16 weights. */
+START_TEST(cuda_f16_products_match_cpu)
+{
+	sb_model *m = tu_load_fixture_model(cases[_i]);
+	char dir[4200];
+	snprintf(dir, sizeof dir, "%s/f16", tu_tmpdir());
+	sb_error err = {0};
+	ck_assert_msg(sb_model_quantize(m, dir, SB_QUANT_F16, &err) == 0, "%s", err.msg);
+	sb_model *h = sb_model_load(dir, &err);
+	ck_assert_msg(h != NULL, "%s", err.msg);
+	ck_assert_int_eq(sb_model_weight_dtype(h), SB_DTYPE_F16);
+	char label[64];
+	snprintf(label, sizeof label, "%s f16", cases[_i]);
+	check_long(h, label);
+	check_batch_on(h, label, 20, false);
+	sb_model_free(h);
+	sb_model_free(m);
+}
+END_TEST
 
 START_TEST(cuda_batch_small_matches_cpu) { check_batch(cases[_i], 3, false); }
 END_TEST
@@ -442,6 +476,7 @@ int main(void)
 	tcase_add_loop_test(tc, cuda_parity_prefill, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_parity_split, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_long_prefill_matches_decode_and_cpu, 0, N_CASES);
+	tcase_add_loop_test(tc, cuda_f16_products_match_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_small_matches_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_large_matches_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_same_state_twice, 0, N_CASES);

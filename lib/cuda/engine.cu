@@ -10,6 +10,10 @@
  * ring, split in chunks across the GPU. The router's decisions stay on the
  * device: counts, gathers and masks are computed there, so no layer waits
  * for the host, and a decode step is one CUDA graph.
+ *
+ * Products of many rows: F16 weights and every attention product run on
+ * F16 tensor cores split to float32 accuracy (gemm.cuh); F32, BF16 and I8
+ * weights as cuBLAS SGEMM on float32 copies. No TF32.
  */
 #include <cublas_v2.h>
 #include <math.h>
@@ -17,6 +21,7 @@
 #include <string.h>
 
 #include "cuda.h"
+#include "gemm.cuh"
 #include "kernels.cuh"
 
 typedef struct dlayer {
@@ -41,7 +46,8 @@ struct sb_cuda_ctx {
 	cudaStream_t st;
 	sbk_stream ks;         // st, for kernels: with early launch in the current block?
 	bool pdl_ok;           // early launch possible (Hopper, not turned off)
-	cublasHandle_t blas;
+	cublasHandle_t blas;   // SGEMM, CUBLAS_PEDANTIC_MATH
+	cublasHandle_t blas_tc; // F16 tensor-core products (gemm.cuh), CUBLAS_DEFAULT_MATH
 	void *blas_ws;
 	sbk_geo g;
 	int L, R, nch;
@@ -60,6 +66,12 @@ struct sb_cuda_ctx {
 	int64_t *cpos;         // (W+R)
 	float *po, *pm, *ps;   // (R, nch, H), (R, nch), (R, nch)
 	float *logits;         // (R, V)
+	/* halves of split products (gemm.cuh), with their row exponents */
+	__half *xh;            // (R, 2 max(D, H, F)): X of a weight product, [hi | lo]
+	__half *qh, *ckh;      // (R, 3Z) [hi | lo | hi], (W+R, 3Z) [hi | hi | lo]
+	__half *sh, *cvh;      // (R, 3(W+R)) [hi | lo | hi], 3 x (W+R, H) [hi; hi; lo]
+	int *xe, *qe, *cke, *se, *cve;  // (R), (R), (W+R), (R), (W+R)
+	float *ema_scr;        // sbk_ema_scratch(R, D, N)
 	float *hid;            // (L, R, D)
 	uint8_t *act;          // (L, R)
 	int *arow, *aidx, *nact;
@@ -190,6 +202,21 @@ static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *e
 	}
 	if (m->dtype == SB_DTYPE_F32) {
 		d->w32 = (const float *)d->w;
+	} else if (m->dtype == SB_DTYPE_F16) {
+		/* [W | W]: one tensor-core product takes both halves of x */
+		const size_t rb = (size_t)m->cols * 2;
+		__half *w2 = (__half *)dalloc(c, n * 4, err);
+		if (!w2)
+			return false;
+		for (int k = 0; k < 2; k++) {
+			cudaError_t e = cudaMemcpy2D((unsigned char *)w2 + k * rb, 2 * rb, d->w, rb, rb,
+			                             (size_t)m->rows, cudaMemcpyDeviceToDevice);
+			if (e != cudaSuccess) {
+				cuda_fail(err, e, "uploading weights");
+				return false;
+			}
+		}
+		d->w2 = w2;
 	} else {
 		float *w32 = (float *)dalloc(c, n * sizeof(float), err);
 		if (!w32)
@@ -250,6 +277,8 @@ void sb_cuda_ctx_free(sb_cuda_ctx *c)
 	free(c->graph_bias);
 	if (c->blas)
 		cublasDestroy(c->blas);
+	if (c->blas_tc)
+		cublasDestroy(c->blas_tc);
 	for (int i = 0; i < c->n_allocs; i++)
 		cudaFree(c->allocs[i]);
 	cudaFreeHost(c->h_stage);
@@ -336,10 +365,24 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS setup failed");
 		goto fail;
 	}
+	/* The split F16 products (gemm.cuh) want tensor cores: a second
+	 * handle in the default math mode, float32 accumulation asked for in
+	 * each call. Both handles share the workspace: they run in one stream. */
+	if (cublasCreate(&c->blas_tc) != CUBLAS_STATUS_SUCCESS) {
+		c->blas_tc = NULL;
+		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS did not start");
+		goto fail;
+	}
+	if (cublasSetStream(c->blas_tc, c->st) != CUBLAS_STATUS_SUCCESS ||
+	    cublasSetMathMode(c->blas_tc, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS setup failed");
+		goto fail;
+	}
 	{
 		const size_t ws = 32u << 20;
 		if (!(c->blas_ws = dalloc(c, ws, err)) ||
-		    cublasSetWorkspace(c->blas, c->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
+		    cublasSetWorkspace(c->blas, c->blas_ws, ws) != CUBLAS_STATUS_SUCCESS ||
+		    cublasSetWorkspace(c->blas_tc, c->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
 			rc = c->blas_ws ? sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS workspace refused")
 			                : SB_ERR_NOMEM;
 			goto fail;
@@ -398,6 +441,21 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	SCR(pm, float, R * nch)
 	SCR(ps, float, R * nch)
 	SCR(logits, float, R * V)
+	{
+		int kmax = D > H ? D : H;
+		kmax = kmax > F ? kmax : F;
+		SCR(xh, __half, R * 2 * (size_t)kmax)
+	}
+	SCR(qh, __half, R * 3 * (size_t)Z)
+	SCR(ckh, __half, span * 3 * (size_t)Z)
+	SCR(sh, __half, R * 3 * span)
+	SCR(cvh, __half, 3 * span * (size_t)H)
+	SCR(xe, int, R)
+	SCR(qe, int, R)
+	SCR(cke, int, span)
+	SCR(se, int, R)
+	SCR(cve, int, span)
+	SCR(ema_scr, float, sbk_ema_scratch((int)R, D, cf->n_dim))
 	SCR(hid, float, (size_t)L * R * D)
 	SCR(act, uint8_t, (size_t)L * R)
 	SCR(arow, int, R)
@@ -526,14 +584,27 @@ static void blas_check(sb_cuda_ctx *c, cublasStatus_t s)
 }
 
 /* Y (T, W.rows) = act(X (T, W.cols) W^T + bias): few rows read W in its
- * own dtype (decode is bound by reading the weights), more rows are a
- * float32 cuBLAS product. rhxu / arow mask rows, on the few-rows path. */
-static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W,
-               const float *bias, int act, const float *rhxu, float act_bias, float inv_tau,
-               const int *arow)
+ * own dtype (decode is bound by reading the weights); more rows are, for
+ * F16 weights, a split tensor-core product (gemm.cuh; x_split: c->xh
+ * already holds X's halves), else a float32 cuBLAS product. rhxu / arow
+ * mask rows, on the few-rows path. */
+static void mm_x(sb_cuda_ctx *c, float *Y, const float *X, bool x_split, int T, const sbk_mat *W,
+                 const float *bias, int act, const float *rhxu, float act_bias, float inv_tau,
+                 const int *arow)
 {
 	if (T <= SBK_GEMV_MAX_ROWS) {
 		sbk_gemv(c->ks, W, X, T, bias, act, Y, rhxu, c->g.D + 2, act_bias, inv_tau, arow);
+		return;
+	}
+	if (W->w2) {
+		const int K = W->cols;
+		if (!x_split) {
+			const sbk_split_out o = {c->xh, 2 * K, (size_t)K, 2, 2u, c->xe};
+			sbk_split(c->ks, X, T, K, K, NULL, &o);
+		}
+		blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_T, W->rows, T, 2 * K, 1.0f, W->w2, 2 * K,
+		                           c->xh, 2 * K, Y, W->rows));
+		sbk_scale_bias_act(c->ks, Y, W->rows, T, c->xe, bias, act);
 		return;
 	}
 	const float one = 1.0f, zero = 0.0f;
@@ -541,6 +612,13 @@ static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W
 	                          W->w32, W->cols, X, W->cols, &zero, Y, W->rows));
 	if (bias || act != SBK_ACT_NONE)
 		sbk_bias_act(c->ks, Y, W->rows, T, bias, act);
+}
+
+static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W,
+               const float *bias, int act, const float *rhxu, float act_bias, float inv_tau,
+               const int *arow)
+{
+	mm_x(c, Y, X, false, T, W, bias, act, rhxu, act_bias, inv_tau, arow);
 }
 
 static void ffn_rows(sb_cuda_ctx *c, const dlayer *ly, int T, float *hid)
@@ -570,23 +648,34 @@ static void layer_block(sb_cuda_ctx *c, unsigned char *block, int T, int l, floa
 		in = c->xn;
 	}
 	sbk_ema_scan(c->ks, (float *)(block + g->h) + (size_t)l * D * g->N, &ly->v, in, c->mx, T, D,
-	             g->N, g->act);
+	             g->N, g->act, c->ema_scr);
 	mm(c, c->hxu, c->mx, T, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
 	sbk_router_block(c->ks, c->hxu, T, D + 2, act_bias, ly->v.inv_tau, c->pr1, c->arow, c->aidx,
 	                 c->nact, (uint64_t *)(block + g->n_act) + l, c->act + (size_t)l * c->R);
-	mm(c, c->zgv, c->mx, T, &ly->mx, ly->mx_b, g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
+	/* mx_proj reads the EMA output too: its halves are still in c->xh */
+	mm_x(c, c->zgv, c->mx, ly->hx.w2 != NULL && ly->hx.cols == ly->mx.cols, T, &ly->mx, ly->mx_b,
+	     g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
 	sbk_ring_span(c->ks, block, g, l, c->CK, c->CV, c->cpos);
 	sbk_qk_block(c->ks, g, &ly->v, c->zgv, c->aidx, c->nact, c->pos, c->inv_freq, T, c->Q, c->CK,
 	             c->CV, c->cpos);
-	const float one = 1.0f, zero = 0.0f;
-	/* S (T, cols) = scale * Q CK^T;  og (T, H) = S CV */
-	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, T, Z, &g->scale, c->CK, Z,
-	                          c->Q, Z, &zero, c->S, cols));
+	/* S (T, cols) = scale * Q CK^T;  og (T, H) = S CV: split products
+	 * (gemm.cuh), hi*hi + hi*lo + lo*hi along an inner dimension of three
+	 * segments. CV's row exponents go into S's columns before S is split. */
+	const sbk_split_out oq = {c->qh, 3 * Z, (size_t)Z, 3, 2u, c->qe},
+	                    ok = {c->ckh, 3 * Z, (size_t)Z, 3, 4u, c->cke},
+	                    ov = {c->cvh, H, (size_t)cols * H, 3, 4u, c->cve},
+	                    os = {c->sh, 3 * cols, (size_t)cols, 3, 2u, c->se};
+	sbk_split(c->ks, c->Q, T, Z, Z, NULL, &oq);
+	sbk_split(c->ks, c->CK, cols, Z, Z, NULL, &ok);
+	blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_T, cols, T, 3 * Z, g->scale, c->ckh, 3 * Z,
+	                           c->qh, 3 * Z, c->S, cols));
 	sbk_attn_weights_block(c->ks, g, &ly->v, c->S, T, c->nact,
-	                       (const int32_t *)(block + g->ring_len) + l, c->cpos);
-	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, T, cols, &one, c->CV, H, c->S,
-	                          cols, &zero, c->og, H));
-	sbk_gate_block(c->ks, g, c->og, c->zgv, c->aidx, c->nact, T);
+	                       (const int32_t *)(block + g->ring_len) + l, c->cpos, c->qe, c->cke);
+	sbk_split(c->ks, c->CV, cols, H, H, NULL, &ov);
+	sbk_split(c->ks, c->S, T, cols, cols, c->cve, &os);
+	blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_N, H, T, 3 * cols, 1.0f, c->cvh, H, c->sh,
+	                           3 * cols, c->og, H));
+	sbk_gate_block(c->ks, g, c->og, c->zgv, c->aidx, c->nact, T, c->se);
 	sbk_ring_push_block(c->ks, block, g, l, c->CK, c->CV, c->cpos, c->nact, T);
 	mm(c, c->att, c->og, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
 	sbk_residual(c->ks, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, T, D, g->act, false,

@@ -76,20 +76,6 @@ __device__ float block_max(float v, float *red)
 	return red[32];
 }
 
-__device__ __forceinline__ float apply_act(int k, float x)
-{
-	switch (k) {
-	case SB_ACT_SILU:
-		return x / (1.0f + expf(-x));
-	case SB_ACT_GELU:
-		return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-	case SB_ACT_RELU:
-		return x > 0.0f ? x : 0.0f;
-	default:
-		return x;
-	}
-}
-
 __device__ __forceinline__ float bf16_to_f32(uint16_t h)
 {
 	return __uint_as_float((uint32_t)h << 16);
@@ -228,15 +214,74 @@ __global__ void k_norm_rows(sbk_norm nm, const float *x, float *y, int D)
 		y[(size_t)t * D + d] = row[d];
 }
 
-/* One warp per channel d, lanes over the orders (K registers each), the
- * rows scanned in order. */
+/* The chunked EMA scan of one state's rows: grid (channel groups of 8,
+ * chunks of SBK_EMA_CHUNK rows), one warp per channel d, lanes over the
+ * orders (K registers each). Pass 1 (k_ema_ends) takes each chunk but the
+ * last from a zero state to its end, E (chunks, D, N); the chunk-0 blocks
+ * copy the state h into H0 (D, N), which pass 2 reads while its last chunk
+ * writes h. Pass 2 (k_ema_out) carries H0 through the earlier chunks'
+ * ends, h <- q^SBK_EMA_CHUNK h + E[k], then scans its own rows with their
+ * outputs. The CPU scans the rows one after the other: the sums differ in
+ * rounding only. */
 #define EMA_STEPS 16
 template <int K>
-__global__ void k_ema_scan(float *h, sbk_layer_vecs v, const float *xn, float *mx, int T, int D,
-                           int N, int act)
+__global__ void k_ema_ends(const float *h, sbk_layer_vecs v, const float *xn, float *E, float *H0,
+                           int T, int D, int N)
 {
 	grid_dep();
 	const int d = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+	const int c = blockIdx.y;
+	if (d >= D)
+		return;
+	if (c == 0)
+#pragma unroll
+		for (int k = 0; k < K; k++) {
+			const int n = lane + 32 * k;
+			if (n < N)
+				H0[(size_t)d * N + n] = h[(size_t)d * N + n];
+		}
+	if (c == (int)gridDim.y - 1)
+		return;
+	float hk[K], qk[K], pk[K];
+#pragma unroll
+	for (int k = 0; k < K; k++) {
+		const int n = lane + 32 * k;
+		const size_t i = (size_t)d * N + n;
+		hk[k] = qk[k] = pk[k] = 0.0f;
+		if (n < N) {
+			qk[k] = v.q[i];
+			pk[k] = v.pb[i];
+		}
+	}
+	const int t1 = (c + 1) * SBK_EMA_CHUNK < T ? (c + 1) * SBK_EMA_CHUNK : T;
+	for (int t0 = c * SBK_EMA_CHUNK; t0 < t1; t0 += EMA_STEPS) {
+		const int nt = t1 - t0 < EMA_STEPS ? t1 - t0 : EMA_STEPS;
+		float u[EMA_STEPS];
+#pragma unroll
+		for (int j = 0; j < EMA_STEPS; j++)
+			u[j] = j < nt ? xn[(size_t)(t0 + j) * D + d] : 0.0f;
+#pragma unroll
+		for (int j = 0; j < EMA_STEPS; j++)
+			if (j < nt)
+#pragma unroll
+				for (int k = 0; k < K; k++)
+					hk[k] = qk[k] * hk[k] + pk[k] * u[j];
+	}
+#pragma unroll
+	for (int k = 0; k < K; k++) {
+		const int n = lane + 32 * k;
+		if (n < N)
+			E[((size_t)c * D + d) * N + n] = hk[k];
+	}
+}
+
+template <int K>
+__global__ void k_ema_out(float *h, const float *H0, const float *E, sbk_layer_vecs v,
+                          const float *xn, float *mx, int T, int D, int N, int act)
+{
+	grid_dep();
+	const int d = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+	const int c = blockIdx.y;
 	if (d >= D)
 		return;
 	float hk[K], qk[K], pk[K], gk[K];
@@ -246,18 +291,31 @@ __global__ void k_ema_scan(float *h, sbk_layer_vecs v, const float *xn, float *m
 		const size_t i = (size_t)d * N + n;
 		hk[k] = qk[k] = pk[k] = gk[k] = 0.0f;
 		if (n < N) {
-			hk[k] = h[i];
+			hk[k] = H0[i];
 			qk[k] = v.q[i];
 			pk[k] = v.pb[i];
 			gk[k] = v.g[i];
 		}
 	}
+	if (c > 0) {
+#pragma unroll
+		for (int k = 0; k < K; k++) {
+			const int n = lane + 32 * k;
+			float qL = qk[k];
+			for (int s = 1; s < SBK_EMA_CHUNK; s <<= 1)
+				qL *= qL;
+			if (n < N)
+				for (int j = 0; j < c; j++)
+					hk[k] = qL * hk[k] + E[((size_t)j * D + d) * N + n];
+		}
+	}
 	const float om = v.omega[d];
+	const int t1 = (c + 1) * SBK_EMA_CHUNK < T ? (c + 1) * SBK_EMA_CHUNK : T;
 	/* Steps in groups of EMA_STEPS: the inputs are loaded first and the
 	 * group's reductions are independent of each other, so neither the
 	 * loads nor the shuffles stall the recurrence. */
-	for (int t0 = 0; t0 < T; t0 += EMA_STEPS) {
-		const int nt = T - t0 < EMA_STEPS ? T - t0 : EMA_STEPS;
+	for (int t0 = c * SBK_EMA_CHUNK; t0 < t1; t0 += EMA_STEPS) {
+		const int nt = t1 - t0 < EMA_STEPS ? t1 - t0 : EMA_STEPS;
 		float u[EMA_STEPS], s[EMA_STEPS];
 #pragma unroll
 		for (int j = 0; j < EMA_STEPS; j++)
@@ -288,12 +346,13 @@ __global__ void k_ema_scan(float *h, sbk_layer_vecs v, const float *xn, float *m
 			mx[(size_t)(t0 + lane) * D + d] = apply_act(act, sj + om * uj);
 		}
 	}
+	if (c == (int)gridDim.y - 1)
 #pragma unroll
-	for (int k = 0; k < K; k++) {
-		const int n = lane + 32 * k;
-		if (n < N)
-			h[(size_t)d * N + n] = hk[k];
-	}
+		for (int k = 0; k < K; k++) {
+			const int n = lane + 32 * k;
+			if (n < N)
+				h[(size_t)d * N + n] = hk[k];
+		}
 }
 
 /* Rows of distinct states: grid (channel groups of 32, B). Each block
@@ -591,7 +650,7 @@ __global__ void k_qk_block(sbk_geo g, sbk_layer_vecs v, const float *zgv, const 
  * those before the ring's start (W - R). */
 __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int T,
                                      const int *nact, const int32_t *ring_len_l,
-                                     const int64_t *cpos)
+                                     const int64_t *cpos, const int *se, const int *ke)
 {
 	grid_dep();
 	__shared__ float red[33];
@@ -606,8 +665,11 @@ __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int 
 	const int lo = i > W - R ? i : W - R, hi = W + i;
 	const int64_t pq = cpos[W + i];
 	float mxs = -INFINITY;
+	const int si = se ? se[i] : 0;
 	for (int j = lo + tid; j <= hi; j += bd) {
 		float s = row[j];
+		if (se)
+			s = ldexpf(s, si + ke[j]);
 		if (rel)
 			s += rel_bias_at(rel, g.M, cpos[j], pq);
 		row[j] = s;
@@ -637,15 +699,16 @@ __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int 
 }
 
 __global__ void k_gate_block(sbk_geo g, float *og, const float *zgv, const int *aidx,
-                             const int *nact)
+                             const int *nact, const int *oe)
 {
 	grid_dep();
 	const int i = blockIdx.x, Z = g.Z, H = g.H, ZH = Z + 2 * H;
 	if (i >= *nact)
 		return;
 	const float *gate = zgv + (size_t)aidx[i] * ZH + Z;
+	const int e = oe ? oe[i] : 0;
 	for (int j = threadIdx.x; j < H; j += blockDim.x)
-		og[(size_t)i * H + j] *= gate[j];
+		og[(size_t)i * H + j] = ldexpf(og[(size_t)i * H + j], e) * gate[j];
 }
 
 /* New entry i is pushed after the R already held: it lands in slot
@@ -962,18 +1025,35 @@ void sbk_norm_rows(sbk_stream st, const sbk_norm *nm, const float *x, float *y, 
 	launch(st, T, 256, (size_t)D * sizeof(float), k_norm_rows, *nm, x, y, D);
 }
 
-void sbk_ema_scan(sbk_stream st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
-                  int T, int D, int N, int act)
+template <int K>
+static void ema_scan_k(sbk_stream st, float *h, const sbk_layer_vecs *v, const float *xn,
+                       float *mx, int T, int D, int N, int act, float *scratch)
 {
-	const unsigned blocks = (unsigned)((D + 7) / 8);
+	const unsigned chunks = (unsigned)((T + SBK_EMA_CHUNK - 1) / SBK_EMA_CHUNK);
+	const dim3 grid((unsigned)((D + 7) / 8), chunks);
+	if (chunks <= 1) {
+		/* one chunk: each warp reads its channel of h before it writes it */
+		launch(st, grid, 256, 0, k_ema_out<K>, h, (const float *)h, (const float *)scratch, *v, xn,
+		       mx, T, D, N, act);
+		return;
+	}
+	float *H0 = scratch, *E = scratch + (size_t)D * N;
+	launch(st, grid, 256, 0, k_ema_ends<K>, (const float *)h, *v, xn, E, H0, T, D, N);
+	launch(st, grid, 256, 0, k_ema_out<K>, h, (const float *)H0, (const float *)E, *v, xn, mx, T,
+	       D, N, act);
+}
+
+void sbk_ema_scan(sbk_stream st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
+                  int T, int D, int N, int act, float *scratch)
+{
 	if (N <= 32)
-		launch(st, blocks, 256, 0, k_ema_scan<1>, h, *v, xn, mx, T, D, N, act);
+		ema_scan_k<1>(st, h, v, xn, mx, T, D, N, act, scratch);
 	else if (N <= 64)
-		launch(st, blocks, 256, 0, k_ema_scan<2>, h, *v, xn, mx, T, D, N, act);
+		ema_scan_k<2>(st, h, v, xn, mx, T, D, N, act, scratch);
 	else if (N <= 128)
-		launch(st, blocks, 256, 0, k_ema_scan<4>, h, *v, xn, mx, T, D, N, act);
+		ema_scan_k<4>(st, h, v, xn, mx, T, D, N, act, scratch);
 	else
-		launch(st, blocks, 256, 0, k_ema_scan<8>, h, *v, xn, mx, T, D, N, act);
+		ema_scan_k<8>(st, h, v, xn, mx, T, D, N, act, scratch);
 }
 
 void sbk_norm_ema_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g, int l,
@@ -1049,15 +1129,16 @@ void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, cons
 
 void sbk_attn_weights_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
                             int T, const int *nact, const int32_t *ring_len_l,
-                            const int64_t *cpos)
+                            const int64_t *cpos, const int *se, const int *ke)
 {
-	launch(st, T, 256, 0, k_attn_weights_block, *g, v->rel_bias, S, T, nact, ring_len_l, cpos);
+	launch(st, T, 256, 0, k_attn_weights_block, *g, v->rel_bias, S, T, nact, ring_len_l, cpos, se,
+	       ke);
 }
 
 void sbk_gate_block(sbk_stream st, const sbk_geo *g, float *og, const float *zgv,
-                    const int *aidx, const int *nact, int T)
+                    const int *aidx, const int *nact, int T, const int *oe)
 {
-	launch(st, T, 256, 0, k_gate_block, *g, og, zgv, aidx, nact);
+	launch(st, T, 256, 0, k_gate_block, *g, og, zgv, aidx, nact, oe);
 }
 
 void sbk_ring_push_block(sbk_stream st, unsigned char *block, const sbk_geo *g, int l,

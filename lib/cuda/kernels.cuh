@@ -21,12 +21,16 @@ struct sbk_stream {
 };
 
 /* A weight matrix on the device: its file dtype (I8 keeps its F16
- * scales), and a float32 copy for the cuBLAS products (== w for F32). */
+ * scales), and the copy the matrix products of many rows read: float32
+ * for cuBLAS SGEMM (== w for F32; F32, BF16 and I8 weights), or for F16
+ * weights the matrix twice side by side, [W | W], for the tensor-core
+ * products of gemm.cu (there w32 is NULL). */
 struct sbk_mat {
 	sb_dtype dt;
 	const void *w;         // (rows, cols)
 	const __half *sc;      // (rows, ceil(cols/32)) I8 only
-	const float *w32;      // (rows, cols)
+	const float *w32;      // (rows, cols) or NULL
+	const __half *w2;      // (rows, 2 cols) F16 only, else NULL
 	int rows, cols;
 };
 
@@ -57,6 +61,20 @@ struct sbk_layer_vecs {
 
 /* Activation kinds for the fused epilogues; SBK_ACT_NONE leaves y alone. */
 #define SBK_ACT_NONE (-1)
+
+__device__ __forceinline__ float apply_act(int k, float x)
+{
+	switch (k) {
+	case SB_ACT_SILU:
+		return x / (1.0f + expf(-x));
+	case SB_ACT_GELU:
+		return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+	case SB_ACT_RELU:
+		return x > 0.0f ? x : 0.0f;
+	default:
+		return x;
+	}
+}
 #define SBK_GEMV_MAX_ROWS 8
 /* Ring entries per block of the decode attention. */
 #define SBK_CHUNK 32
@@ -65,9 +83,17 @@ struct sbk_layer_vecs {
 void sbk_embed(sbk_stream st, const sbk_mat *E, const int32_t *tok, int T, float scale, float *x);
 /* y (T, D) = Norm(x) */
 void sbk_norm_rows(sbk_stream st, const sbk_norm *nm, const float *x, float *y, int T, int D);
-/* EMA over T rows of one state, in order: h (D, N) of the layer. */
+/* EMA over T rows of one state: h (D, N) of the layer. The rows are cut
+ * in chunks of SBK_EMA_CHUNK scanned side by side: each chunk's end state
+ * from zero, then each chunk again from its carried-in state. scratch:
+ * sbk_ema_scratch(T, D, N) floats. */
+#define SBK_EMA_CHUNK 64
+static inline size_t sbk_ema_scratch(int T, int D, int N)
+{
+	return ((size_t)(T + SBK_EMA_CHUNK - 1) / SBK_EMA_CHUNK + 1) * (size_t)D * (size_t)N;
+}
 void sbk_ema_scan(sbk_stream st, float *h, const sbk_layer_vecs *v, const float *xn, float *mx,
-                  int T, int D, int N, int act);
+                  int T, int D, int N, int act, float *scratch);
 /* Norm (if prenorm) and EMA of B rows, row b in state blocks[b]. */
 void sbk_norm_ema_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g, int l,
                        bool prenorm, const sbk_norm *nm, const sbk_layer_vecs *v, const float *x,
@@ -101,13 +127,15 @@ void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, cons
                   const int *aidx, const int *nact, const int64_t *pos, const double *inv_freq,
                   int T, float *Q, float *CK, float *CV, int64_t *cpos);
 /* S (T, W+T) scores -> attention weights inside each row's window, zero
- * elsewhere and on rows past the count. */
+ * elsewhere and on rows past the count. se, ke (T), (W+T) or NULL: S[i][j]
+ * holds the score times 2^-(se[i] + ke[j]) (a split product, gemm.cuh). */
 void sbk_attn_weights_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
                             int T, const int *nact, const int32_t *ring_len_l,
-                            const int64_t *cpos);
-/* og (T, H) *= g of each activated row */
+                            const int64_t *cpos, const int *se, const int *ke);
+/* og (T, H) *= g of each activated row; oe (T) or NULL: og[i] is first
+ * scaled by 2^oe[i]. */
 void sbk_gate_block(sbk_stream st, const sbk_geo *g, float *og, const float *zgv,
-                    const int *aidx, const int *nact, int T);
+                    const int *aidx, const int *nact, int T, const int *oe);
 /* The activated rows' entries into the ring (the last W+1 of them), then
  * the counters. */
 void sbk_ring_push_block(sbk_stream st, unsigned char *block, const sbk_geo *g, int l,

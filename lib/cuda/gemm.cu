@@ -1,0 +1,119 @@
+/*
+ * gemm.cu - split F16 tensor-core products of float32 accuracy
+ * (gemm.cuh): the kernels that split float32 rows into scaled F16 halves
+ * and undo the scale, and the cuBLAS call. Launched plainly (no early
+ * launch): these run only in blocks with cuBLAS products.
+ */
+#include <math.h>
+
+#include "gemm.cuh"
+
+/* The row's largest entry lands in [2^14, 2^15). */
+#define SPLIT_TOP 14
+/* Exponents kept inside float32's range. */
+#define SPLIT_EMAX 125
+
+__device__ float split_block_max(float v, float *red)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+	if (lane == 0)
+		red[w] = v;
+	__syncthreads();
+	if (w == 0) {
+		float t = lane < nw ? red[lane] : 0.0f;
+		for (int o = 16; o > 0; o >>= 1)
+			t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+		if (lane == 0)
+			red[32] = t;
+	}
+	__syncthreads();
+	return red[32];
+}
+
+__device__ __forceinline__ void split_one(float v, __half *hi, __half *lo)
+{
+	*hi = __float2half_rn(v);
+	*lo = __float2half_rn(v - __half2float(*hi));
+}
+
+/* One block a row: its largest |x 2^colexp|, the exponent, the halves. */
+__global__ void k_split(const float *x, int m, int ld, const int *colexp, sbk_split_out o,
+                        bool pairs)
+{
+	__shared__ float red[33];
+	const int i = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+	const float *xr = x + (size_t)i * ld;
+	float mx = 0.0f;
+	for (int j = tid; j < m; j += bd) {
+		const float v = colexp ? ldexpf(xr[j], colexp[j]) : xr[j];
+		mx = fmaxf(mx, fabsf(v));
+	}
+	mx = split_block_max(mx, red);
+	int e = 0;
+	if (mx > 0.0f && mx <= 3.4e38f) {
+		e = ilogbf(mx) - SPLIT_TOP;
+		e = e < -SPLIT_EMAX ? -SPLIT_EMAX : e > SPLIT_EMAX ? SPLIT_EMAX : e;
+	}
+	if (tid == 0)
+		o.e[i] = e;
+	__half *row = o.h + (size_t)i * o.ld;
+	if (pairs) {
+		for (int j = 2 * tid; j < m; j += 2 * bd) {
+			const float2 v = *(const float2 *)(xr + j);
+			__half h0, l0, h1, l1;
+			split_one(ldexpf(v.x, (colexp ? colexp[j] : 0) - e), &h0, &l0);
+			split_one(ldexpf(v.y, (colexp ? colexp[j + 1] : 0) - e), &h1, &l1);
+			const __half2 hh = __halves2half2(h0, h1), ll = __halves2half2(l0, l1);
+			for (int k = 0; k < o.nseg; k++)
+				*(__half2 *)(row + k * o.seg + j) = (o.lo_mask >> k) & 1 ? ll : hh;
+		}
+	} else {
+		for (int j = tid; j < m; j += bd) {
+			__half h, l;
+			split_one(ldexpf(xr[j], (colexp ? colexp[j] : 0) - e), &h, &l);
+			for (int k = 0; k < o.nseg; k++)
+				row[k * o.seg + j] = (o.lo_mask >> k) & 1 ? l : h;
+		}
+	}
+}
+
+__global__ void k_scale_bias_act(float *y, int m, const int *e, const float *bias, int act)
+{
+	const int i = blockIdx.x, ei = e[i];
+	float *yr = y + (size_t)i * m;
+	for (int j = threadIdx.x; j < m; j += blockDim.x) {
+		float v = ldexpf(yr[j], ei);
+		if (bias)
+			v += bias[j];
+		yr[j] = apply_act(act, v);
+	}
+}
+
+void sbk_split(sbk_stream st, const float *x, int n, int m, int ld, const int *colexp,
+               const sbk_split_out *o)
+{
+	if (n < 1)
+		return;
+	const bool pairs = (m & 1) == 0 && (ld & 1) == 0 && (o->ld & 1) == 0 && (o->seg & 1) == 0 &&
+	                   ((uintptr_t)x & 7) == 0 && ((uintptr_t)o->h & 3) == 0;
+	k_split<<<n, 256, 0, st.s>>>(x, m, ld, colexp, *o, pairs);
+}
+
+void sbk_scale_bias_act(sbk_stream st, float *y, int m, int n, const int *e, const float *bias,
+                        int act)
+{
+	if (n < 1)
+		return;
+	k_scale_bias_act<<<n, 256, 0, st.s>>>(y, m, e, bias, act);
+}
+
+cublasStatus_t sbk_gemm_f16(cublasHandle_t h, cublasOperation_t ta, int M, int N, int K,
+                            float alpha, const __half *A, int lda, const __half *B, int ldb,
+                            float *C, int ldc)
+{
+	const float zero = 0.0f;
+	return cublasGemmEx(h, ta, CUBLAS_OP_N, M, N, K, &alpha, A, CUDA_R_16F, lda, B, CUDA_R_16F,
+	                    ldb, &zero, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}

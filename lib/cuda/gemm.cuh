@@ -1,0 +1,55 @@
+/*
+ * gemm.cuh - matrix products of many rows on F16 tensor cores that keep
+ * float32 accuracy (gemm.cu). No TF32 anywhere.
+ *
+ * A float32 row x is split into two F16 halves after scaling by a power
+ * of two 2^-e chosen from its largest |x| (put in [2^14, 2^15): nothing
+ * overflows F16 and the low halves of all but the row's tiniest entries
+ * stay normal): hi = f16(x 2^-e), lo = f16(x 2^-e - hi), x = 2^e (hi + lo)
+ * to about 22 bits of x's 24-bit mantissa (TF32 keeps 10). The products
+ * run with F16 inputs, exact products and float32 accumulation
+ * (CUBLAS_COMPUTE_32F):
+ *   weight products (F16 weights, exact in F16): W x = 2^e (W hi + W lo),
+ *     one product of [W | W] (rows, 2 cols) with [hi | lo];
+ *   activation products: A B = Ahi Bhi + Ahi Blo + Alo Bhi (the dropped
+ *     Alo Blo is 2^-22 of the whole), one product whose inner dimension is
+ *     three copies of the original, the operands laid out segment by
+ *     segment as [hi | lo | hi] and [hi | hi | lo].
+ * The powers of two are exact: they are undone on the float32 results.
+ */
+#ifndef SB_CUDA_GEMM_CUH
+#define SB_CUDA_GEMM_CUH
+
+#include <cublas_v2.h>
+
+#include "kernels.cuh"
+
+/* Where a split writes: row i, segment k, element j at
+ * h[i * ld + k * seg + j]; segment k holds the low halves where bit k of
+ * lo_mask is set, else the high halves; e (rows) the row exponents. */
+struct sbk_split_out {
+	__half *h;
+	int ld;
+	size_t seg;
+	int nseg;
+	unsigned lo_mask;
+	int *e;
+};
+
+/* Splits x (n, m; rows ld apart). colexp (m) or NULL: x[i][j] 2^colexp[j]
+ * is split instead (exactly: a power of two). */
+void sbk_split(sbk_stream st, const float *x, int n, int m, int ld, const int *colexp,
+               const sbk_split_out *o);
+
+/* y (n, m) = act(y 2^e[row] + bias); bias (m) or NULL. */
+void sbk_scale_bias_act(sbk_stream st, float *y, int m, int n, const int *e, const float *bias,
+                        int act);
+
+/* C (M, N, column-major, ldc) = alpha op(A) B on F16 inputs with float32
+ * accumulation; A (K, M) if ta is CUBLAS_OP_T else (M, K), B (K, N), all
+ * column-major. h: a handle in CUBLAS_DEFAULT_MATH (tensor cores). */
+cublasStatus_t sbk_gemm_f16(cublasHandle_t h, cublasOperation_t ta, int M, int N, int K,
+                            float alpha, const __half *A, int lda, const __half *B, int ldb,
+                            float *C, int ldc);
+
+#endif
