@@ -655,29 +655,25 @@ static void layer_block(sb_cuda_ctx *c, unsigned char *block, int T, int l, floa
 	/* mx_proj reads the EMA output too: its halves are still in c->xh */
 	mm_x(c, c->zgv, c->mx, ly->hx.w2 != NULL && ly->hx.cols == ly->mx.cols, T, &ly->mx, ly->mx_b,
 	     g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
-	sbk_ring_span(c->ks, block, g, l, c->CK, c->CV, c->cpos);
-	sbk_qk_block(c->ks, g, &ly->v, c->zgv, c->aidx, c->nact, c->pos, c->inv_freq, T, c->Q, c->CK,
-	             c->CV, c->cpos);
 	/* S (T, cols) = scale * Q CK^T;  og (T, H) = S CV: split products
 	 * (gemm.cuh), hi*hi + hi*lo + lo*hi along an inner dimension of three
-	 * segments. CV's row exponents go into S's columns before S is split. */
-	const sbk_split_out oq = {c->qh, 3 * Z, (size_t)Z, 3, 2u, c->qe},
-	                    ok = {c->ckh, 3 * Z, (size_t)Z, 3, 4u, c->cke},
-	                    ov = {c->cvh, H, (size_t)cols * H, 3, 4u, c->cve},
-	                    os = {c->sh, 3 * cols, (size_t)cols, 3, 2u, c->se};
-	sbk_split(c->ks, c->Q, T, Z, Z, NULL, &oq);
-	sbk_split(c->ks, c->CK, cols, Z, Z, NULL, &ok);
+	 * segments, the halves written by the kernels that make the operands. */
+	const sbk_attn_halves ah = {c->qh, c->ckh, c->cvh, c->sh, c->qe, c->cke, c->cve, c->se, cols};
+	sbk_ring_span(c->ks, block, g, l, &ah, c->cpos);
+	sbk_qk_block(c->ks, g, &ly->v, c->zgv, c->aidx, c->nact, c->pos, c->inv_freq, T, c->Q, c->CK,
+	             c->CV, c->cpos, &ah);
 	blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_T, cols, T, 3 * Z, g->scale, c->ckh, 3 * Z,
 	                           c->qh, 3 * Z, c->S, cols));
 	sbk_attn_weights_block(c->ks, g, &ly->v, c->S, T, c->nact,
-	                       (const int32_t *)(block + g->ring_len) + l, c->cpos, c->qe, c->cke);
-	sbk_split(c->ks, c->CV, cols, H, H, NULL, &ov);
-	sbk_split(c->ks, c->S, T, cols, cols, c->cve, &os);
+	                       (const int32_t *)(block + g->ring_len) + l, c->cpos, &ah);
 	blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_N, H, T, 3 * cols, 1.0f, c->cvh, H, c->sh,
 	                           3 * cols, c->og, H));
-	sbk_gate_block(c->ks, g, c->og, c->zgv, c->aidx, c->nact, T, c->se);
+	/* h_proj's halves come from the gate kernel where its weights are F16 */
+	const bool og_split = ly->ho.w2 != NULL && T > SBK_GEMV_MAX_ROWS;
+	sbk_gate_block(c->ks, g, c->og, c->zgv, c->aidx, c->nact, T, c->se, og_split ? c->xh : NULL,
+	               c->xe);
 	sbk_ring_push_block(c->ks, block, g, l, c->CK, c->CV, c->cpos, c->nact, T);
-	mm(c, c->att, c->og, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
+	mm_x(c, c->att, c->og, og_split, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
 	sbk_residual(c->ks, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, T, D, g->act, false,
 	             c->prenorm ? NULL : &ly->norm, c->ffn ? NULL : hid, NULL, g, l);
 	if (c->ffn)

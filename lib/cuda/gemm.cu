@@ -8,11 +8,6 @@
 
 #include "gemm.cuh"
 
-/* The row's largest entry lands in [2^14, 2^15). */
-#define SPLIT_TOP 14
-/* Exponents kept inside float32's range. */
-#define SPLIT_EMAX 125
-
 __device__ float split_block_max(float v, float *red)
 {
 	for (int o = 16; o > 0; o >>= 1)
@@ -50,12 +45,7 @@ __global__ void k_split(const float *x, int m, int ld, const int *colexp, sbk_sp
 		const float v = colexp ? ldexpf(xr[j], colexp[j]) : xr[j];
 		mx = fmaxf(mx, fabsf(v));
 	}
-	mx = split_block_max(mx, red);
-	int e = 0;
-	if (mx > 0.0f && mx <= 3.4e38f) {
-		e = ilogbf(mx) - SPLIT_TOP;
-		e = e < -SPLIT_EMAX ? -SPLIT_EMAX : e > SPLIT_EMAX ? SPLIT_EMAX : e;
-	}
+	const int e = sbk_split_exp(split_block_max(mx, red));
 	if (tid == 0)
 		o.e[i] = e;
 	__half *row = o.h + (size_t)i * o.ld;
@@ -70,12 +60,7 @@ __global__ void k_split(const float *x, int m, int ld, const int *colexp, sbk_sp
 				*(__half2 *)(row + k * o.seg + j) = (o.lo_mask >> k) & 1 ? ll : hh;
 		}
 	} else {
-		for (int j = tid; j < m; j += bd) {
-			__half h, l;
-			split_one(ldexpf(xr[j], (colexp ? colexp[j] : 0) - e), &h, &l);
-			for (int k = 0; k < o.nseg; k++)
-				row[k * o.seg + j] = (o.lo_mask >> k) & 1 ? l : h;
-		}
+		sbk_split_row(xr, m, colexp, e, row, o.seg, o.nseg, o.lo_mask);
 	}
 }
 

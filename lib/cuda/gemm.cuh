@@ -36,6 +36,44 @@ struct sbk_split_out {
 	int *e;
 };
 
+/* The row's largest entry lands in [2^14, 2^15); exponents stay inside
+ * float32's range. */
+#define SBK_SPLIT_TOP 14
+#define SBK_SPLIT_EMAX 125
+
+/* The exponent e of a row whose largest |entry| is mx (0 for a zero or
+ * non-finite row: NaN and Inf pass into the halves as they are). */
+__device__ __forceinline__ int sbk_split_exp(float mx)
+{
+	if (!(mx > 0.0f && mx <= 3.4e38f))
+		return 0;
+	const int e = ilogbf(mx) - SBK_SPLIT_TOP;
+	return e < -SBK_SPLIT_EMAX ? -SBK_SPLIT_EMAX : e > SBK_SPLIT_EMAX ? SBK_SPLIT_EMAX : e;
+}
+
+/* Row i of a split (o.h + i*o.ld) from the float32 row xr (m) of
+ * exponent e, colexp as for sbk_split, by the threads of a block (xr
+ * complete and visible to all of them). */
+__device__ __forceinline__ void sbk_split_row(const float *xr, int m, const int *colexp, int e,
+                                              __half *row, size_t seg, int nseg,
+                                              unsigned lo_mask)
+{
+	for (int j = threadIdx.x; j < m; j += blockDim.x) {
+		const float v = ldexpf(xr[j], (colexp ? colexp[j] : 0) - e);
+		const __half h = __float2half_rn(v), l = __float2half_rn(v - __half2float(h));
+		for (int k = 0; k < nseg; k++)
+			row[k * seg + j] = (lo_mask >> k) & 1 ? l : h;
+	}
+}
+
+/* A zero row i of a split. */
+__device__ __forceinline__ void sbk_split_zero(int m, __half *row, size_t seg, int nseg)
+{
+	for (int j = threadIdx.x; j < m; j += blockDim.x)
+		for (int k = 0; k < nseg; k++)
+			row[k * seg + j] = __float2half_rn(0.0f);
+}
+
 /* Splits x (n, m; rows ld apart). colexp (m) or NULL: x[i][j] 2^colexp[j]
  * is split instead (exactly: a power of two). */
 void sbk_split(sbk_stream st, const float *x, int n, int m, int ld, const int *colexp,

@@ -6,6 +6,7 @@
  */
 #include <math.h>
 
+#include "gemm.cuh"
 #include "kernels.cuh"
 #include "ring.h"
 
@@ -592,30 +593,52 @@ __global__ void k_router_block(const float *hxu, int T, int D2, float act_bias, 
 	}
 }
 
-__global__ void k_ring_span(const unsigned char *block, sbk_geo g, int l, float *CK, float *CV,
+/* The halves of span row j of K and V (gemm.cuh), from float32 rows k, v
+ * complete and visible to the block (NULL: a zero row). */
+__device__ void span_halves(const sbk_attn_halves &ah, int j, const float *k, const float *v,
+                            int Z, int H, float *red)
+{
+	__half *kr = ah.kh + (size_t)j * 3 * Z, *vr = ah.vh + (size_t)j * H;
+	const size_t vseg = (size_t)ah.cols * H;
+	if (!k) {
+		sbk_split_zero(Z, kr, Z, 3);
+		sbk_split_zero(H, vr, vseg, 3);
+		if (threadIdx.x == 0)
+			ah.ke[j] = ah.ve[j] = 0;
+		return;
+	}
+	float mk = 0.0f, mv = 0.0f;
+	for (int i = threadIdx.x; i < Z; i += blockDim.x)
+		mk = fmaxf(mk, fabsf(k[i]));
+	for (int i = threadIdx.x; i < H; i += blockDim.x)
+		mv = fmaxf(mv, fabsf(v[i]));
+	const int ek = sbk_split_exp(block_max(mk, red)), ev = sbk_split_exp(block_max(mv, red));
+	sbk_split_row(k, Z, NULL, ek, kr, Z, 3, 4u);
+	sbk_split_row(v, H, NULL, ev, vr, vseg, 3, 4u);
+	if (threadIdx.x == 0) {
+		ah.ke[j] = ek;
+		ah.ve[j] = ev;
+	}
+}
+
+__global__ void k_ring_span(const unsigned char *block, sbk_geo g, int l, sbk_attn_halves ah,
                             int64_t *cpos)
 {
 	grid_dep();
+	__shared__ float red[33];
 	const int j = blockIdx.x, Z = g.Z, H = g.H, W1 = g.W1;
 	const int R = ((const int32_t *)(block + g.ring_len))[l];
 	const int head = ((const int32_t *)(block + g.ring_head))[l];
 	const int e = R - g.W + j;
-	float *ck = CK + (size_t)j * Z, *cv = CV + (size_t)j * H;
 	if (e >= 0) {
 		const int slot = sb_ring_slot(head, e, W1);
 		const float *k = (const float *)(block + g.ring_k) + ((size_t)l * W1 + slot) * Z;
 		const float *v = (const float *)(block + g.ring_v) + ((size_t)l * W1 + slot) * H;
-		for (int i = threadIdx.x; i < Z; i += blockDim.x)
-			ck[i] = k[i];
-		for (int i = threadIdx.x; i < H; i += blockDim.x)
-			cv[i] = v[i];
+		span_halves(ah, j, k, v, Z, H, red);
 		if (threadIdx.x == 0)
 			cpos[j] = ((const int64_t *)(block + g.ring_pos))[(size_t)l * W1 + slot];
 	} else {
-		for (int i = threadIdx.x; i < Z; i += blockDim.x)
-			ck[i] = 0.0f;
-		for (int i = threadIdx.x; i < H; i += blockDim.x)
-			cv[i] = 0.0f;
+		span_halves(ah, j, NULL, NULL, Z, H, red);
 		if (threadIdx.x == 0)
 			cpos[j] = 0;
 	}
@@ -623,18 +646,24 @@ __global__ void k_ring_span(const unsigned char *block, sbk_geo g, int l, float 
 
 __global__ void k_qk_block(sbk_geo g, sbk_layer_vecs v, const float *zgv, const int *aidx,
                            const int *nact, const int64_t *pos, const double *inv_freq, float *Q,
-                           float *CK, float *CV, int64_t *cpos)
+                           float *CK, float *CV, int64_t *cpos, sbk_attn_halves ah)
 {
 	grid_dep();
+	__shared__ float red[33];
 	const int i = blockIdx.x, Z = g.Z, H = g.H, W = g.W, ZH = Z + 2 * H;
 	float *q = Q + (size_t)i * Z, *k = CK + (size_t)(W + i) * Z, *vv = CV + (size_t)(W + i) * H;
+	__half *qr = ah.qh + (size_t)i * 3 * Z;
 	if (i >= *nact) {
 		for (int j = threadIdx.x; j < Z; j += blockDim.x)
 			q[j] = k[j] = 0.0f;
 		for (int j = threadIdx.x; j < H; j += blockDim.x)
 			vv[j] = 0.0f;
-		if (threadIdx.x == 0)
+		sbk_split_zero(Z, qr, Z, 3);
+		span_halves(ah, W + i, NULL, NULL, Z, H, red);
+		if (threadIdx.x == 0) {
 			cpos[W + i] = 0;
+			ah.qe[i] = 0;
+		}
 		return;
 	}
 	const int t = aidx[i];
@@ -644,32 +673,43 @@ __global__ void k_qk_block(sbk_geo g, sbk_layer_vecs v, const float *zgv, const 
 		vv[j] = z[Z + H + j];
 	if (threadIdx.x == 0)
 		cpos[W + i] = pos[t];
+	__syncthreads();
+	float mq = 0.0f;
+	for (int j = threadIdx.x; j < Z; j += blockDim.x)
+		mq = fmaxf(mq, fabsf(q[j]));
+	const int eq = sbk_split_exp(block_max(mq, red));
+	sbk_split_row(q, Z, NULL, eq, qr, Z, 3, 2u);
+	if (threadIdx.x == 0)
+		ah.qe[i] = eq;
+	span_halves(ah, W + i, k, vv, Z, H, red);
 }
 
 /* Row i (the i-th activated row) attends span entries i .. W+i, less
  * those before the ring's start (W - R). */
 __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int T,
                                      const int *nact, const int32_t *ring_len_l,
-                                     const int64_t *cpos, const int *se, const int *ke)
+                                     const int64_t *cpos, sbk_attn_halves ah)
 {
 	grid_dep();
 	__shared__ float red[33];
 	const int i = blockIdx.x, W = g.W, cols = W + T, tid = threadIdx.x, bd = blockDim.x;
 	float *row = S + (size_t)i * cols;
+	__half *hr = ah.sh + (size_t)i * 3 * cols;
 	if (i >= *nact) {
 		for (int j = tid; j < cols; j += bd)
 			row[j] = 0.0f;
+		sbk_split_zero(cols, hr, cols, 3);
+		if (tid == 0)
+			ah.se[i] = 0;
 		return;
 	}
 	const int R = *ring_len_l;
 	const int lo = i > W - R ? i : W - R, hi = W + i;
 	const int64_t pq = cpos[W + i];
 	float mxs = -INFINITY;
-	const int si = se ? se[i] : 0;
+	const int qe = ah.qe[i];
 	for (int j = lo + tid; j <= hi; j += bd) {
-		float s = row[j];
-		if (se)
-			s = ldexpf(s, si + ke[j]);
+		float s = ldexpf(row[j], qe + ah.ke[j]);
 		if (rel)
 			s += rel_bias_at(rel, g.M, cpos[j], pq);
 		row[j] = s;
@@ -696,19 +736,47 @@ __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int 
 		row[j] = 0.0f;
 	for (int j = hi + 1 + tid; j < cols; j += bd)
 		row[j] = 0.0f;
+	/* the halves of row times 2^ve[j] (gemm.cuh) */
+	__syncthreads();
+	float m = 0.0f;
+	for (int j = lo + tid; j <= hi; j += bd)
+		m = fmaxf(m, fabsf(ldexpf(row[j], ah.ve[j])));
+	const int e = sbk_split_exp(block_max(m, red));
+	sbk_split_row(row, cols, ah.ve, e, hr, cols, 3, 2u);
+	if (tid == 0)
+		ah.se[i] = e;
 }
 
 __global__ void k_gate_block(sbk_geo g, float *og, const float *zgv, const int *aidx,
-                             const int *nact, const int *oe)
+                             const int *nact, const int *se, __half *xh, int *xe)
 {
 	grid_dep();
+	__shared__ float red[33];
 	const int i = blockIdx.x, Z = g.Z, H = g.H, ZH = Z + 2 * H;
-	if (i >= *nact)
+	float *row = og + (size_t)i * H;
+	if (i >= *nact) {
+		if (xh) {
+			sbk_split_zero(H, xh + (size_t)i * 2 * H, H, 2);
+			if (threadIdx.x == 0)
+				xe[i] = 0;
+		}
 		return;
+	}
 	const float *gate = zgv + (size_t)aidx[i] * ZH + Z;
-	const int e = oe ? oe[i] : 0;
-	for (int j = threadIdx.x; j < H; j += blockDim.x)
-		og[(size_t)i * H + j] = ldexpf(og[(size_t)i * H + j], e) * gate[j];
+	const int e = se[i];
+	float m = 0.0f;
+	for (int j = threadIdx.x; j < H; j += blockDim.x) {
+		const float o = ldexpf(row[j], e) * gate[j];
+		row[j] = o;
+		m = fmaxf(m, fabsf(o));
+	}
+	if (!xh)
+		return;
+	__syncthreads();
+	const int ex = sbk_split_exp(block_max(m, red));
+	sbk_split_row(row, H, NULL, ex, xh + (size_t)i * 2 * H, H, 2, 2u);
+	if (threadIdx.x == 0)
+		xe[i] = ex;
 }
 
 /* New entry i is pushed after the R already held: it lands in slot
@@ -1115,30 +1183,32 @@ void sbk_router_block(sbk_stream st, const float *hxu, int T, int D2, float act_
 }
 
 void sbk_ring_span(sbk_stream st, const unsigned char *block, const sbk_geo *g, int l,
-                   float *CK, float *CV, int64_t *cpos)
+                   const sbk_attn_halves *ah, int64_t *cpos)
 {
-	launch(st, g->W, 128, 0, k_ring_span, block, *g, l, CK, CV, cpos);
+	launch(st, g->W, 128, 0, k_ring_span, block, *g, l, *ah, cpos);
 }
 
 void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
                   const int *aidx, const int *nact, const int64_t *pos, const double *inv_freq,
-                  int T, float *Q, float *CK, float *CV, int64_t *cpos)
+                  int T, float *Q, float *CK, float *CV, int64_t *cpos,
+                  const sbk_attn_halves *ah)
 {
-	launch(st, T, 128, 0, k_qk_block, *g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos);
+	launch(st, T, 128, 0, k_qk_block, *g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos,
+	       *ah);
 }
 
 void sbk_attn_weights_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
                             int T, const int *nact, const int32_t *ring_len_l,
-                            const int64_t *cpos, const int *se, const int *ke)
+                            const int64_t *cpos, const sbk_attn_halves *ah)
 {
-	launch(st, T, 256, 0, k_attn_weights_block, *g, v->rel_bias, S, T, nact, ring_len_l, cpos, se,
-	       ke);
+	launch(st, T, 256, 0, k_attn_weights_block, *g, v->rel_bias, S, T, nact, ring_len_l, cpos,
+	       *ah);
 }
 
 void sbk_gate_block(sbk_stream st, const sbk_geo *g, float *og, const float *zgv,
-                    const int *aidx, const int *nact, int T, const int *oe)
+                    const int *aidx, const int *nact, int T, const int *se, __half *xh, int *xe)
 {
-	launch(st, T, 256, 0, k_gate_block, *g, og, zgv, aidx, nact, oe);
+	launch(st, T, 256, 0, k_gate_block, *g, og, zgv, aidx, nact, se, xh, xe);
 }
 
 void sbk_ring_push_block(sbk_stream st, unsigned char *block, const sbk_geo *g, int l,

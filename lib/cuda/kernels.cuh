@@ -110,6 +110,18 @@ void sbk_bias_act(sbk_stream st, float *y, int n, int B, const float *bias, int 
 
 /* ---- a block of rows of one state (prefill) ---- */
 
+/* The attention's operands as halves for the split tensor-core products
+ * (gemm.cuh), written by the kernels that make them: over the span of
+ * cols = W+T entries, K (cols, 3Z) [hi | hi | lo] and V 3 x (cols, H)
+ * [hi; hi; lo]; the queries (T, 3Z) [hi | lo | hi]; the attention weights
+ * (T, 3 cols) [hi | lo | hi], each column j times 2^ve[j]. Each row with
+ * its exponent. */
+struct sbk_attn_halves {
+	__half *qh, *kh, *vh, *sh;
+	int *qe, *ke, *ve, *se;  // (T), (cols), (cols), (T)
+	int cols;
+};
+
 /* Router for T rows: pr1, arow (index among the activated or -1), aidx
  * (row of each activated), *nact (count), the state's n_act[l] += count,
  * act_out (T) bytes. */
@@ -118,24 +130,27 @@ void sbk_router_block(sbk_stream st, const float *hxu, int T, int D2, float act_
                       uint64_t *state_nact_l, uint8_t *act_out);
 /* The span the block attends over: W ring slots (the ring's last W
  * entries, right-aligned, zero where the ring is shorter) then T slots for
- * the block's activated rows. Fills the ring part. */
+ * the block's activated rows. Fills the ring part: positions, and the
+ * keys and values as halves (ah). */
 void sbk_ring_span(sbk_stream st, const unsigned char *block, const sbk_geo *g, int l,
-                   float *CK, float *CV, int64_t *cpos);
+                   const sbk_attn_halves *ah, int64_t *cpos);
 /* Queries (T, Z) and the span's new keys/values/positions of the
- * activated rows (zero past the count). */
+ * activated rows (zero past the count), in float32 and as halves. */
 void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, const float *zgv,
                   const int *aidx, const int *nact, const int64_t *pos, const double *inv_freq,
-                  int T, float *Q, float *CK, float *CV, int64_t *cpos);
-/* S (T, W+T) scores -> attention weights inside each row's window, zero
- * elsewhere and on rows past the count. se, ke (T), (W+T) or NULL: S[i][j]
- * holds the score times 2^-(se[i] + ke[j]) (a split product, gemm.cuh). */
+                  int T, float *Q, float *CK, float *CV, int64_t *cpos,
+                  const sbk_attn_halves *ah);
+/* S (T, W+T), the split product's scores times 2^-(qe[i] + ke[j]) ->
+ * attention weights inside each row's window, zero elsewhere and on rows
+ * past the count, in S and as halves. */
 void sbk_attn_weights_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, float *S,
                             int T, const int *nact, const int32_t *ring_len_l,
-                            const int64_t *cpos, const int *se, const int *ke);
-/* og (T, H) *= g of each activated row; oe (T) or NULL: og[i] is first
- * scaled by 2^oe[i]. */
+                            const int64_t *cpos, const sbk_attn_halves *ah);
+/* og (T, H) = og 2^se[i] * g of each activated row (zero past the count);
+ * xh, xe (NULL or (T, 2H), (T)): og as the halves of the next weight
+ * product, [hi | lo]. */
 void sbk_gate_block(sbk_stream st, const sbk_geo *g, float *og, const float *zgv,
-                    const int *aidx, const int *nact, int T, const int *oe);
+                    const int *aidx, const int *nact, int T, const int *se, __half *xh, int *xe);
 /* The activated rows' entries into the ring (the last W+1 of them), then
  * the counters. */
 void sbk_ring_push_block(sbk_stream st, unsigned char *block, const sbk_geo *g, int l,
