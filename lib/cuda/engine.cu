@@ -203,9 +203,13 @@ static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *e
 	if (m->dtype == SB_DTYPE_F32) {
 		d->w32 = (const float *)d->w;
 	} else if (m->dtype == SB_DTYPE_F16) {
-		/* [W | W]: one tensor-core product takes both halves of x */
+		/* [W | W]: one tensor-core product takes both halves of x; zero
+		 * rows up to a multiple of 8 let a product's result rows be
+		 * aligned (cuBLAS picks far slower kernels for 618 rows than
+		 * for 624) */
 		const size_t rb = (size_t)m->cols * 2;
-		__half *w2 = (__half *)dalloc(c, n * 4, err);
+		d->rows2 = (m->rows + 7) & ~7;
+		__half *w2 = (__half *)dzalloc(c, (size_t)d->rows2 * m->cols * 4, err);
 		if (!w2)
 			return false;
 		for (int k = 0; k < 2; k++) {
@@ -426,7 +430,7 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	SCR(x, float, R * D)
 	SCR(xn, float, R * D)
 	SCR(mx, float, R * D)
-	SCR(hxu, float, R * (D + 2))
+	SCR(hxu, float, R * (size_t)((D + 2 + 7) & ~7))  // rows D+2 or padded (layer_block)
 	SCR(zgv, float, R * ZH)
 	SCR(Q, float, R * Z)
 	SCR(og, float, R * H)
@@ -587,10 +591,11 @@ static void blas_check(sb_cuda_ctx *c, cublasStatus_t s)
  * own dtype (decode is bound by reading the weights); more rows are, for
  * F16 weights, a split tensor-core product (gemm.cuh; x_split: c->xh
  * already holds X's halves), else a float32 cuBLAS product. rhxu / arow
- * mask rows, on the few-rows path. */
-static void mm_x(sb_cuda_ctx *c, float *Y, const float *X, bool x_split, int T, const sbk_mat *W,
-                 const float *bias, int act, const float *rhxu, float act_bias, float inv_tau,
-                 const int *arow)
+ * mask rows, on the few-rows path. Y's rows are ldy apart: W.rows, or on
+ * the tensor-core path also W.rows2 (the padding columns get zeros). */
+static void mm_x(sb_cuda_ctx *c, float *Y, int ldy, const float *X, bool x_split, int T,
+                 const sbk_mat *W, const float *bias, int act, const float *rhxu, float act_bias,
+                 float inv_tau, const int *arow)
 {
 	if (T <= SBK_GEMV_MAX_ROWS) {
 		sbk_gemv(c->ks, W, X, T, bias, act, Y, rhxu, c->g.D + 2, act_bias, inv_tau, arow);
@@ -602,9 +607,10 @@ static void mm_x(sb_cuda_ctx *c, float *Y, const float *X, bool x_split, int T, 
 			const sbk_split_out o = {c->xh, 2 * K, (size_t)K, 2, 2u, c->xe};
 			sbk_split(c->ks, X, T, K, K, NULL, &o);
 		}
-		blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_T, W->rows, T, 2 * K, 1.0f, W->w2, 2 * K,
-		                           c->xh, 2 * K, Y, W->rows));
-		sbk_scale_bias_act(c->ks, Y, W->rows, T, c->xe, bias, act);
+		const int M = ldy >= W->rows2 ? W->rows2 : W->rows;
+		blas_check(c, sbk_gemm_f16(c->blas_tc, CUBLAS_OP_T, M, T, 2 * K, 1.0f, W->w2, 2 * K, c->xh,
+		                           2 * K, Y, ldy));
+		sbk_scale_bias_act(c->ks, Y, W->rows, ldy, T, c->xe, bias, act);
 		return;
 	}
 	const float one = 1.0f, zero = 0.0f;
@@ -618,7 +624,7 @@ static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W
                const float *bias, int act, const float *rhxu, float act_bias, float inv_tau,
                const int *arow)
 {
-	mm_x(c, Y, X, false, T, W, bias, act, rhxu, act_bias, inv_tau, arow);
+	mm_x(c, Y, W->rows, X, false, T, W, bias, act, rhxu, act_bias, inv_tau, arow);
 }
 
 static void ffn_rows(sb_cuda_ctx *c, const dlayer *ly, int T, float *hid)
@@ -649,12 +655,16 @@ static void layer_block(sb_cuda_ctx *c, unsigned char *block, int T, int l, floa
 	}
 	sbk_ema_scan(c->ks, (float *)(block + g->h) + (size_t)l * D * g->N, &ly->v, in, c->mx, T, D,
 	             g->N, g->act, c->ema_scr);
-	mm(c, c->hxu, c->mx, T, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
-	sbk_router_block(c->ks, c->hxu, T, D + 2, act_bias, ly->v.inv_tau, c->pr1, c->arow, c->aidx,
+	/* hx_proj's result rows padded to a multiple of 8 on the tensor-core
+	 * path (sbk_mat.rows2) */
+	const bool hx_tc = ly->hx.w2 != NULL && T > SBK_GEMV_MAX_ROWS;
+	const int ldh = hx_tc ? ly->hx.rows2 : D + 2;
+	mm_x(c, c->hxu, ldh, c->mx, false, T, &ly->hx, ly->hx_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
+	sbk_router_block(c->ks, c->hxu, T, ldh, act_bias, ly->v.inv_tau, c->pr1, c->arow, c->aidx,
 	                 c->nact, (uint64_t *)(block + g->n_act) + l, c->act + (size_t)l * c->R);
 	/* mx_proj reads the EMA output too: its halves are still in c->xh */
-	mm_x(c, c->zgv, c->mx, ly->hx.w2 != NULL && ly->hx.cols == ly->mx.cols, T, &ly->mx, ly->mx_b,
-	     g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
+	mm_x(c, c->zgv, ly->mx.rows, c->mx, hx_tc && ly->hx.cols == ly->mx.cols, T, &ly->mx,
+	     ly->mx_b, g->act, c->hxu, act_bias, ly->v.inv_tau, NULL);
 	/* S (T, cols) = scale * Q CK^T;  og (T, H) = S CV: split products
 	 * (gemm.cuh), hi*hi + hi*lo + lo*hi along an inner dimension of three
 	 * segments, the halves written by the kernels that make the operands. */
@@ -673,8 +683,9 @@ static void layer_block(sb_cuda_ctx *c, unsigned char *block, int T, int l, floa
 	sbk_gate_block(c->ks, g, c->og, c->zgv, c->aidx, c->nact, T, c->se, og_split ? c->xh : NULL,
 	               c->xe);
 	sbk_ring_push_block(c->ks, block, g, l, c->CK, c->CV, c->cpos, c->nact, T);
-	mm_x(c, c->att, c->og, og_split, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0, NULL);
-	sbk_residual(c->ks, c->x, c->hxu, D + 2, c->att, c->arow, c->pr1, T, D, g->act, false,
+	mm_x(c, c->att, ly->ho.rows, c->og, og_split, T, &ly->ho, ly->ho_b, SBK_ACT_NONE, NULL, 0, 0,
+	     NULL);
+	sbk_residual(c->ks, c->x, c->hxu, ldh, c->att, c->arow, c->pr1, T, D, g->act, false,
 	             c->prenorm ? NULL : &ly->norm, c->ffn ? NULL : hid, NULL, g, l);
 	if (c->ffn)
 		ffn_rows(c, ly, T, hid);

@@ -64,15 +64,20 @@ __global__ void k_split(const float *x, int m, int ld, const int *colexp, sbk_sp
 	}
 }
 
-__global__ void k_scale_bias_act(float *y, int m, const int *e, const float *bias, int act)
+/* One thread an element: every load in flight at once. */
+__global__ void k_scale_bias_act(float *y, int m, int ld, int n, const int *e, const float *bias,
+                                 int act)
 {
-	const int i = blockIdx.x, ei = e[i];
-	float *yr = y + (size_t)i * m;
-	for (int j = threadIdx.x; j < m; j += blockDim.x) {
-		float v = ldexpf(yr[j], ei);
+	const size_t total = (size_t)n * m;
+	for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+	     idx += (size_t)gridDim.x * blockDim.x) {
+		const int i = (int)(idx / (size_t)m), j = (int)(idx % (size_t)m);
+		float *p = y + (size_t)i * ld + j;
+		/* 2^e[i] exactly: |e| <= SBK_SPLIT_EMAX */
+		float v = *p * __int_as_float((127 + e[i]) << 23);
 		if (bias)
 			v += bias[j];
-		yr[j] = apply_act(act, v);
+		*p = apply_act(act, v);
 	}
 }
 
@@ -86,12 +91,15 @@ void sbk_split(sbk_stream st, const float *x, int n, int m, int ld, const int *c
 	k_split<<<n, 256, 0, st.s>>>(x, m, ld, colexp, *o, pairs);
 }
 
-void sbk_scale_bias_act(sbk_stream st, float *y, int m, int n, const int *e, const float *bias,
-                        int act)
+void sbk_scale_bias_act(sbk_stream st, float *y, int m, int ld, int n, const int *e,
+                        const float *bias, int act)
 {
-	if (n < 1)
+	const size_t total = (size_t)n * m;
+	if (total == 0)
 		return;
-	k_scale_bias_act<<<n, 256, 0, st.s>>>(y, m, e, bias, act);
+	size_t blocks = (total + 255) / 256;
+	blocks = blocks > 65535 ? 65535 : blocks;
+	k_scale_bias_act<<<(unsigned)blocks, 256, 0, st.s>>>(y, m, ld, n, e, bias, act);
 }
 
 cublasStatus_t sbk_gemm_f16(cublasHandle_t h, cublasOperation_t ta, int M, int N, int K,

@@ -216,15 +216,18 @@ __global__ void k_norm_rows(sbk_norm nm, const float *x, float *y, int D)
 }
 
 /* The chunked EMA scan of one state's rows: grid (channel groups of 8,
- * chunks of SBK_EMA_CHUNK rows), one warp per channel d, lanes over the
- * orders (K registers each). Pass 1 (k_ema_ends) takes each chunk but the
- * last from a zero state to its end, E (chunks, D, N); the chunk-0 blocks
- * copy the state h into H0 (D, N), which pass 2 reads while its last chunk
- * writes h. Pass 2 (k_ema_out) carries H0 through the earlier chunks'
- * ends, h <- q^SBK_EMA_CHUNK h + E[k], then scans its own rows with their
- * outputs. The CPU scans the rows one after the other: the sums differ in
- * rounding only. */
-#define EMA_STEPS 16
+ * chunks of SBK_EMA_CHUNK = 32 rows), one warp per channel d, lanes over
+ * the orders (K registers each). Lane j loads the input of the chunk's
+ * row j, and the steps take it by shuffle. Pass 1 (k_ema_ends) takes each
+ * chunk but the last from a zero state to its end, E (chunks, D, N); the
+ * chunk-0 blocks copy the state h into H0 (D, N), which pass 2 reads while
+ * its last chunk writes h. Pass 2 (k_ema_out) carries H0 through the
+ * earlier chunks' ends, h <- q^32 h + E[k], then scans its own rows with
+ * their outputs. The CPU scans the rows one after the other: the sums
+ * differ in rounding only. */
+#if SBK_EMA_CHUNK != 32
+#error "the EMA scan takes a chunk's rows one a lane"
+#endif
 template <int K>
 __global__ void k_ema_ends(const float *h, sbk_layer_vecs v, const float *xn, float *E, float *H0,
                            int T, int D, int N)
@@ -254,19 +257,15 @@ __global__ void k_ema_ends(const float *h, sbk_layer_vecs v, const float *xn, fl
 			pk[k] = v.pb[i];
 		}
 	}
-	const int t1 = (c + 1) * SBK_EMA_CHUNK < T ? (c + 1) * SBK_EMA_CHUNK : T;
-	for (int t0 = c * SBK_EMA_CHUNK; t0 < t1; t0 += EMA_STEPS) {
-		const int nt = t1 - t0 < EMA_STEPS ? t1 - t0 : EMA_STEPS;
-		float u[EMA_STEPS];
+	/* not the last chunk: all 32 rows are there */
+	const int t0 = c * 32;
+	const float ul = xn[(size_t)(t0 + lane) * D + d];
 #pragma unroll
-		for (int j = 0; j < EMA_STEPS; j++)
-			u[j] = j < nt ? xn[(size_t)(t0 + j) * D + d] : 0.0f;
+	for (int j = 0; j < 32; j++) {
+		const float u = __shfl_sync(FULL, ul, j);
 #pragma unroll
-		for (int j = 0; j < EMA_STEPS; j++)
-			if (j < nt)
-#pragma unroll
-				for (int k = 0; k < K; k++)
-					hk[k] = qk[k] * hk[k] + pk[k] * u[j];
+		for (int k = 0; k < K; k++)
+			hk[k] = qk[k] * hk[k] + pk[k] * u;
 	}
 #pragma unroll
 	for (int k = 0; k < K; k++) {
@@ -282,9 +281,10 @@ __global__ void k_ema_out(float *h, const float *H0, const float *E, sbk_layer_v
 {
 	grid_dep();
 	const int d = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-	const int c = blockIdx.y;
+	const int c = blockIdx.y, t0 = c * 32;
 	if (d >= D)
 		return;
+	const float ul = t0 + lane < T ? xn[(size_t)(t0 + lane) * D + d] : 0.0f;
 	float hk[K], qk[K], pk[K], gk[K];
 #pragma unroll
 	for (int k = 0; k < K; k++) {
@@ -298,55 +298,54 @@ __global__ void k_ema_out(float *h, const float *H0, const float *E, sbk_layer_v
 			gk[k] = v.g[i];
 		}
 	}
-	if (c > 0) {
+	/* the carry, eight earlier ends loaded at a time */
 #pragma unroll
-		for (int k = 0; k < K; k++) {
-			const int n = lane + 32 * k;
-			float qL = qk[k];
-			for (int s = 1; s < SBK_EMA_CHUNK; s <<= 1)
-				qL *= qL;
-			if (n < N)
-				for (int j = 0; j < c; j++)
-					hk[k] = qL * hk[k] + E[((size_t)j * D + d) * N + n];
+	for (int k = 0; k < K; k++) {
+		const int n = lane + 32 * k;
+		if (n >= N)
+			continue;
+		float qL = qk[k];
+#pragma unroll
+		for (int s = 0; s < 5; s++)
+			qL *= qL;
+		for (int j0 = 0; j0 < c; j0 += 8) {
+			float ev[8];
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+				ev[jj] = j0 + jj < c ? E[((size_t)(j0 + jj) * D + d) * N + n] : 0.0f;
+#pragma unroll
+			for (int jj = 0; jj < 8; jj++)
+				if (j0 + jj < c)
+					hk[k] = qL * hk[k] + ev[jj];
 		}
 	}
-	const float om = v.omega[d];
-	const int t1 = (c + 1) * SBK_EMA_CHUNK < T ? (c + 1) * SBK_EMA_CHUNK : T;
-	/* Steps in groups of EMA_STEPS: the inputs are loaded first and the
-	 * group's reductions are independent of each other, so neither the
-	 * loads nor the shuffles stall the recurrence. */
-	for (int t0 = c * SBK_EMA_CHUNK; t0 < t1; t0 += EMA_STEPS) {
-		const int nt = t1 - t0 < EMA_STEPS ? t1 - t0 : EMA_STEPS;
-		float u[EMA_STEPS], s[EMA_STEPS];
+	const int nt = T - t0 < 32 ? T - t0 : 32;
+	float s[32];
 #pragma unroll
-		for (int j = 0; j < EMA_STEPS; j++)
-			u[j] = j < nt ? xn[(size_t)(t0 + j) * D + d] : 0.0f;
+	for (int j = 0; j < 32; j++) {
+		const float u = __shfl_sync(FULL, ul, j);
+		s[j] = 0.0f;
+		if (j < nt)
 #pragma unroll
-		for (int j = 0; j < EMA_STEPS; j++) {
-			s[j] = 0.0f;
-			if (j < nt) {
-#pragma unroll
-				for (int k = 0; k < K; k++) {
-					hk[k] = qk[k] * hk[k] + pk[k] * u[j];
-					s[j] += hk[k] * gk[k];
-				}
+			for (int k = 0; k < K; k++) {
+				hk[k] = qk[k] * hk[k] + pk[k] * u;
+				s[j] += hk[k] * gk[k];
 			}
-		}
+	}
+	/* The 32 sums over the lanes in 31 shuffles: at each halving a lane
+	 * keeps the half of the pairs its bit o picks and takes the partner's
+	 * share of them; lane j ends with step j's sum in s[0]. */
 #pragma unroll
-		for (int j = 0; j < EMA_STEPS; j++)
-			s[j] = warp_sum(s[j]);
-		if (lane < nt) {
-			/* lane j writes step j */
-			float sj = 0.0f, uj = 0.0f;
+	for (int o = 16; o > 0; o >>= 1) {
+		const bool up = (lane & o) != 0;
 #pragma unroll
-			for (int j = 0; j < EMA_STEPS; j++)
-				if (j == lane) {
-					sj = s[j];
-					uj = u[j];
-				}
-			mx[(size_t)(t0 + lane) * D + d] = apply_act(act, sj + om * uj);
+		for (int i = 0; i < o; i++) {
+			const float send = up ? s[i] : s[i + o], keep = up ? s[i + o] : s[i];
+			s[i] = keep + __shfl_xor_sync(FULL, send, o);
 		}
 	}
+	if (lane < nt)
+		mx[(size_t)(t0 + lane) * D + d] = apply_act(act, s[0] + v.omega[d] * ul);
 	if (c == (int)gridDim.y - 1)
 #pragma unroll
 		for (int k = 0; k < K; k++) {
@@ -793,10 +792,19 @@ __global__ void k_ring_push_block(unsigned char *block, sbk_geo g, int l, const 
 	const int slot = (int)(((long long)head + R + i) % W1);
 	float *k = (float *)(block + g.ring_k) + ((size_t)l * W1 + slot) * Z;
 	float *v = (float *)(block + g.ring_v) + ((size_t)l * W1 + slot) * H;
-	for (int j = threadIdx.x; j < Z; j += blockDim.x)
-		k[j] = CK[(size_t)(W + i) * Z + j];
-	for (int j = threadIdx.x; j < H; j += blockDim.x)
-		v[j] = CV[(size_t)(W + i) * H + j];
+	const float *ck = CK + (size_t)(W + i) * Z, *cv = CV + (size_t)(W + i) * H;
+	if (g.vec && (Z & 3) == 0 && (H & 3) == 0 && (((uintptr_t)k | (uintptr_t)v | (uintptr_t)ck |
+	                                               (uintptr_t)cv) & 15) == 0) {
+		for (int j = threadIdx.x; j < Z / 4; j += blockDim.x)
+			((float4 *)k)[j] = ((const float4 *)ck)[j];
+		for (int j = threadIdx.x; j < H / 4; j += blockDim.x)
+			((float4 *)v)[j] = ((const float4 *)cv)[j];
+	} else {
+		for (int j = threadIdx.x; j < Z; j += blockDim.x)
+			k[j] = ck[j];
+		for (int j = threadIdx.x; j < H; j += blockDim.x)
+			v[j] = cv[j];
+	}
 	if (threadIdx.x == 0)
 		((int64_t *)(block + g.ring_pos))[(size_t)l * W1 + slot] = cpos[W + i];
 }
@@ -1193,7 +1201,7 @@ void sbk_qk_block(sbk_stream st, const sbk_geo *g, const sbk_layer_vecs *v, cons
                   int T, float *Q, float *CK, float *CV, int64_t *cpos,
                   const sbk_attn_halves *ah)
 {
-	launch(st, T, 128, 0, k_qk_block, *g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos,
+	launch(st, T, 256, 0, k_qk_block, *g, *v, zgv, aidx, nact, pos, inv_freq, Q, CK, CV, cpos,
 	       *ah);
 }
 

@@ -24,14 +24,16 @@ struct sbk_stream {
  * scales), and the copy the matrix products of many rows read: float32
  * for cuBLAS SGEMM (== w for F32; F32, BF16 and I8 weights), or for F16
  * weights the matrix twice side by side, [W | W], for the tensor-core
- * products of gemm.cu (there w32 is NULL). */
+ * products of gemm.cu (there w32 is NULL), with zero rows up to a multiple
+ * of 8. */
 struct sbk_mat {
 	sb_dtype dt;
 	const void *w;         // (rows, cols)
 	const __half *sc;      // (rows, ceil(cols/32)) I8 only
 	const float *w32;      // (rows, cols) or NULL
-	const __half *w2;      // (rows, 2 cols) F16 only, else NULL
+	const __half *w2;      // (rows2, 2 cols) F16 only, else NULL; rows past rows zero
 	int rows, cols;
+	int rows2;             // rows rounded up to 8 (aligned rows of a product's result)
 };
 
 struct sbk_norm {
@@ -87,7 +89,7 @@ void sbk_norm_rows(sbk_stream st, const sbk_norm *nm, const float *x, float *y, 
  * in chunks of SBK_EMA_CHUNK scanned side by side: each chunk's end state
  * from zero, then each chunk again from its carried-in state. scratch:
  * sbk_ema_scratch(T, D, N) floats. */
-#define SBK_EMA_CHUNK 64
+#define SBK_EMA_CHUNK 32
 static inline size_t sbk_ema_scratch(int T, int D, int N)
 {
 	return ((size_t)(T + SBK_EMA_CHUNK - 1) / SBK_EMA_CHUNK + 1) * (size_t)D * (size_t)N;
