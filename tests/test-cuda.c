@@ -3,8 +3,9 @@
  * engine: logits within 1e-3 of the largest logit of their row, every
  * router decision equal (the fixtures' margins are all >= 2e-3), in
  * decode, prefill, split and batch modes; F16 weights (split tensor-core
- * products) against the CPU; graphs against plain launches; states
- * moving between host and device. Built only with the CUDA backend;
+ * products) against the CPU; graphs against plain launches; the fused
+ * decode step against the per-op kernels; states moving between host and
+ * device. Built only with the CUDA backend;
  * exits 77 (skipped) where no GPU can be used.
  */
 #include <math.h>
@@ -310,6 +311,7 @@ START_TEST(cuda_graphs_match_plain_launches)
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, T = 60;
 	int32_t *tok = random_tokens(T, c->vocab_size, 5);
+	unsetenv("SEQBOAT_CUDA_FUSED"); /* both on the per-op kernels */
 	sb_ctx *g = ctx_on(m, "cuda", 0);
 	setenv("SEQBOAT_CUDA_GRAPHS", "0", 1);
 	sb_ctx *p = ctx_on(m, "cuda", 0);
@@ -330,6 +332,55 @@ START_TEST(cuda_graphs_match_plain_launches)
 	sb_state_free(sg);
 	sb_state_free(sp);
 	sb_ctx_free(g);
+	sb_ctx_free(p);
+	sb_model_free(m);
+}
+END_TEST
+
+/* The fused decode step (one cooperative kernel, lib/cuda/step.cu)
+ * computes what the per-op kernels do, for batches of 1, 2 and 5 rows,
+ * over enough tokens to wrap the ring: logits within 1e-5 of the largest
+ * and, after every step, the same activation counts in every layer of
+ * every state (so every router decision equal). */
+START_TEST(cuda_fused_step_matches_per_op)
+{
+	sb_model *m = tu_load_fixture_model(cases[_i]);
+	const sb_config *c = sb_model_config(m);
+	const size_t V = (size_t)c->vocab_size, B = 5, T = 3 * (size_t)c->window + 20;
+	setenv("SEQBOAT_CUDA_FUSED", "1", 1);
+	sb_ctx *f = ctx_on(m, "cuda", 8);
+	unsetenv("SEQBOAT_CUDA_FUSED");
+	sb_ctx *p = ctx_on(m, "cuda", 8);
+	sb_state *sf[5], *sp[5];
+	for (size_t b = 0; b < B; b++) {
+		sf[b] = state_on(f);
+		sp[b] = state_on(p);
+	}
+	float *a = calloc(B * V, sizeof(float)), *e = calloc(B * V, sizeof(float));
+	int32_t *tok = random_tokens(T * B, c->vocab_size, 77);
+	sb_error err = {0};
+	double worst = 0;
+	for (size_t t = 0; t < T; t++) {
+		/* 1, 2 or 5 rows a step: three of the kernel's row counts */
+		const size_t n = t % 3 == 0 ? 1 : t % 3 == 1 ? 2 : B;
+		ck_assert_msg(sb_decode_batch(f, sf, tok + t * B, n, a, &err) == 0, "%s", err.msg);
+		ck_assert_msg(sb_decode_batch(p, sp, tok + t * B, n, e, &err) == 0, "%s", err.msg);
+		worst = fmax(worst, rel_diff(a, e, n, V));
+		for (size_t b = 0; b < n; b++)
+			for (int l = 0; l < c->layers; l++)
+				ck_assert_msg(sb_state_n_activated(sf[b], l) == sb_state_n_activated(sp[b], l),
+				              "%s token %zu row %zu layer %d: router decisions differ",
+				              cases[_i], t, b, l);
+	}
+	ck_assert_msg(worst <= 1e-5, "%s: fused vs per-op: %g", cases[_i], worst);
+	for (size_t b = 0; b < B; b++) {
+		sb_state_free(sf[b]);
+		sb_state_free(sp[b]);
+	}
+	free(a);
+	free(e);
+	free(tok);
+	sb_ctx_free(f);
 	sb_ctx_free(p);
 	sb_model_free(m);
 }
@@ -463,8 +514,13 @@ static bool have_gpu(void)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-int main(void)
+/* --fused: every decode step of up to 8 rows on the fused kernel
+ * (SEQBOAT_CUDA_FUSED=1), so the fixtures check that path too. */
+int main(int argc, char **argv)
 {
+	const bool fused = argc > 1 && !strcmp(argv[1], "--fused");
+	if (fused)
+		setenv("SEQBOAT_CUDA_FUSED", "1", 1);
 	if (!have_gpu()) {
 		fprintf(stderr, "test-cuda: no usable GPU, skipped\n");
 		return 77;
@@ -480,6 +536,8 @@ int main(void)
 	tcase_add_loop_test(tc, cuda_batch_small_matches_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_large_matches_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_same_state_twice, 0, N_CASES);
+	if (!fused)
+		tcase_add_loop_test(tc, cuda_fused_step_matches_per_op, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_graphs_match_plain_launches, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_state_moves_between_host_and_device, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_act_bias_matches_cpu, 0, N_CASES);

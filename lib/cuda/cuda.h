@@ -8,7 +8,9 @@
  * sb_state_layout_of() says, and scratch for max_rows rows. A block's ops
  * (embed, layer, logits) only enqueue work on the context's stream; host
  * outputs are written by sb_cuda_sync. A decode block of distinct states
- * runs as one CUDA graph (captured once per row count, replayed after).
+ * runs as one CUDA graph (captured once per row count, replayed after),
+ * or, with SEQBOAT_CUDA_FUSED=1 and at most 8 rows, as one cooperative
+ * kernel (step.cu).
  */
 #ifndef SB_CUDA_H
 #define SB_CUDA_H

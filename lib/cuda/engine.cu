@@ -24,12 +24,7 @@
 #include "gemm.cuh"
 #include "kernels.cuh"
 
-typedef struct dlayer {
-	sbk_norm norm, ffn_norm;
-	sbk_layer_vecs v;
-	sbk_mat hx, mx, ho, fc1, fc2;
-	const float *hx_b, *mx_b, *ho_b, *fc1_b, *fc2_b;
-} dlayer;
+typedef sbk_layer dlayer;
 
 /* A host output waiting for the block's sync: bytes copied from pinned
  * staging to the caller's pointer. */
@@ -91,7 +86,12 @@ struct sb_cuda_ctx {
 	bool graphs_on;
 	cudaGraphExec_t *graph; // (R+1)
 	float *graph_bias;      // (R+1)
-	bool graphed;           // the current block ran as a graph
+	bool graphed;           // the whole current block is enqueued (a graph or the fused step)
+	bool act_all;           // the act bytes of every layer are on their way to h_act
+	/* the fused decode step (step.cu) */
+	bool step_on;
+	const sbk_layer *d_layers; // (L) on the device
+	int step_grid[SBK_STEP_MAX_ROWS + 1]; // blocks for B rows, 0: cannot, -1: not asked yet
 	int failed;             // a cuBLAS call failed in the current block
 };
 
@@ -409,6 +409,9 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	for (int l = 0; l < L; l++)
 		if (!up_layer(c, m, &m->layers[l], &c->layers[l], err))
 			goto fail_err;
+	if (!(c->d_layers = (const sbk_layer *)dupload(c, c->layers, (size_t)L * sizeof *c->layers,
+	                                               err)))
+		goto fail_err;
 	{
 		double *f = (double *)malloc((size_t)(Z / 2 + 1) * sizeof(double));
 		if (!f) {
@@ -486,6 +489,14 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	{
 		const char *ev = getenv("SEQBOAT_CUDA_GRAPHS");
 		c->graphs_on = !(ev && !strcmp(ev, "0"));
+		/* SEQBOAT_CUDA_FUSED=1: decode steps of up to SBK_STEP_MAX_ROWS
+		 * rows as the fused kernel (step.cu). Off by default: measured
+		 * on the H200 it was no faster than the per-op graphs at batch 1
+		 * and slower at 4 and 8 (docs/benchmarks.md). */
+		ev = getenv("SEQBOAT_CUDA_FUSED");
+		c->step_on = ev && !strcmp(ev, "1");
+		for (int b = 0; b <= SBK_STEP_MAX_ROWS; b++)
+			c->step_grid[b] = -1;
 	}
 	{
 		/* Kernels launch early (programmatic dependent launch) on
@@ -768,6 +779,62 @@ static int graph_launch(sb_cuda_ctx *c, int B, float act_bias, sb_error *err)
 	return 0;
 }
 
+/* A decode step of B distinct rows as the fused kernel. Returns 1 where it
+ * cannot run (the caller takes another path). */
+static int step_launch(sb_cuda_ctx *c, int B, float act_bias, sb_error *err)
+{
+	if (!c->step_on || B > SBK_STEP_MAX_ROWS)
+		return 1;
+	if (c->step_grid[B] < 0)
+		c->step_grid[B] = sbk_step_grid(&c->g, B);
+	if (c->step_grid[B] == 0)
+		return 1;
+	sbk_step a;
+	memset(&a, 0, sizeof a);
+	a.g = c->g;
+	a.L = c->L;
+	a.B = B;
+	a.R = c->R;
+	a.nch = c->nch;
+	a.prenorm = c->prenorm;
+	a.ffn = c->ffn;
+	a.embed_scale = c->embed_scale;
+	a.act_bias = act_bias;
+	a.embed = c->embed;
+	a.out = c->out;
+	a.final_norm = c->final_norm;
+	a.layers = c->d_layers;
+	a.blocks = c->blocks;
+	a.tok = c->tok;
+	a.pos = c->pos;
+	a.inv_freq = c->inv_freq;
+	a.x = c->x;
+	a.mx = c->mx;
+	a.hxu = c->hxu;
+	a.zgv = c->zgv;
+	a.og = c->og;
+	a.att = c->att;
+	a.ffn_h = c->ffn_h;
+	a.pr1 = c->pr1;
+	a.po = c->po;
+	a.pm = c->pm;
+	a.ps = c->ps;
+	a.hid = c->hid;
+	a.logits = c->logits;
+	a.arow = c->arow;
+	a.act = c->act;
+	cudaError_t e = sbk_step_launch(c->st, &a, c->step_grid[B]);
+	if (e == cudaErrorCooperativeLaunchTooLarge || e == cudaErrorNotSupported ||
+	    e == cudaErrorInvalidConfiguration) {
+		/* refused at launch: nothing ran, the per-op kernels take over */
+		cudaGetLastError();
+		c->step_grid[B] = 0;
+		return 1;
+	}
+	CK(e);
+	return 0;
+}
+
 static void pend_add(sb_cuda_ctx *c, void *dst, const void *src, size_t bytes)
 {
 	c->pend[c->npend].dst = dst;
@@ -813,12 +880,19 @@ int sb_cuda_embed(sb_cuda_ctx *c, const sb_cuda_rows *r, sb_error *err)
 	memcpy(c->h_stage + R * 16, r->tokens, (size_t)T * 4);
 	CK(cudaMemcpyAsync(c->stage, c->h_stage, R * 20, cudaMemcpyHostToDevice, c->st));
 	c->graphed = false;
+	c->act_all = false;
 	c->failed = 0;
 	/* Early launch only where every kernel of the block is ours (few
 	 * distinct rows: no cuBLAS product, whose kernels need not wait for
 	 * a predecessor that let them start early). */
 	c->ks.pdl = c->pdl_ok && r->distinct && T <= SBK_GEMV_MAX_ROWS;
-	if (r->distinct && c->graphs_on) {
+	if (r->distinct) {
+		int rc = step_launch(c, T, r->act_bias, err);
+		if (rc < 0)
+			return rc;
+		c->graphed = rc == 0;
+	}
+	if (!c->graphed && r->distinct && c->graphs_on) {
 		int rc = graph_launch(c, T, r->act_bias, err);
 		if (rc < 0)
 			return rc;
@@ -845,8 +919,15 @@ int sb_cuda_layer(sb_cuda_ctx *c, const sb_cuda_rows *r, int l, uint8_t *act, fl
 		CK(cudaGetLastError());
 	}
 	if (act) {
-		CK(cudaMemcpyAsync(c->h_act + l * R, c->act + l * R, (size_t)T, cudaMemcpyDeviceToHost,
-		                   c->st));
+		if (!c->graphed)
+			CK(cudaMemcpyAsync(c->h_act + l * R, c->act + l * R, (size_t)T,
+			                   cudaMemcpyDeviceToHost, c->st));
+		else if (!c->act_all) {
+			/* every layer's decisions are computed already: one copy */
+			CK(cudaMemcpyAsync(c->h_act, c->act, (size_t)c->L * R, cudaMemcpyDeviceToHost,
+			                   c->st));
+			c->act_all = true;
+		}
 		pend_add(c, act, c->h_act + l * R, (size_t)T);
 	}
 	if (hidden) {

@@ -4,192 +4,8 @@
  * they are read, so the GPU computes what the CPU does up to the order of
  * float additions.
  */
-#include <math.h>
-
+#include "device.cuh"
 #include "gemm.cuh"
-#include "kernels.cuh"
-#include "ring.h"
-
-#define FULL 0xffffffffu
-
-/* Programmatic dependent launch (Hopper): a kernel is scheduled while its
- * predecessor in the stream still runs, and waits here until that one's
- * results are complete; then lets its own successor be scheduled. Every
- * kernel calls it before touching memory. No-op without the launch
- * attribute or before sm_90. */
-__device__ __forceinline__ void grid_dep()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-	asm volatile("griddepcontrol.wait;" ::: "memory");
-	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(FULL, v, o);
-	return v;
-}
-
-__device__ __forceinline__ float warp_max(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
-	return v;
-}
-
-/* A sum (or max) over the block; red: 33 floats of shared memory. Every
- * thread of the block must call it. */
-__device__ float block_sum(float v, float *red)
-{
-	v = warp_sum(v);
-	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-	__syncthreads();
-	if (lane == 0)
-		red[w] = v;
-	__syncthreads();
-	if (w == 0) {
-		float t = lane < nw ? red[lane] : 0.0f;
-		t = warp_sum(t);
-		if (lane == 0)
-			red[32] = t;
-	}
-	__syncthreads();
-	return red[32];
-}
-
-__device__ float block_max(float v, float *red)
-{
-	v = warp_max(v);
-	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-	__syncthreads();
-	if (lane == 0)
-		red[w] = v;
-	__syncthreads();
-	if (w == 0) {
-		float t = lane < nw ? red[lane] : -INFINITY;
-		t = warp_max(t);
-		if (lane == 0)
-			red[32] = t;
-	}
-	__syncthreads();
-	return red[32];
-}
-
-__device__ __forceinline__ float bf16_to_f32(uint16_t h)
-{
-	return __uint_as_float((uint32_t)h << 16);
-}
-
-/* Element (r, c) of a weight matrix, widened to float32. */
-__device__ __forceinline__ float wget(sb_dtype dt, const void *w, const __half *sc, int r, int c,
-                                      int cols)
-{
-	const size_t i = (size_t)r * cols + c;
-	switch (dt) {
-	case SB_DTYPE_F16:
-		return __half2float(((const __half *)w)[i]);
-	case SB_DTYPE_BF16:
-		return bf16_to_f32(((const uint16_t *)w)[i]);
-	case SB_DTYPE_I8:
-		return (float)((const int8_t *)w)[i] *
-		       __half2float(sc[(size_t)r * ((cols + 31) >> 5) + (c >> 5)]);
-	default:
-		return ((const float *)w)[i];
-	}
-}
-
-/* The router (docs/computation.md): p1 = softmax(a0, a1)[1], activated iff
- * p1 > p0 (a tie is not). The same expressions as the CPU's. */
-__device__ __forceinline__ bool router(const float *u, float act_bias, float inv_tau, float *p1out)
-{
-	float a0 = (u[0] + act_bias) * inv_tau, a1 = u[1] * inv_tau;
-	float mxv = a0 > a1 ? a0 : a1;
-	float e0 = expf(a0 - mxv), e1 = expf(a1 - mxv);
-	float p1 = e1 / (e0 + e1), p0 = e0 / (e0 + e1);
-	*p1out = p1;
-	return p1 > p0;
-}
-
-/* y (D, shared) = Norm(y), in place, by the whole block. */
-__device__ void norm_row(const sbk_norm &nm, float *y, int D, float *red)
-{
-	const int tid = threadIdx.x, bd = blockDim.x;
-	if (nm.kind == SB_NORM_LAYERNORM) {
-		float s = 0.0f;
-		for (int i = tid; i < D; i += bd)
-			s += y[i];
-		const float mean = block_sum(s, red) / (float)D;
-		float v = 0.0f;
-		for (int i = tid; i < D; i += bd) {
-			float d = y[i] - mean;
-			v += d * d;
-		}
-		const float var = block_sum(v, red) / (float)D;
-		const float inv = 1.0f / sqrtf(var + 1e-5f);
-		for (int i = tid; i < D; i += bd) {
-			float t = (y[i] - mean) * inv;
-			if (nm.w)
-				t = t * nm.w[i] + nm.b[i];
-			y[i] = t;
-		}
-	} else {
-		float s = 0.0f;
-		for (int i = tid; i < D; i += bd)
-			s += y[i] * y[i];
-		const float ms = block_sum(s, red) / (float)D;
-		const float inv = 1.0f / sqrtf(ms + 1e-5f);
-		for (int i = tid; i < D; i += bd) {
-			float w = nm.kind == SB_NORM_SCALENORM ? nm.scalar : nm.w ? nm.w[i] : 1.0f;
-			y[i] = w * y[i] * inv;
-		}
-	}
-	__syncthreads();
-}
-
-/* q = z*gq + bq, k = z*gk + bk, rotated by position p (interleaved pairs,
- * angles in double precision), by the whole block. */
-__device__ void qk_compute(const float *z, const sbk_layer_vecs &v, int Z, bool rotary, int64_t p,
-                           const double *inv_freq, float *q, float *k)
-{
-	const int tid = threadIdx.x, bd = blockDim.x;
-	if (rotary) {
-		for (int j = tid; j < Z / 2; j += bd) {
-			const int a = 2 * j, b = 2 * j + 1;
-			float q0 = z[a] * v.gq[a] + v.bq[a], q1 = z[b] * v.gq[b] + v.bq[b];
-			float k0 = z[a] * v.gk[a] + v.bk[a], k1 = z[b] * v.gk[b] + v.bk[b];
-			double ang = (double)p * inv_freq[j];
-			float c = (float)cos(ang), s = (float)sin(ang);
-			q[a] = q0 * c - q1 * s;
-			q[b] = q0 * s + q1 * c;
-			k[a] = k0 * c - k1 * s;
-			k[b] = k0 * s + k1 * c;
-		}
-	} else {
-		for (int j = tid; j < Z; j += bd) {
-			q[j] = z[j] * v.gq[j] + v.bq[j];
-			k[j] = z[j] * v.gk[j] + v.bk[j];
-		}
-	}
-}
-
-__device__ __forceinline__ float rel_bias_at(const float *rb, int M, int64_t pk, int64_t pq)
-{
-	int64_t idx = (int64_t)M - 1 + pk - pq;
-	if (idx < 0)
-		idx = 0;
-	if (idx > 2 * (int64_t)M - 2)
-		idx = 2 * (int64_t)M - 2;
-	return rb[idx];
-}
-
-/* fairseq's laplace with mu = 0.707107, sigma = 0.282095. */
-__device__ __forceinline__ float laplace_w(float s)
-{
-	const float mu = 0.707107f, inv = 1.0f / (0.282095f * sqrtf(2.0f));
-	return 0.5f * (1.0f + erff((s - mu) * inv));
-}
 
 /* ------------------------------------------------------------ kernels */
 
@@ -388,58 +204,6 @@ __global__ void k_norm_ema_rows(unsigned char *const *blocks, sbk_geo g, int l, 
 	}
 }
 
-template <int DT>
-__device__ __forceinline__ float wload(const void *w, const __half *sc, size_t i, size_t si)
-{
-	if (DT == SB_DTYPE_F16)
-		return __half2float(((const __half *)w)[i]);
-	if (DT == SB_DTYPE_BF16)
-		return bf16_to_f32(((const uint16_t *)w)[i]);
-	if (DT == SB_DTYPE_I8)
-		return (float)((const int8_t *)w)[i] * __half2float(sc[si]);
-	return ((const float *)w)[i];
-}
-
-/* Eight consecutive weights (i a multiple of 8, cols a multiple of 8, so
- * the load is aligned): one 16-byte load for 16-bit weights. */
-template <int DT>
-__device__ __forceinline__ void wload8(const void *w, const __half *sc, size_t i, size_t si,
-                                       float *o)
-{
-	if (DT == SB_DTYPE_F16) {
-		const uint4 u = *(const uint4 *)((const __half *)w + i);
-		const __half2 *h = (const __half2 *)&u;
-#pragma unroll
-		for (int k = 0; k < 4; k++) {
-			const float2 f = __half22float2(h[k]);
-			o[2 * k] = f.x;
-			o[2 * k + 1] = f.y;
-		}
-	} else if (DT == SB_DTYPE_BF16) {
-		const uint4 u = *(const uint4 *)((const uint16_t *)w + i);
-		const uint32_t q[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-		for (int k = 0; k < 4; k++) {
-			o[2 * k] = __uint_as_float(q[k] << 16);
-			o[2 * k + 1] = __uint_as_float(q[k] & 0xffff0000u);
-		}
-	} else if (DT == SB_DTYPE_I8) {
-		const uint2 u = *(const uint2 *)((const int8_t *)w + i);
-		const float d = __half2float(sc[si]);
-#pragma unroll
-		for (int k = 0; k < 4; k++) {
-			o[k] = (float)(int8_t)((u.x >> (8 * k)) & 0xffu) * d;
-			o[4 + k] = (float)(int8_t)((u.y >> (8 * k)) & 0xffu) * d;
-		}
-	} else {
-		const float4 a = *(const float4 *)((const float *)w + i),
-		             b = *(const float4 *)((const float *)w + i + 4);
-		o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
-		o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
-	}
-}
-
-#define GEMV_PASS 4
 
 /* One warp per output; lanes stride the inputs (coalesced weight reads,
  * eight weights a load where the rows allow it), every weight read once
@@ -465,60 +229,7 @@ __global__ void k_gemv(sbk_mat W, const float *x, int B, const float *bias, int 
 			live |= 1u << b;
 	}
 	float acc[NB];
-#pragma unroll
-	for (int b = 0; b < NB; b++)
-		acc[b] = 0.0f;
-	const int cols = W.cols;
-	const size_t base = (size_t)r * cols, sbase = (size_t)r * ((cols + 31) >> 5);
-	if (live && (cols & 7) == 0) {
-		/* GEMV_PASS chunks of eight per lane loaded before any is used,
-		 * so a warp waits for memory once per pass, not once per chunk */
-		const int n8 = cols >> 3;
-		for (int p0 = 0; p0 < n8; p0 += 32 * GEMV_PASS) {
-			float wv[GEMV_PASS][8];
-#pragma unroll
-			for (int k = 0; k < GEMV_PASS; k++) {
-				const int c8 = p0 + lane + 32 * k;
-				if (c8 < n8)
-					wload8<DT>(W.w, W.sc, base + (size_t)c8 * 8, sbase + (c8 >> 2), wv[k]);
-			}
-#pragma unroll
-			for (int k = 0; k < GEMV_PASS; k++) {
-				const int c8 = p0 + lane + 32 * k;
-				if (c8 >= n8)
-					break;
-#pragma unroll
-				for (int b = 0; b < NB; b++)
-					if (b < B) {
-						const float4 *xp =
-							(const float4 *)(x + (size_t)b * cols + (size_t)c8 * 8);
-						const float4 x0 = xp[0], x1 = xp[1];
-						float t = acc[b];
-						t = fmaf(wv[k][0], x0.x, t);
-						t = fmaf(wv[k][1], x0.y, t);
-						t = fmaf(wv[k][2], x0.z, t);
-						t = fmaf(wv[k][3], x0.w, t);
-						t = fmaf(wv[k][4], x1.x, t);
-						t = fmaf(wv[k][5], x1.y, t);
-						t = fmaf(wv[k][6], x1.z, t);
-						t = fmaf(wv[k][7], x1.w, t);
-						acc[b] = t;
-					}
-			}
-		}
-	} else if (live) {
-#pragma unroll 4
-		for (int c = lane; c < cols; c += 32) {
-			const float wv = wload<DT>(W.w, W.sc, base + c, sbase + (c >> 5));
-#pragma unroll
-			for (int b = 0; b < NB; b++)
-				if (b < B)
-					acc[b] = fmaf(wv, x[(size_t)b * cols + c], acc[b]);
-		}
-	}
-#pragma unroll
-	for (int b = 0; b < NB; b++)
-		acc[b] = warp_sum(acc[b]);
+	gemv_warp<DT, NB>(W, r, x, live ? B : 0, acc);
 	if (lane == 0) {
 		const float bi = bias ? bias[r] : 0.0f;
 #pragma unroll
@@ -820,12 +531,8 @@ __global__ void k_ring_count(unsigned char *block, sbk_geo g, int l, const int *
 }
 
 /* Rows of distinct states, grid (chunks of SBK_CHUNK ring entries, B).
- * Every block of an activated row computes its q (and the new k) and sees
- * the ring as it is after the push; the block whose chunk holds the new
- * entry writes it into its slot (no other block reads that slot), and the
- * counters move later (sbk_residual). Each block's partial result
- * (softmax: weights exp(s - chunk max), with that max and sum) goes to
- * po/pm/ps; the last block of the row to finish combines them, times the
+ * Every block of an activated row runs its chunk (attn_chunk); the last
+ * block of the row to finish combines the partial results, times the
  * gate, into og. A row the router leaves out only records its decision. */
 __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_vecs v, int l,
                             const int64_t *pos, const float *hxu, float act_bias,
@@ -838,10 +545,8 @@ __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_v
 	__shared__ float sc[SBK_CHUNK];
 	__shared__ int slots[SBK_CHUNK];
 	__shared__ int last;
-	const int b = blockIdx.y, c = blockIdx.x, Z = g.Z, H = g.H, W1 = g.W1, ZH = Z + 2 * H;
-	const int tid = threadIdx.x, bd = blockDim.x;
-	float *qs = sh, *kn = sh + Z;
-	unsigned char *blk = blocks[b];
+	const int b = blockIdx.y, c = blockIdx.x, Z = g.Z, H = g.H, ZH = Z + 2 * H;
+	const int tid = threadIdx.x;
 	float p;
 	const bool a = router(hxu + (size_t)b * (g.D + 2), act_bias, v.inv_tau, &p);
 	if (c == 0 && tid == 0) {
@@ -852,138 +557,12 @@ __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_v
 	}
 	if (!a)
 		return;
-	int32_t len = ((const int32_t *)(blk + g.ring_len))[l];
-	int32_t head = ((const int32_t *)(blk + g.ring_head))[l];
-	const int slot_new = sb_ring_push(&len, &head, W1);  // len, head: after the push
-	const int nc = (len + SBK_CHUNK - 1) / SBK_CHUNK, e0 = c * SBK_CHUNK;
+	const float *z = zgv + (size_t)b * ZH;
+	const size_t pc = (size_t)b * nch + c;
+	const int nc = attn_chunk(blocks[b], g, v, l, pos[b], z, inv_freq, c, po + pc * H, pm + pc,
+	                          ps + pc, sh, sh + Z, sc, slots);
 	if (c >= nc)
 		return;
-	const int n = len - e0 < SBK_CHUNK ? len - e0 : SBK_CHUNK;
-	const bool has_new = e0 + n == len;  // local entry n-1 is the new one
-	const int n_old = has_new ? n - 1 : n;
-	const float *z = zgv + (size_t)b * ZH;
-	qk_compute(z, v, Z, g.rotary, pos[b], inv_freq, qs, kn);
-	if (tid < n)
-		slots[tid] = sb_ring_slot(head, e0 + tid, W1);
-	__syncthreads();
-	float *K = (float *)(blk + g.ring_k) + (size_t)l * W1 * Z;
-	float *V = (float *)(blk + g.ring_v) + (size_t)l * W1 * H;
-	int64_t *P = (int64_t *)(blk + g.ring_pos) + (size_t)l * W1;
-	if (has_new) {
-		for (int i = tid; i < Z; i += bd)
-			K[(size_t)slot_new * Z + i] = kn[i];
-		for (int i = tid; i < H; i += bd)
-			V[(size_t)slot_new * H + i] = z[Z + H + i];
-		if (tid == 0)
-			P[slot_new] = pos[b];
-	}
-	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
-	/* Each warp's entries (SBK_CHUNK / warps of them) are read together,
-	 * four floats a lane where the rows are 16-byte aligned. */
-	const bool k4 = g.vec && (Z & 3) == 0 && ((uintptr_t)K & 15) == 0;
-#define ATT_EPW (SBK_CHUNK / 8)
-	float sacc[ATT_EPW];
-#pragma unroll
-	for (int j = 0; j < ATT_EPW; j++)
-		sacc[j] = 0.0f;
-	if (k4) {
-		for (int i4 = lane; i4 < Z / 4; i4 += 32) {
-			const float4 qv = ((const float4 *)qs)[i4];
-			float4 kv[ATT_EPW];
-#pragma unroll
-			for (int j = 0; j < ATT_EPW; j++) {
-				const int e = w + j * nw;
-				if (e < n)
-					kv[j] = has_new && e == n - 1
-					        ? ((const float4 *)kn)[i4]
-					        : ((const float4 *)(K + (size_t)slots[e] * Z))[i4];
-			}
-#pragma unroll
-			for (int j = 0; j < ATT_EPW; j++)
-				if (w + j * nw < n)
-					sacc[j] += qv.x * kv[j].x + qv.y * kv[j].y + qv.z * kv[j].z +
-					           qv.w * kv[j].w;
-		}
-	} else {
-		for (int i = lane; i < Z; i += 32)
-#pragma unroll
-			for (int j = 0; j < ATT_EPW; j++) {
-				const int e = w + j * nw;
-				if (e < n) {
-					const float *kk = has_new && e == n - 1 ? kn : K + (size_t)slots[e] * Z;
-					sacc[j] += qs[i] * kk[i];
-				}
-			}
-	}
-#pragma unroll
-	for (int j = 0; j < ATT_EPW; j++) {
-		const int e = w + j * nw;
-		float sj = warp_sum(sacc[j]);
-		if (lane == 0 && e < n) {
-			const bool is_new = has_new && e == n - 1;
-			sj *= g.scale;
-			if (v.rel_bias)
-				sj += rel_bias_at(v.rel_bias, g.M, is_new ? pos[b] : P[slots[e]], pos[b]);
-			sc[e] = sj;
-		}
-	}
-	__syncthreads();
-	if (w == 0) {
-		const float s = lane < n ? sc[lane] : -INFINITY;
-		const float m = warp_max(s);
-		float wt = 0.0f;
-		if (lane < n) {
-			if (g.attn == SB_ATTN_SOFTMAX)
-				wt = expf(s - m);
-			else if (g.attn == SB_ATTN_RELU2)
-				wt = s > 0.0f ? s * s : 0.0f;
-			else
-				wt = laplace_w(s);
-		}
-		const float sum = warp_sum(wt);
-		if (lane < n)
-			sc[lane] = wt;
-		if (lane == 0) {
-			pm[(size_t)b * nch + c] = m;
-			ps[(size_t)b * nch + c] = sum;
-		}
-	}
-	__syncthreads();
-	float *out = po + ((size_t)b * nch + c) * H;
-	if (g.vec && (H & 3) == 0 && ((uintptr_t)V & 15) == 0 && ((uintptr_t)z & 15) == 0 &&
-	    ((uintptr_t)out & 15) == 0 && (Z & 3) == 0) {
-		/* four values a thread, eight entries' loads in flight */
-		for (int h4 = tid; h4 < H / 4; h4 += bd) {
-			float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-			for (int e = 0; e < n_old; e++) {
-				const float4 vv = ((const float4 *)(V + (size_t)slots[e] * H))[h4];
-				const float a = sc[e];
-				acc.x += a * vv.x;
-				acc.y += a * vv.y;
-				acc.z += a * vv.z;
-				acc.w += a * vv.w;
-			}
-			if (has_new) {
-				const float4 vv = ((const float4 *)(z + Z + H))[h4];
-				const float a = sc[n - 1];
-				acc.x += a * vv.x;
-				acc.y += a * vv.y;
-				acc.z += a * vv.z;
-				acc.w += a * vv.w;
-			}
-			((float4 *)out)[h4] = acc;
-		}
-	} else {
-		for (int h = tid; h < H; h += bd) {
-			float acc = 0.0f;
-			for (int e = 0; e < n_old; e++)
-				acc += sc[e] * V[(size_t)slots[e] * H + h];
-			if (has_new)
-				acc += sc[n - 1] * z[Z + H + h];
-			out[h] = acc;
-		}
-	}
 	__threadfence();
 	__syncthreads();
 	if (tid == 0)
@@ -992,20 +571,8 @@ __global__ void k_attn_rows(unsigned char *const *blocks, sbk_geo g, sbk_layer_v
 	if (!last)
 		return;
 	__threadfence();
-	const bool soft = g.attn == SB_ATTN_SOFTMAX;
-	float gm = -INFINITY;
-	for (int k = 0; k < nc; k++)
-		gm = fmaxf(gm, __ldcg(pm + (size_t)b * nch + k));
-	for (int h = tid; h < H; h += bd) {
-		float sum = 0.0f, o = 0.0f;
-		for (int k = 0; k < nc; k++) {
-			const float wk = soft ? expf(__ldcg(pm + (size_t)b * nch + k) - gm) : 1.0f;
-			sum += wk * __ldcg(ps + (size_t)b * nch + k);
-			o += wk * __ldcg(po + ((size_t)b * nch + k) * H + h);
-		}
-		const float norm = soft ? 1.0f / sum : 1.0f;
-		og[(size_t)b * H + h] = o * (z[Z + h] * norm);
-	}
+	attn_combine(pm + (size_t)b * nch, ps + (size_t)b * nch, po + (size_t)b * nch * H, nc, H,
+	             g.attn == SB_ATTN_SOFTMAX, z + Z, og + (size_t)b * H, sh + 2 * Z);
 	if (tid == 0)
 		count[b] = 0;
 }
@@ -1234,7 +801,7 @@ void sbk_attn_rows(sbk_stream st, unsigned char *const *blocks, const sbk_geo *g
                    float *og, int B)
 {
 	const int nch = (g->W1 + SBK_CHUNK - 1) / SBK_CHUNK;
-	launch(st, dim3((unsigned)nch, (unsigned)B), 256, 2 * (size_t)g->Z * sizeof(float), k_attn_rows, 
+	launch(st, dim3((unsigned)nch, (unsigned)B), 256, (2 * (size_t)g->Z + nch) * sizeof(float), k_attn_rows,
 		blocks, *g, *v, l, pos, hxu, act_bias, zgv, inv_freq, pr1, arow, act_out, po, pm, ps,
 		count, og, nch);
 }

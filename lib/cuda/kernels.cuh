@@ -61,6 +61,14 @@ struct sbk_layer_vecs {
 	float inv_tau;
 };
 
+/* One layer's weights on the device. */
+struct sbk_layer {
+	sbk_norm norm, ffn_norm;
+	sbk_layer_vecs v;
+	sbk_mat hx, mx, ho, fc1, fc2;
+	const float *hx_b, *mx_b, *ho_b, *fc1_b, *fc2_b;
+};
+
 /* Activation kinds for the fused epilogues; SBK_ACT_NONE leaves y alone. */
 #define SBK_ACT_NONE (-1)
 
@@ -180,6 +188,44 @@ void sbk_residual(sbk_stream st, float *x, const float *hxu, int D2, const float
                   const int *arow, const float *pr1, int T, int D, int act, bool ffn,
                   const sbk_norm *post, float *hid, unsigned char *const *ring_blocks,
                   const sbk_geo *g, int l);
+
+/* ---- the fused decode step (step.cu) ---- */
+
+/* Rows one fused step takes at most. */
+#define SBK_STEP_MAX_ROWS 8
+
+/* Everything a whole decode step of B distinct rows reads and writes:
+ * the model (layers: a device array of L), the rows (blocks, tok, pos on
+ * the device) and the engine's scratch, laid out as for the per-op
+ * kernels (rows of stride D, D + 2, Z + 2H, H, F, V; act (L, R); hid
+ * (L, R, D); po/pm/ps (R, nch, ...)). */
+struct sbk_step {
+	sbk_geo g;
+	int L, B, R, nch;
+	bool prenorm, ffn;
+	float embed_scale, act_bias;
+	sbk_mat embed, out;
+	sbk_norm final_norm;
+	const sbk_layer *layers;
+	unsigned char *const *blocks;
+	const int32_t *tok;
+	const int64_t *pos;
+	const double *inv_freq;
+	float *x, *mx, *hxu, *zgv, *og, *att, *ffn_h, *pr1, *po, *pm, *ps, *hid, *logits;
+	int *arow;
+	uint8_t *act;
+#ifdef SBK_STEP_TRACE
+	unsigned long long *trace; // phase boundaries' times, for a benchmark build
+#endif
+};
+
+/* Blocks the fused step runs with on this device (all resident at once),
+ * or 0 where it cannot run (too much shared memory, no cooperative
+ * launch): then the per-op kernels do the step. */
+int sbk_step_grid(const sbk_geo *g, int B);
+/* The whole step as one cooperative kernel of `grid` blocks (from
+ * sbk_step_grid for a.B rows). Returns the launch's error. */
+cudaError_t sbk_step_launch(cudaStream_t s, const sbk_step *a, int grid);
 
 /* Upload helpers: w32 (rows, cols) float32 from a 16-bit or I8 matrix. */
 void sbk_widen(sbk_stream st, const sbk_mat *W, float *w32);
