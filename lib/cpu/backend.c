@@ -51,7 +51,6 @@ static void cpu_ctx_free(sb_bctx *x)
 	free(x->ffn);
 	free(x->scores);
 	free(x->ws);
-	free(x->pack);
 	free(x->kbuf);
 	free(x->ck);
 	free(x->cv);
@@ -111,7 +110,6 @@ static int cpu_ctx_new(const sb_model *m, const sb_ctx_params *p, int device, sb
 	if (F > maxc)
 		maxc = F;
 	x->ws = xcalloc(sb_matmul_ws_floats((int)maxc, n_threads), sizeof(float), &ok);
-	x->pack = xcalloc(sb_matmul_pack_floats((int)R, (int)maxc), sizeof(float), &ok);
 	x->kbuf = xcalloc(R * Z, sizeof(float), &ok);
 	if (W1 >= SB_CPU_BATCHED_ATTN_MIN_W1) {
 		x->ck = xcalloc((W1 + R) * Z, sizeof(float), &ok);

@@ -46,7 +46,6 @@ struct sb_bctx {
 	float *ffn;           // (R, F) FFN hidden
 	float *scores;        // (threads, W+1) one query's attention weights per thread
 	float *ws;            // matmul widening scratch
-	float *pack;          // sb_matmul_exact's packing of X
 	float *kbuf;          // (R, Z) rotated keys before their ring push
 	sb_pool *pool;        // the threads of every product and attention
 	/* prefill attention as matrix products (windows of >= 64 only): */
@@ -95,13 +94,10 @@ size_t sb_matmul_ws_floats(int max_cols, int n_threads);
  * (matrix-vector) kernel sums it, so that T rows give bit for bit the
  * numbers of T calls with one row: used for decode batches, whose rows
  * must not depend on which others share the batch. Weights are widened in
- * registers, once per three rows of X. Falls back to sb_matmul where
+ * registers, once per 4 rows of X (6 with AVX2). Falls back to sb_matmul where
  * sb_matmul_has_exact(W) is false (q8, or a CPU without AVX2). */
 void sb_matmul_exact(float *Y, const float *X, int T, const sb_mat *W,
-                     const float *bias, float *ws, float *pack, sb_pool *pool);
-/* Floats of sb_matmul_exact's pack scratch for up to max_rows rows of X
- * of up to max_cols columns (the AVX-512 form packs X pairwise). */
-size_t sb_matmul_pack_floats(int max_rows, int max_cols);
+                     const float *bias, float *ws, sb_pool *pool);
 bool sb_matmul_has_exact(const sb_mat *W);
 
 /* The damped EMA (docs/computation.md section 2) for channels d0..d1-1 of one row:

@@ -37,7 +37,7 @@ static void matmul(sb_bctx *x, float *Y, const float *X, int T, const sb_mat *W,
                    const float *bias)
 {
 	if (!x->rows->one_state)
-		sb_matmul_exact(Y, X, T, W, bias, x->ws, x->pack, x->pool);
+		sb_matmul_exact(Y, X, T, W, bias, x->ws, x->pool);
 	else
 		sb_matmul(Y, X, T, W, bias, x->ws, x->pool);
 }

@@ -272,130 +272,176 @@ static void exact_rows(const sb_mat *W, int r0, int r1, const float *X, int T, f
 	}
 }
 
-/* The same sums at 512 bits: FMA works lane by lane, so two rows of X side
- * by side in one register (row 2p in lanes 0-7, row 2p+1 in lanes 8-15,
- * the 8 weights repeated in both halves) give each row exactly its AVX2
- * accumulator, and the halves are reduced by hsum8 as before. X is first
- * packed pairwise: xp[p][c] = x[2p][8c..8c+8], x[2p+1][8c..8c+8]. RP pairs
- * (2 RP rows) against one weight row; 2 RP accumulators. */
-__attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m512 dup8(__m256 v)
-{
-	__m512 z = _mm512_castps256_ps512(v);
-	return _mm512_shuffle_f32x4(z, z, 0x44);
-}
-
+/* The upper (h = 1) or lower half of a 512-bit register. */
 __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m256 half8(__m512 v, int h)
 {
 	return h ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))
 	         : _mm512_castps512_ps256(v);
 }
 
-#define EXACT512_BLOCK(NAME, DT, RP)                                                          \
-	__attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(                    \
-		const char *wb, size_t wst, int nr, const float *xp, const float *x, size_t xs,  \
-		int rows, int n, float *y, size_t ys)                                         \
-	{                                                                                     \
-		const size_t esz = sb_dtype_size(DT);                                         \
-		for (int r = 0; r < nr; r++) {                                                \
-			const char *w = wb + (size_t)r * wst;                                 \
-			__m512 a0[RP], a1[RP];                                                \
-			for (int p = 0; p < RP; p++)                                          \
-				a0[p] = a1[p] = _mm512_setzero_ps();                          \
-			int k = 0;                                                            \
-			const float *xc = xp;                                                 \
-			for (; k + 16 <= n; k += 16, xc += 32 * RP) {                         \
-				__m512 wl = dup8(load8(DT, w + k * esz));                     \
-				__m512 wh = dup8(load8(DT, w + (k + 8) * esz));               \
-				for (int p = 0; p < RP; p++) {                                \
-					a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + 16 * p), a0[p]); \
-					a1[p] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xc + 16 * (RP + p)), \
-					                        a1[p]);                       \
-				}                                                             \
-			}                                                                     \
-			for (; k + 8 <= n; k += 8, xc += 16 * RP) {                           \
-				__m512 wl = dup8(load8(DT, w + k * esz));                     \
-				for (int p = 0; p < RP; p++)                                  \
-					a0[p] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xc + 16 * p), a0[p]); \
-			}                                                                     \
-			float tail[8];                                                        \
-			if (k < n)                                                            \
-				sb_widen(DT, w + k * esz, tail, (size_t)(n - k));             \
-			for (int p = 0; p < RP; p++)                                          \
-				for (int h = 0; h < 2 && 2 * p + h < rows; h++) {             \
-					const int j = 2 * p + h;                              \
-					float acc = hsum8(_mm256_add_ps(half8(a0[p], h), half8(a1[p], h))); \
-					for (int q = 0; q < n - k; q++)                       \
-						acc += tail[q] * x[j * xs + k + q];           \
-					y[j * ys + r] = acc;                                  \
-				}                                                             \
-		}                                                                             \
+/* The same sums at 512 bits: one register holds 16
+ * consecutive columns of a product, lanes 0-7 being the AVX2 kernel's
+ * first accumulator and lanes 8-15 its second (columns k..k+7 and
+ * k+8..k+15 of each step of 16), so a plain 16-wide FMA of 16 weights and
+ * 16 values of a row of X advances both, lane by lane, exactly as the two
+ * 8-wide FMAs do. A step of 8 updates lanes 0-7 alone (a mask), and the
+ * halves are added and reduced as hsum8 reduces them (reduce4x4, 16
+ * products at a time). RW rows of W against RX rows of X: RW x RX
+ * accumulators, each widened weight used RX times and each load of X RW
+ * times, and no packing of X (the rows are read where they are). */
+__attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m512 load16(sb_dtype dt,
+                                                                            const void *p)
+{
+	switch (dt) {
+	case SB_DTYPE_F16:
+		return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+	case SB_DTYPE_BF16:
+		return _mm512_castsi512_ps(_mm512_slli_epi32(
+			_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+	default:
+		return _mm512_loadu_ps((const float *)p);
+	}
+}
+
+/* The reduction of 16 products at once, each exactly as hsum8(lo + hi)
+ * reduces one: v[i][j] (w row i, x row j) holds 16 lanes; first lo + hi
+ * (8 lanes: a0 + a1), then lanes l + l+4, then (0 + 2) + (1 + 3), by
+ * shuffles that put the halves of four products side by side. Row j of
+ * the result, lane i, is the sum of v[i][j]: stored at y[j * ys + i] for
+ * i < rw, j < rx. */
+__attribute__((target("avx2,fma,f16c,avx512f"), always_inline)) static inline void
+reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11, __m512 v12,
+          __m512 v13, __m512 v20, __m512 v21, __m512 v22, __m512 v23, __m512 v30, __m512 v31,
+          __m512 v32, __m512 v33, float *y, size_t ys, int rw, int rx)
+{
+#define LO_HI(A, B) _mm512_add_ps(_mm512_shuffle_f32x4(A, B, 0x44), _mm512_shuffle_f32x4(A, B, 0xee))
+#define HALVES(S, U) _mm512_add_ps(_mm512_shuffle_f32x4(S, U, 0x88), _mm512_shuffle_f32x4(S, U, 0xdd))
+#define PAIRS(A, B) _mm512_add_ps(_mm512_shuffle_ps(A, B, _MM_SHUFFLE(1, 0, 1, 0)),  \
+                                  _mm512_shuffle_ps(A, B, _MM_SHUFFLE(3, 2, 3, 2)))
+#define LAST(A, B) _mm512_add_ps(_mm512_shuffle_ps(A, B, _MM_SHUFFLE(2, 0, 2, 0)),   \
+                                 _mm512_shuffle_ps(A, B, _MM_SHUFFLE(3, 1, 3, 1)))
+	__m512 t0 = HALVES(LO_HI(v00, v01), LO_HI(v02, v03));
+	__m512 t1 = HALVES(LO_HI(v10, v11), LO_HI(v12, v13));
+	__m512 t2 = HALVES(LO_HI(v20, v21), LO_HI(v22, v23));
+	__m512 t3 = HALVES(LO_HI(v30, v31), LO_HI(v32, v33));
+	__m512 r = LAST(PAIRS(t0, t1), PAIRS(t2, t3));
+#undef LO_HI
+#undef HALVES
+#undef PAIRS
+#undef LAST
+	if (rw == 4) {
+		_mm_storeu_ps(y, _mm512_castps512_ps128(r));
+		if (rx > 1)
+			_mm_storeu_ps(y + ys, _mm512_extractf32x4_ps(r, 1));
+		if (rx > 2)
+			_mm_storeu_ps(y + 2 * ys, _mm512_extractf32x4_ps(r, 2));
+		if (rx > 3)
+			_mm_storeu_ps(y + 3 * ys, _mm512_extractf32x4_ps(r, 3));
+	} else {
+		float out[16];
+		_mm512_storeu_ps(out, r);
+		for (int j = 0; j < rx; j++)
+			for (int i = 0; i < rw; i++)
+				y[j * ys + i] = out[4 * j + i];
+	}
+}
+
+#define EXACT16_BLOCK(NAME, DT, RW, RX)                                                      \
+	__attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(                   \
+		const char *w, size_t wst, const float *x, size_t xs, int n, float *y, size_t ys) \
+	{                                                                                    \
+		const size_t esz = DT == SB_DTYPE_F32 ? 4 : 2;                               \
+		/* 4 x a multiple of 4, the unused ones staying zero */                  \
+		__m512 a[4][(RX + 3) / 4 * 4];                                               \
+		for (int i = 0; i < 4; i++)                                                  \
+			for (int j = 0; j < (RX + 3) / 4 * 4; j++)                           \
+				a[i][j] = _mm512_setzero_ps();                               \
+		int k = 0;                                                                   \
+		for (; k + 16 <= n; k += 16) {                                               \
+			__m512 wv[RW];                                                       \
+			for (int i = 0; i < RW; i++)                                         \
+				wv[i] = load16(DT, w + i * wst + k * esz);                   \
+			for (int j = 0; j < RX; j++) {                                       \
+				__m512 xv = _mm512_loadu_ps(x + j * xs + k);                 \
+				for (int i = 0; i < RW; i++)                                 \
+					a[i][j] = _mm512_fmadd_ps(wv[i], xv, a[i][j]);       \
+			}                                                                    \
+		}                                                                            \
+		if (k + 8 <= n) {                                                            \
+			__m512 wv[RW];                                                       \
+			for (int i = 0; i < RW; i++)                                         \
+				wv[i] = _mm512_castps256_ps512(load8(DT, w + i * wst + k * esz)); \
+			for (int j = 0; j < RX; j++) {                                       \
+				__m512 xv = _mm512_maskz_loadu_ps(0xff, x + j * xs + k);     \
+				for (int i = 0; i < RW; i++)                                 \
+					a[i][j] = _mm512_mask3_fmadd_ps(wv[i], xv, a[i][j], 0xff); \
+			}                                                                    \
+			k += 8;                                                              \
+		}                                                                            \
+		for (int j0 = 0; j0 < RX; j0 += 4)                                           \
+			reduce4x4(a[0][j0], a[0][j0 + 1], a[0][j0 + 2], a[0][j0 + 3],        \
+			          a[1][j0], a[1][j0 + 1], a[1][j0 + 2], a[1][j0 + 3],        \
+			          a[2][j0], a[2][j0 + 1], a[2][j0 + 2], a[2][j0 + 3],        \
+			          a[3][j0], a[3][j0 + 1], a[3][j0 + 2], a[3][j0 + 3],        \
+			          y + j0 * ys, ys, RW, RX - j0 < 4 ? RX - j0 : 4);           \
+		if (k < n)                                                                   \
+			for (int i = 0; i < RW; i++) {                                       \
+				float tail[8];                                               \
+				sb_widen(DT, w + i * wst + k * esz, tail, (size_t)(n - k));  \
+				for (int j = 0; j < RX; j++) {                               \
+					float acc = y[j * ys + i];                           \
+					for (int q = 0; q < n - k; q++)                      \
+						acc += tail[q] * x[j * xs + k + q];          \
+					y[j * ys + i] = acc;                                 \
+				}                                                            \
+			}                                                                    \
 	}
 
-#define EXACT512_BLOCKS(SUF, DT)                                                        \
-	EXACT512_BLOCK(exact512_##SUF##_1, DT, 1)                                       \
-	EXACT512_BLOCK(exact512_##SUF##_2, DT, 2)                                       \
-	EXACT512_BLOCK(exact512_##SUF##_3, DT, 3)                                       \
-	EXACT512_BLOCK(exact512_##SUF##_4, DT, 4)                                       \
-	EXACT512_BLOCK(exact512_##SUF##_5, DT, 5)                                       \
-	EXACT512_BLOCK(exact512_##SUF##_6, DT, 6)                                       \
-	static const exact512_fn exact512_##SUF[EXACT512_RP] = {                        \
-		exact512_##SUF##_1, exact512_##SUF##_2, exact512_##SUF##_3,             \
-		exact512_##SUF##_4, exact512_##SUF##_5, exact512_##SUF##_6,             \
+/* Rows of W and of X per call of the kernels below. */
+#define E16_RW 4
+#define E16_RX 4
+
+#define EXACT16_BLOCKS(SUF, DT)                                                          \
+	EXACT16_BLOCK(e16_##SUF##_4_1, DT, E16_RW, 1)                                    \
+	EXACT16_BLOCK(e16_##SUF##_4_2, DT, E16_RW, 2)                                    \
+	EXACT16_BLOCK(e16_##SUF##_4_3, DT, E16_RW, 3)                                    \
+	EXACT16_BLOCK(e16_##SUF##_4_4, DT, E16_RW, 4)                                    \
+	EXACT16_BLOCK(e16_##SUF##_1_1, DT, 1, 1)                                         \
+	EXACT16_BLOCK(e16_##SUF##_1_2, DT, 1, 2)                                         \
+	EXACT16_BLOCK(e16_##SUF##_1_3, DT, 1, 3)                                         \
+	EXACT16_BLOCK(e16_##SUF##_1_4, DT, 1, 4)                                         \
+	static const exact_fn e16_##SUF[2][E16_RX] = {                                   \
+		{e16_##SUF##_1_1, e16_##SUF##_1_2, e16_##SUF##_1_3, e16_##SUF##_1_4},    \
+		{e16_##SUF##_4_1, e16_##SUF##_4_2, e16_##SUF##_4_3, e16_##SUF##_4_4},    \
 	};
 
-/* Pairs of rows of X per pass of one weight row. */
-#define EXACT512_RP 6
+EXACT16_BLOCKS(f32, SB_DTYPE_F32)
+EXACT16_BLOCKS(f16, SB_DTYPE_F16)
+EXACT16_BLOCKS(bf16, SB_DTYPE_BF16)
 
-typedef void (*exact512_fn)(const char *wb, size_t wst, int nr, const float *xp,
-                            const float *x, size_t xs, int rows, int n, float *y, size_t ys);
-EXACT512_BLOCKS(f32, SB_DTYPE_F32)
-EXACT512_BLOCKS(f16, SB_DTYPE_F16)
-EXACT512_BLOCKS(bf16, SB_DTYPE_BF16)
-
-/* The packing of X (T, n) for the kernels above: blocks of 2 RP rows
- * (the last may be shorter, rp pairs); in a block, for each 8 columns c,
- * the rp pairs side by side: [c][p][x[2p][8c..8c+8], x[2p+1][8c..8c+8]],
- * so that the kernel's loads are at constant offsets. A missing odd row
- * is zeros. */
-static size_t pack_floats(int T, int n)
+/* Y (T, W.rows) for W rows r0..r1-1: for each chunk of weight rows (in
+ * the L2), each block of E16_RX rows of X (in the L1) against every
+ * E16_RW weight rows of the chunk in turn. */
+static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T, float *Y)
 {
-	return (size_t)((T + 1) / 2) * 2 * (size_t)(n / 8 * 8);
-}
-
-static void pack_pairs(const float *X, int T, int n, float *xp)
-{
-	const int n8 = n / 8 * 8, RX = 2 * EXACT512_RP;
-	for (int t = 0; t < T; t += RX) {
-		const int rows = T - t < RX ? T - t : RX, rp = (rows + 1) / 2;
-		float *d = xp + (size_t)(t / 2) * 2 * n8;
-		for (int c = 0; c < n8; c += 8)
-			for (int p = 0; p < rp; p++, d += 16) {
-				const int j = t + 2 * p;
-				memcpy(d, X + (size_t)j * n + c, 8 * sizeof(float));
-				if (j + 1 < T)
-					memcpy(d + 8, X + (size_t)(j + 1) * n + c, 8 * sizeof(float));
-				else
-					memset(d + 8, 0, 8 * sizeof(float));
-			}
-	}
-}
-
-static void exact512_rows(const sb_mat *W, int r0, int r1, const float *X, const float *xp,
-                          int T, float *Y)
-{
-	const exact512_fn *fn = W->dtype == SB_DTYPE_F16    ? exact512_f16
-	                        : W->dtype == SB_DTYPE_BF16 ? exact512_bf16
-	                                                    : exact512_f32;
-	const int n = W->cols, NO = W->rows, n8 = n / 8 * 8;
+	const exact_fn(*fn)[E16_RX] = W->dtype == SB_DTYPE_F16    ? e16_f16
+	                              : W->dtype == SB_DTYPE_BF16 ? e16_bf16
+	                                                          : e16_f32;
+	const int n = W->cols, NO = W->rows;
 	const size_t wst = (size_t)n * sb_dtype_size(W->dtype);
-	const int RX = 2 * EXACT512_RP;
 	for (int c0 = r0; c0 < r1; c0 += EXACT_CHUNK) {
 		const int c1 = c0 + EXACT_CHUNK < r1 ? c0 + EXACT_CHUNK : r1;
-		for (int t = 0; t < T; t += RX) {
-			const int rows = T - t < RX ? T - t : RX;
-			fn[(rows + 1) / 2 - 1]((const char *)W->data + (size_t)c0 * wst, wst, c1 - c0,
-			                       xp + (size_t)(t / 2) * 2 * n8, X + (size_t)t * n,
-			                       (size_t)n, rows, n, Y + (size_t)t * NO + c0, (size_t)NO);
+		for (int t = 0; t < T; t += E16_RX) {
+			const int rx = T - t < E16_RX ? T - t : E16_RX;
+			const float *xt = X + (size_t)t * n;
+			float *yt = Y + (size_t)t * NO;
+			int r = c0;
+			for (; r + E16_RW <= c1; r += E16_RW)
+				fn[1][rx - 1]((const char *)W->data + (size_t)r * wst, wst, xt, (size_t)n,
+				              n, yt + r, (size_t)NO);
+			for (; r < c1; r++)
+				fn[0][rx - 1]((const char *)W->data + (size_t)r * wst, wst, xt, (size_t)n,
+				              n, yt + r, (size_t)NO);
 		}
 	}
 }
@@ -643,7 +689,7 @@ static void matmul_part(void *arg, int ith, int nth)
 typedef struct exact_job {
 	const sb_mat *W;
 	const float *X;
-	const float *xp;       /* X packed pairwise, or NULL: the AVX2 kernels */
+	bool wide;             /* the 512-bit kernels, else the AVX2 ones */
 	int T;
 	const float *bias;
 	float *Y;
@@ -659,8 +705,8 @@ static void exact_part(void *arg, int ith, int nth)
 	int r0 = b0 * 16, r1 = b1 * 16 < rows ? b1 * 16 : rows;
 	if (r0 >= r1)
 		return;
-	if (j->xp)
-		exact512_rows(j->W, r0, r1, j->X, j->xp, j->T, j->Y);
+	if (j->wide)
+		exact16_rows(j->W, r0, r1, j->X, j->T, j->Y);
 	else
 		exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
 	if (j->bias)
@@ -683,32 +729,15 @@ bool sb_matmul_has_exact(const sb_mat *W)
 #endif
 }
 
-size_t sb_matmul_pack_floats(int max_rows, int max_cols)
-{
-#ifdef SB_X86
-	return pack_floats(max_rows, max_cols);
-#else
-	(void)max_rows;
-	(void)max_cols;
-	return 1;
-#endif
-}
-
 void sb_matmul_exact(float *Y, const float *X, int T, const sb_mat *W, const float *bias,
-                     float *ws, float *pack, sb_pool *pool)
+                     float *ws, sb_pool *pool)
 {
 #ifdef SB_X86
 	if (T > 1 && sb_matmul_has_exact(W)) {
-		exact_job j = {W, X, NULL, T, bias, Y};
-		if (have_avx512() && pack) {
-			pack_pairs(X, T, W->cols, pack);
-			j.xp = pack;
-		}
+		exact_job j = {W, X, have_avx512(), T, bias, Y};
 		sb_pool_run(pool, exact_part, &j);
 		return;
 	}
-#else
-	(void)pack;
 #endif
 	sb_matmul(Y, X, T, W, bias, ws, pool);
 }
