@@ -429,10 +429,21 @@ static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T,
 	                                                          : e16_f32;
 	const int n = W->cols, NO = W->rows;
 	const size_t wst = (size_t)n * sb_dtype_size(W->dtype);
+	const int nb = (T + E16_RX - 1) / E16_RX;
 	for (int c0 = r0; c0 < r1; c0 += EXACT_CHUNK) {
 		const int c1 = c0 + EXACT_CHUNK < r1 ? c0 + EXACT_CHUNK : r1;
+		/* the next chunk's weights, a share per block of X: they come
+		 * from memory (a step's other work evicts them), this chunk's
+		 * from the L2 */
+		const int c2 = c1 + EXACT_CHUNK < r1 ? c1 + EXACT_CHUNK : r1;
+		const char *next = (const char *)W->data + (size_t)c1 * wst;
+		const size_t next_bytes = (size_t)(c2 - c1) * wst;
 		for (int t = 0; t < T; t += E16_RX) {
 			const int rx = T - t < E16_RX ? T - t : E16_RX;
+			const int b = t / E16_RX;
+			for (size_t o = next_bytes * b / nb & ~(size_t)63; o < next_bytes * (b + 1) / nb;
+			     o += 64)
+				__builtin_prefetch(next + o, 0, 2);
 			const float *xt = X + (size_t)t * n;
 			float *yt = Y + (size_t)t * NO;
 			int r = c0;
