@@ -117,4 +117,12 @@ void sb_widen(sb_dtype dt, const void *src, float *dst, size_t n);
 /* The CPU has AVX2, FMA and F16C (x86-64, detected once). */
 bool sb_have_avx2(void);
 
+/* ---- sampler.c ---- */
+
+/* sb_sampler_sample on logits that stay as they are: they are copied into
+ * work (n_vocab floats) only where a logit bias or a penalty must change
+ * them; otherwise the token is picked from logits directly. The same token
+ * as sb_sampler_sample on a copy. */
+int32_t sb_sampler_sample_from(sb_sampler *s, const float *logits, float *work);
+
 #endif /* SB_INTERNAL_H */

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "seqboat.h"
+#include "internal.h"
 
 typedef struct candidate {
 	int32_t id;
@@ -212,11 +212,16 @@ void sb_sampler_accept(sb_sampler *s, int32_t token)
 	s->hist_pos = (s->hist_pos + 1) % n;
 }
 
+static bool has_penalties(const sb_sampler_params *p)
+{
+	return p->repeat_penalty != 1.0f || p->presence_penalty != 0.0f ||
+	       p->frequency_penalty != 0.0f;
+}
+
 static void apply_penalties(sb_sampler *s, float *logits)
 {
 	const sb_sampler_params *p = &s->p;
-	if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f &&
-	    p->frequency_penalty == 0.0f)
+	if (!has_penalties(p))
 		return;
 	/* A fresh stamp marks the ids already penalized in this call, so a
 	 * token that occurs several times is penalized once (by its count). */
@@ -287,12 +292,31 @@ static void select_top_k(candidate *c, size_t n, size_t k)
 	}
 }
 
+static int32_t pick(sb_sampler *s, const float *logits);
+
 int32_t sb_sampler_sample(sb_sampler *s, float *logits)
 {
 	const sb_sampler_params *p = &s->p;
 	for (size_t i = 0; i < p->n_bias; i++)
 		logits[p->bias_ids[i]] += p->bias_values[i];
 	apply_penalties(s, logits);
+	return pick(s, logits);
+}
+
+int32_t sb_sampler_sample_from(sb_sampler *s, const float *logits, float *work)
+{
+	if (s->p.n_bias || has_penalties(&s->p)) {
+		memcpy(work, logits, (size_t)s->n_vocab * sizeof *work);
+		return sb_sampler_sample(s, work);
+	}
+	return pick(s, logits);
+}
+
+/* The token from logits after the bias and penalties: argmax at
+ * temperature 0, else the truncations and a draw. Reads logits only. */
+static int32_t pick(sb_sampler *s, const float *logits)
+{
+	const sb_sampler_params *p = &s->p;
 	if (p->temp == 0.0f)
 		return argmax(logits, s->n_vocab);
 

@@ -59,7 +59,13 @@ typedef struct seq {
 typedef struct slot {
 	seq *q;                  /* NULL: free */
 	sb_state *st;
-	float *logits;           /* (V) prediction after the state's last token */
+	/* The prediction after the state's last token: a row of b_logits
+	 * (the last decode) or of p_logits (the last sb_prefill_batch), or
+	 * own, valid until the next such call, by which time the slot has
+	 * sampled from it (each step samples every generating slot before
+	 * its decode, and a slot that stops sampling is finished). */
+	const float *logits;
+	float *own;              /* (V) a prompt read alone, or start_logits */
 	void *dec;               /* detokenizer, or NULL without one */
 	bool fresh;              /* admitted in this step, not yet set up */
 } slot;
@@ -75,7 +81,8 @@ struct sb_sched {
 	sb_state **b_states;     /* (nslots) */
 	int32_t *b_tokens;       /* (nslots) */
 	slot **b_slots;          /* (nslots) */
-	float *b_logits;         /* (nslots, V) */
+	float *b_logits;         /* (nslots, V) a decode's logits */
+	float *p_logits;         /* (nslots, V) sb_prefill_batch's */
 	const int32_t **p_tokens; /* (nslots) prompts read together */
 	size_t *p_n;             /* (nslots) their lengths */
 	float *work;             /* (V) the logits the sampler transforms */
@@ -183,11 +190,12 @@ sb_sched *sb_sched_new(sb_ctx *ctx, const sb_sched_params *p, sb_error *err)
 	    !(s->p_tokens = calloc(n, sizeof *s->p_tokens)) ||
 	    !(s->p_n = calloc(n, sizeof *s->p_n)) ||
 	    !sb_size_mul(n, V, &rows) || !sb_size_mul(rows, sizeof(float), &rows) ||
-	    !(s->b_logits = malloc(rows)) || !(s->work = malloc(V * sizeof(float))))
+	    !(s->b_logits = malloc(rows)) || !(s->p_logits = malloc(rows)) ||
+	    !(s->work = malloc(V * sizeof(float))))
 		goto nomem;
 	for (size_t i = 0; i < n; i++) {
 		slot *sl = &s->slots[i];
-		if (!(sl->logits = malloc(V * sizeof(float))))
+		if (!(sl->own = malloc(V * sizeof(float))))
 			goto nomem;
 		if (!(sl->st = sb_ctx_state_new(s->ctx, err)))
 			goto fail;
@@ -576,13 +584,13 @@ static void prefill_many(sb_sched *s, size_t P)
 		s->p_n[i] = prefill_len(s, s->b_slots[i]);
 	}
 	sb_error err = {0};
-	if (sb_prefill_batch(s->ctx, s->b_states, s->p_tokens, s->p_n, P, s->b_logits, &err) < 0) {
+	if (sb_prefill_batch(s->ctx, s->b_states, s->p_tokens, s->p_n, P, s->p_logits, &err) < 0) {
 		for (size_t i = 0; i < P; i++)
 			finish(s, s->b_slots[i], s->b_slots[i]->q, SB_FINISH_ERROR, &err);
 		return;
 	}
 	for (size_t i = 0; i < P; i++) {
-		memcpy(s->b_slots[i]->logits, s->b_logits + i * V, V * sizeof(float));
+		s->b_slots[i]->logits = s->p_logits + i * V;
 		prefill_done(s, s->b_slots[i], s->p_n[i]);
 	}
 }
@@ -592,16 +600,18 @@ static bool prefill(sb_sched *s, slot *sl)
 {
 	seq *q = sl->q;
 	if (q->n_tokens == 0) {
-		memcpy(sl->logits, q->start_logits, (size_t)s->V * sizeof(float));
+		memcpy(sl->own, q->start_logits, (size_t)s->V * sizeof(float));
+		sl->logits = sl->own;
 		return prefill_done(s, sl, 0);
 	}
 	size_t n = prefill_len(s, sl);
 	sb_error err = {0};
-	sb_outputs o = {.last_logits = sl->logits};
+	sb_outputs o = {.last_logits = sl->own};
 	if (sb_prefill(s->ctx, sl->st, q->tokens + q->n_read, n, &o, &err) < 0) {
 		finish(s, sl, q, SB_FINISH_ERROR, &err);
 		return false;
 	}
+	sl->logits = sl->own;
 	return prefill_done(s, sl, n);
 }
 
@@ -642,10 +652,10 @@ static bool sample(sb_sched *s, slot *sl)
 		finish(s, sl, q, SB_FINISH_LENGTH, NULL);
 		return false;
 	}
-	/* The sampler works on a copy: the slot's logits stay the prediction
-	 * after the state's last token (for final_logits and log probabilities). */
-	memcpy(s->work, sl->logits, (size_t)s->V * sizeof(float));
-	int32_t t = sb_sampler_sample(q->smp, s->work);
+	/* The slot's logits stay the prediction after the state's last token
+	 * (for final_logits and log probabilities): the sampler copies them
+	 * into work only where a bias or penalty changes them. */
+	int32_t t = sb_sampler_sample_from(q->smp, sl->logits, s->work);
 	if (t == s->p.eos_id && !q->ignore_eos) {
 		finish(s, sl, q, SB_FINISH_EOS, NULL);
 		return false;
@@ -738,12 +748,12 @@ int sb_sched_step(sb_sched *s, sb_error *err)
 		int rc;
 		size_t V = (size_t)s->V;
 		if (B == 1) {
-			rc = sb_decode(s->ctx, s->b_states[0], s->b_tokens[0], s->b_slots[0]->logits, &derr);
+			rc = sb_decode(s->ctx, s->b_states[0], s->b_tokens[0], s->b_logits, &derr);
 		} else {
 			rc = sb_decode_batch(s->ctx, s->b_states, s->b_tokens, B, s->b_logits, &derr);
-			for (size_t b = 0; rc == 0 && b < B; b++)
-				memcpy(s->b_slots[b]->logits, s->b_logits + b * V, V * sizeof(float));
 		}
+		for (size_t b = 0; rc == 0 && b < B; b++)
+			s->b_slots[b]->logits = s->b_logits + b * V;
 		for (size_t b = 0; b < B; b++) {
 			slot *sl = s->b_slots[b];
 			if (rc < 0)
@@ -813,7 +823,7 @@ void sb_sched_free(sb_sched *s)
 	}
 	for (size_t i = 0; s->slots && i < s->nslots; i++) {
 		sb_state_free(s->slots[i].st);
-		free(s->slots[i].logits);
+		free(s->slots[i].own);
 		if (s->slots[i].dec)
 			s->p.text.close(s->slots[i].dec);
 	}
@@ -826,6 +836,7 @@ void sb_sched_free(sb_sched *s)
 	free(s->p_tokens);
 	free(s->p_n);
 	free(s->b_logits);
+	free(s->p_logits);
 	free(s->work);
 	free(s->tail);
 	pthread_cond_destroy(&s->cv);
