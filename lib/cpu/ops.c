@@ -421,8 +421,10 @@ EXACT16_BLOCKS(bf16, SB_DTYPE_BF16)
 
 /* Y (T, W.rows) for W rows r0..r1-1: for each chunk of weight rows (in
  * the L2), each block of E16_RX rows of X (in the L1) against every
- * E16_RW weight rows of the chunk in turn. */
-static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T, float *Y)
+ * E16_RW weight rows of the chunk in turn. Rows pf0..pf1-1 (those likely
+ * to come next) are prefetched during the last chunk. */
+static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T, float *Y,
+                         int pf0, int pf1)
 {
 	const exact_fn(*fn)[E16_RX] = W->dtype == SB_DTYPE_F16    ? e16_f16
 	                              : W->dtype == SB_DTYPE_BF16 ? e16_bf16
@@ -435,9 +437,13 @@ static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T,
 		/* the next chunk's weights, a share per block of X: they come
 		 * from memory (a step's other work evicts them), this chunk's
 		 * from the L2 */
-		const int c2 = c1 + EXACT_CHUNK < r1 ? c1 + EXACT_CHUNK : r1;
-		const char *next = (const char *)W->data + (size_t)c1 * wst;
-		const size_t next_bytes = (size_t)(c2 - c1) * wst;
+		int n0 = c1, n1 = c1 + EXACT_CHUNK < r1 ? c1 + EXACT_CHUNK : r1;
+		if (n0 >= n1) {
+			n0 = pf0;
+			n1 = pf1;
+		}
+		const char *next = (const char *)W->data + (size_t)n0 * wst;
+		const size_t next_bytes = n1 > n0 ? (size_t)(n1 - n0) * wst : 0;
 		for (int t = 0; t < T; t += E16_RX) {
 			const int rx = T - t < E16_RX ? T - t : E16_RX;
 			const int b = t / E16_RX;
@@ -704,28 +710,39 @@ typedef struct exact_job {
 	int T;
 	const float *bias;
 	float *Y;
+	int step;              /* rows of W per claim, a multiple of 16 */
+	atomic_int next;       /* the first row of the next claim */
 } exact_job;
 
 #ifdef SB_X86
-/* Output columns split as matvec_part splits them. */
+/* Threads claim ranges of output columns (rows of W) as they go, so that
+ * one that starts late or is interrupted does not hold the others up. A
+ * column's numbers do not depend on which thread computes it. */
 static void exact_part(void *arg, int ith, int nth)
 {
-	const exact_job *j = arg;
-	const int rows = j->W->rows, blocks = (rows + 15) / 16;
-	int b0 = (int)((long)blocks * ith / nth), b1 = (int)((long)blocks * (ith + 1) / nth);
-	int r0 = b0 * 16, r1 = b1 * 16 < rows ? b1 * 16 : rows;
-	if (r0 >= r1)
-		return;
-	if (j->wide)
-		exact16_rows(j->W, r0, r1, j->X, j->T, j->Y);
-	else
-		exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
-	if (j->bias)
-		for (int t = 0; t < j->T; t++) {
-			float *y = j->Y + (size_t)t * rows;
-			for (int o = r0; o < r1; o++)
-				y[o] += j->bias[o];
+	(void)ith;
+	exact_job *j = arg;
+	const int rows = j->W->rows, step = j->step;
+	for (;;) {
+		const int r0 = atomic_fetch_add_explicit(&j->next, step, memory_order_relaxed);
+		if (r0 >= rows)
+			break;
+		const int r1 = r0 + step < rows ? r0 + step : rows;
+		if (j->wide) {
+			/* the claim this thread is likely to make next */
+			const int p0 = r0 + nth * step, p1 = p0 + step < rows ? p0 + step : rows;
+			exact16_rows(j->W, r0, r1, j->X, j->T, j->Y, p0, p1);
+		} else {
+			exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
 		}
+		if (j->bias)
+			for (int t = 0; t < j->T; t++) {
+				float *restrict y = j->Y + (size_t)t * rows;
+				const float *restrict b = j->bias;
+				for (int o = r0; o < r1; o++)
+					y[o] += b[o];
+			}
+	}
 }
 #endif
 
@@ -745,7 +762,12 @@ void sb_matmul_exact(float *Y, const float *X, int T, const sb_mat *W, const flo
 {
 #ifdef SB_X86
 	if (T > 1 && sb_matmul_has_exact(W)) {
-		exact_job j = {W, X, have_avx512(), T, bias, Y};
+		exact_job j = {W, X, have_avx512(), T, bias, Y, 0, 0};
+		/* about 4 claims per thread, of 16 to EXACT_CHUNK rows */
+		const int nth = sb_pool_threads(pool);
+		int step = (W->rows / (4 * nth) + 15) / 16 * 16;
+		j.step = step < 16 ? 16 : step > EXACT_CHUNK ? EXACT_CHUNK : step;
+		atomic_init(&j.next, 0);
 		sb_pool_run(pool, exact_part, &j);
 		return;
 	}
