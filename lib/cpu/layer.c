@@ -78,6 +78,15 @@ static void run_rows(sb_bctx *x, rows_fn_job *j)
 		j->fn(j, 0, j->n);
 }
 
+/* Asks for bytes [p, p + n) to be brought into the L2 (the rows of a
+ * batch are in distinct states, so their data comes from memory, in
+ * streams too short for the hardware's prefetcher to get going). */
+static void prefetch_bytes(const void *p, size_t n)
+{
+	for (size_t o = 0; o < n; o += 64)
+		__builtin_prefetch((const char *)p + o, 0, 2);
+}
+
 /* Multi-head damped EMA over the rows, in order (docs/computation.md section 2):
  * h = q*h + p*beta*xn;  mx = sum_n h*gamma/sqrt(N) + omega*xn. Channels are
  * independent, so threads take channel ranges and scan every row. */
@@ -86,9 +95,14 @@ static void ema_channels(rows_fn_job *j, int d0, int d1)
 	sb_bctx *x = j->x;
 	const sb_layer *ly = j->ly;
 	const int D = x->m->cfg.embed_dim, N = x->m->cfg.n_dim;
-	for (int t = 0; t < j->T; t++)
+	const bool distinct = x->rows->distinct;
+	for (int t = 0; t < j->T; t++) {
+		if (distinct && t + 1 < j->T)
+			prefetch_bytes(st_h(ROW_STATE(x, t + 1)) + ((size_t)j->l * D + (size_t)d0) * N,
+			               (size_t)(d1 - d0) * N * sizeof(float));
 		sb_ema_row(st_h(ROW_STATE(x, t)) + (size_t)j->l * D * N, ly->ema_q, ly->ema_pb, ly->ema_g,
 		           ly->omega, x->xn + (size_t)t * D, x->mx + (size_t)t * D, d0, d1, N);
+	}
 }
 
 static void activate_range(rows_fn_job *j, int i0, int i1)
@@ -386,8 +400,22 @@ typedef struct rows_job {
 	int l, Ta;
 } rows_job;
 
+/* Prefetches the keys and values of layer l's ring of state s. */
+static void prefetch_ring(const sb_config *c, sb_state *s, int l)
+{
+	const int W1 = c->window + 1, Z = c->z_dim, H = c->hidden_dim;
+	const int len = st_ring_len(s)[l], head = st_ring_head(s)[l];
+	const int first = len < W1 - head ? len : W1 - head; /* slots head.. */
+	const float *K = st_ring_k(s) + (size_t)l * W1 * Z, *V = st_ring_v(s) + (size_t)l * W1 * H;
+	prefetch_bytes(K + (size_t)head * Z, (size_t)first * Z * sizeof(float));
+	prefetch_bytes(K, (size_t)(len - first) * Z * sizeof(float));
+	prefetch_bytes(V + (size_t)head * H, (size_t)first * H * sizeof(float));
+	prefetch_bytes(V, (size_t)(len - first) * H * sizeof(float));
+}
+
 /* Batched decode: rows of different states attend in parallel, one whole
- * row per thread at a time, each with its own score buffer. */
+ * row per thread at a time, each with its own score buffer; the ring of
+ * the thread's next row is prefetched while it works on this one. */
 static void attend_rows_part(void *arg, int ith, int nth)
 {
 	const rows_job *j = arg;
@@ -396,6 +424,8 @@ static void attend_rows_part(void *arg, int ith, int nth)
 	const int Z = c->z_dim, H = c->hidden_dim, ZH = Z + 2 * H, W1 = c->window + 1;
 	for (int i = ith; i < j->Ta; i += nth) {
 		const int t = x->aidx[i];
+		if (i + nth < j->Ta)
+			prefetch_ring(c, ROW_STATE(x, x->aidx[i + nth]), j->l);
 		attn_job aj = {x, j->ly, j->l, ROW_STATE(x, t), x->qv + (size_t)i * Z, ROW_POS(x, t), {0}, {0}};
 		float sum, mxs, *og = x->og + (size_t)i * H;
 		int len = st_ring_len(ROW_STATE(x, t))[j->l];
