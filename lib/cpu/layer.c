@@ -154,9 +154,11 @@ static void residual_range(rows_fn_job *j, int t0, int t1)
 				xi[d] += f[d];
 		} else {
 			const float *hx = x->hxu + (size_t)t * D2 + 2;
+			/* the attention output (h_proj) scaled by the router's pr1 */
 			const float *att = x->arow[t] >= 0 ? x->att + (size_t)x->arow[t] * D : NULL;
+			const float p = x->pr1[t];
 			for (int d = 0; d < D; d++)
-				xi[d] = hx[d] + (att ? att[d] : 0.0f) + xi[d];
+				xi[d] = hx[d] + (att ? att[d] * p : 0.0f) + xi[d];
 			sb_activate(c->activation, xi, (size_t)D);
 		}
 		if (!c->normalize_before) {
@@ -440,13 +442,15 @@ static void attend_rows_part(void *arg, int ith, int nth)
 typedef struct qk_job {
 	sb_bctx *x;
 	const sb_layer *ly;
-	int Ta, R;
+	int l, Ta, R;
 	bool block;
+	bool push;             /* rows of distinct states: each pushes its own ring */
 } qk_job;
 
 /* Queries and keys of activated rows (q = z*gq + bq, k = z*gk + bk, both
  * rotated), split over the pool: into qv and, for the matrix-product path,
- * the block's part of ck/cv/cpos, else kbuf (pushed in row order after). */
+ * the block's part of ck/cv/cpos, else kbuf, pushed into the rings here
+ * when the rows' states are distinct (else in row order after). */
 static void qk_part(void *arg, int ith, int nth)
 {
 	const qk_job *j = arg;
@@ -470,12 +474,15 @@ static void qk_part(void *arg, int ith, int nth)
 			memcpy(x->cv + (size_t)(j->R + i) * H, z + Z + H, (size_t)H * sizeof(float));
 			x->cpos[j->R + i] = ROW_POS(x, t);
 		}
+		if (j->push)
+			ring_push(c, ROW_STATE(x, t), j->l, k, z + Z + H, ROW_POS(x, t));
 	}
 }
 
 /* The gated attention unit for the activated rows of one layer: their
  * projections gathered into one product, their ring pushes and attention
- * in row order, and the output h_proj scaled by pr1 into att. */
+ * in row order, and the output h_proj into att (residual_range scales it
+ * by pr1). */
 static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 {
 	const sb_config *c = &x->m->cfg;
@@ -492,7 +499,8 @@ static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 	/* Rows of distinct states (a batched decode step) can attend in
 	 * parallel once every row's key is in its ring. */
 	bool parallel_rows = !block && Ta > 1 && sb_pool_threads(x->pool) > 1 && x->rows->distinct;
-	qk_job qj = {x, ly, Ta, R, block};
+	const bool push = !block && x->rows->distinct;
+	qk_job qj = {x, ly, l, Ta, R, block, push};
 	if (Ta >= PAR_MIN_ROWS)
 		sb_pool_run(x->pool, qk_part, &qj);
 	else
@@ -500,7 +508,9 @@ static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 	for (int i = 0; !block && i < Ta; i++) {
 		const int t = x->aidx[i];
 		const float *z = x->zgv + (size_t)i * ZH;  // z (Z), g (H), v (H)
-		ring_push(c, ROW_STATE(x, t), l, x->kbuf + (size_t)i * Z, z + Z + H, ROW_POS(x, t));
+		if (!push)
+			ring_push(c, ROW_STATE(x, t), l, x->kbuf + (size_t)i * Z, z + Z + H,
+			          ROW_POS(x, t));
 		if (!parallel_rows)
 			attend(x, ly, l, ROW_STATE(x, t), x->qv + (size_t)i * Z, ROW_POS(x, t), z + Z,
 			       x->og + (size_t)i * H);
@@ -512,11 +522,7 @@ static void attention_rows(sb_bctx *x, const sb_layer *ly, int l, int Ta)
 		sb_pool_run(x->pool, attend_rows_part, &j);
 	}
 	matmul(x, x->att, x->og, Ta, &ly->ho, ly->ho_b);
-	for (int i = 0; i < Ta; i++) {
-		float *a = x->att + (size_t)i * D, p = x->pr1[x->aidx[i]];
-		for (int d = 0; d < D; d++)
-			a[d] *= p;
-	}
+	/* (att is scaled by pr1 in residual_range) */
 }
 
 int sb_cpu_layer(sb_bctx *x, const sb_rows *r, int l, uint8_t *act_out, float *hidden,
