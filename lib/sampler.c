@@ -250,18 +250,30 @@ static float clean(float l)
 	return isnan(l) ? -INFINITY : l;
 }
 
+/* The first id of the largest logit. The largest value first, in 8
+ * independent lanes that the compiler can keep in vector registers (a
+ * NaN never compares greater, so it never wins), then the first id that
+ * holds it: the same id as one pass keeping the first strict maximum. */
 static int32_t argmax(const float *logits, int n)
 {
-	int32_t best = 0;
-	float bv = clean(logits[0]);
-	for (int i = 1; i < n; i++) {
-		float v = clean(logits[i]);
-		if (v > bv) {
-			bv = v;
-			best = i;
+	float m[8];
+	for (int j = 0; j < 8; j++)
+		m[j] = -INFINITY;
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++) {
+			float v = logits[i + j];
+			m[j] = v > m[j] ? v : m[j];
 		}
-	}
-	return best;
+	for (; i < n; i++)
+		m[0] = logits[i] > m[0] ? logits[i] : m[0];
+	float bv = m[0];
+	for (int j = 1; j < 8; j++)
+		bv = m[j] > bv ? m[j] : bv;
+	for (i = 0; i < n; i++)
+		if (clean(logits[i]) == bv)
+			return i;
+	return 0;
 }
 
 /* Higher logit first; equal logits by lower id. */
