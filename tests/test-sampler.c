@@ -73,6 +73,31 @@ START_TEST(sampler_greedy_is_argmax)
 	float tie[5] = {1, 3, 2, 3, 0};
 	ck_assert_int_eq(sb_sampler_sample(s, tie), 1);
 	sb_sampler_free(s);
+	/* NaN never wins; the first of equal maxima wins wherever they fall
+	 * (in the same or other lanes of 8, or in the tail); -inf or NaN
+	 * everywhere gives id 0. */
+	s = make(&p, 37);
+	float l[37];
+	for (int i = 0; i < 37; i++)
+		l[i] = i % 5 == 0 ? NAN : (float)(i % 7) - 3.0f;
+	l[19] = 9.0f;
+	l[27] = 9.0f;
+	l[35] = 9.0f;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 19);
+	l[19] = NAN;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 27);
+	l[27] = 8.0f;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 35);
+	l[36] = INFINITY;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 36);
+	for (int i = 0; i < 37; i++)
+		l[i] = i % 2 ? NAN : -INFINITY;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 0);
+	l[0] = NAN;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 0);
+	l[33] = -1e30f;
+	ck_assert_int_eq(sb_sampler_sample(s, l), 33);
+	sb_sampler_free(s);
 }
 END_TEST
 
