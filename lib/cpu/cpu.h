@@ -117,6 +117,9 @@ void sb_ring_accum(float *og, const float *a, const float *V, int H, int W1, int
 void sb_axpy(float *y, float a, const float *x, int n);
 
 void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D);
+/* sb_norm_apply on n rows of D (x and y rows side by side), several
+ * rows at a time: the same numbers for each row. */
+void sb_norm_rows(const sb_norm *nm, float *y, const float *x, int n, int D);
 void sb_activate(sb_act_kind k, float *x, size_t n);
 float sb_silu(float x);
 /* Rotate the interleaved pairs of a query and a key (Z each) by position

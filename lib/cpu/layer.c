@@ -130,13 +130,11 @@ static void prenorm_range(rows_fn_job *j, int t0, int t1)
 {
 	const sb_config *c = &j->x->m->cfg;
 	const int D = c->embed_dim;
-	for (int t = t0; t < t1; t++) {
-		float *xi = j->x->x + (size_t)t * D, *xn = j->x->xn + (size_t)t * D;
-		if (c->normalize_before)
-			sb_norm_apply(j->norm, xn, xi, D);
-		else
-			memcpy(xn, xi, (size_t)D * sizeof(float));
-	}
+	float *xi = j->x->x + (size_t)t0 * D, *xn = j->x->xn + (size_t)t0 * D;
+	if (c->normalize_before)
+		sb_norm_rows(j->norm, xn, xi, t1 - t0, D);
+	else
+		memcpy(xn, xi, (size_t)(t1 - t0) * D * sizeof(float));
 }
 
 /* The block: x = act(hx + att + x), or the FFN: x = f + x; then the
@@ -605,18 +603,17 @@ int sb_cpu_logits(sb_bctx *x, const sb_rows *r, const int *sel, int n, float *ds
 	const sb_config *c = &m->cfg;
 	const int D = c->embed_dim;
 	x->rows = r;
-	/* The selected rows, final-normed, side by side (ascending, so an
-	 * in-place gather never overwrites a row still to be read). */
+	/* The selected rows, final-normed, side by side: gathered into xn,
+	 * then normed back into x; without a final norm gathered in place
+	 * (ascending, so it never overwrites a row still to be read). */
 	for (int i = 0; i < n; i++) {
 		const float *xi = x->x + (size_t)sel[i] * D;
-		float *yi = x->x + (size_t)i * D;
-		if (c->normalize_before) {
-			sb_norm_apply(&m->final_norm, x->xn, xi, D);
-			memcpy(yi, x->xn, (size_t)D * sizeof(float));
-		} else if (yi != xi) {
+		float *yi = (c->normalize_before ? x->xn : x->x) + (size_t)i * D;
+		if (yi != xi)
 			memcpy(yi, xi, (size_t)D * sizeof(float));
-		}
 	}
+	if (c->normalize_before)
+		sb_norm_rows(&m->final_norm, x->x, x->xn, n, D);
 	matmul(x, dst, x->x, n, &m->out, NULL);
 	return 0;
 }

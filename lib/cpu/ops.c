@@ -859,6 +859,28 @@ void sb_axpy(float *y, float a, const float *x, int n)
 
 #define NORM_EPS 1e-5f
 
+/* y = the normed x from its statistics: (x - mean) * inv (then weight
+ * and bias) for a layernorm, w * x * inv for the others (mean unused). */
+static void norm_finish(const sb_norm *nm, float *y, const float *x, int D, float mean,
+                        float inv)
+{
+	if (nm->kind == SB_NORM_LAYERNORM) {
+		for (int i = 0; i < D; i++) {
+			float v = (x[i] - mean) * inv;
+			if (nm->weight)
+				v = v * nm->weight[i] + nm->bias[i];
+			y[i] = v;
+		}
+		return;
+	}
+	for (int i = 0; i < D; i++) {
+		float w = nm->kind == SB_NORM_SCALENORM ? nm->scalar
+		          : nm->weight                 ? nm->weight[i]
+		                                       : 1.0f;
+		y[i] = w * x[i] * inv;
+	}
+}
+
 void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D)
 {
 	switch (nm->kind) {
@@ -872,13 +894,7 @@ void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D)
 			var += d * d;
 		}
 		var /= (float)D;
-		float inv = 1.0f / sqrtf(var + NORM_EPS);
-		for (int i = 0; i < D; i++) {
-			float v = (x[i] - mean) * inv;
-			if (nm->weight)
-				v = v * nm->weight[i] + nm->bias[i];
-			y[i] = v;
-		}
+		norm_finish(nm, y, x, D, mean, 1.0f / sqrtf(var + NORM_EPS));
 		break;
 	}
 	case SB_NORM_SCALENORM:
@@ -887,16 +903,51 @@ void sb_norm_apply(const sb_norm *nm, float *y, const float *x, int D)
 		for (int i = 0; i < D; i++)
 			ms += x[i] * x[i];
 		ms /= (float)D;
-		float inv = 1.0f / sqrtf(ms + NORM_EPS);
-		for (int i = 0; i < D; i++) {
-			float w = nm->kind == SB_NORM_SCALENORM ? nm->scalar
-			          : nm->weight                 ? nm->weight[i]
-			                                       : 1.0f;
-			y[i] = w * x[i] * inv;
-		}
+		norm_finish(nm, y, x, D, 0.0f, 1.0f / sqrtf(ms + NORM_EPS));
 		break;
 	}
 	}
+}
+
+/* Rows per group of sb_norm_rows. */
+#define NORM_ROWS 8
+
+void sb_norm_rows(const sb_norm *nm, float *y, const float *x, int n, int D)
+{
+	int r0 = 0;
+	/* Each sum is a chain of dependent adds; NORM_ROWS rows side by side
+	 * are as many independent chains, each in its row's own order (the
+	 * numbers of sb_norm_apply), instead of one chain at a time. */
+	for (; r0 + NORM_ROWS <= n; r0 += NORM_ROWS) {
+		const float *xr = x + (size_t)r0 * D;
+		float *yr = y + (size_t)r0 * D;
+		float a[NORM_ROWS], b[NORM_ROWS];
+		for (int r = 0; r < NORM_ROWS; r++)
+			a[r] = b[r] = 0.0f;
+		if (nm->kind == SB_NORM_LAYERNORM) {
+			for (int i = 0; i < D; i++)
+				for (int r = 0; r < NORM_ROWS; r++)
+					a[r] += xr[(size_t)r * D + i];
+			for (int r = 0; r < NORM_ROWS; r++)
+				a[r] /= (float)D;
+			for (int i = 0; i < D; i++)
+				for (int r = 0; r < NORM_ROWS; r++) {
+					float d = xr[(size_t)r * D + i] - a[r];
+					b[r] += d * d;
+				}
+		} else {
+			for (int i = 0; i < D; i++)
+				for (int r = 0; r < NORM_ROWS; r++)
+					b[r] += xr[(size_t)r * D + i] * xr[(size_t)r * D + i];
+		}
+		for (int r = 0; r < NORM_ROWS; r++) {
+			b[r] /= (float)D;
+			norm_finish(nm, yr + (size_t)r * D, xr + (size_t)r * D, D, a[r],
+			            1.0f / sqrtf(b[r] + NORM_EPS));
+		}
+	}
+	for (; r0 < n; r0++)
+		sb_norm_apply(nm, y + (size_t)r0 * D, x + (size_t)r0 * D, D);
 }
 
 float sb_silu(float x)
