@@ -444,18 +444,22 @@ static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T,
 		}
 		const char *next = (const char *)W->data + (size_t)n0 * wst;
 		const size_t next_bytes = n1 > n0 ? (size_t)(n1 - n0) * wst : 0;
+		/* a few lines per call of the kernel, spread over the chunk (a
+		 * burst of them waits for the fill buffers) */
+		const size_t calls = (size_t)nb * (size_t)((c1 - c0 + E16_RW - 1) / E16_RW);
+		const size_t per_call = ((next_bytes + 63) / 64 + calls - 1) / calls * 64;
+		size_t o = 0;
 		for (int t = 0; t < T; t += E16_RX) {
 			const int rx = T - t < E16_RX ? T - t : E16_RX;
-			const int b = t / E16_RX;
-			for (size_t o = next_bytes * b / nb & ~(size_t)63; o < next_bytes * (b + 1) / nb;
-			     o += 64)
-				__builtin_prefetch(next + o, 0, 2);
 			const float *xt = X + (size_t)t * n;
 			float *yt = Y + (size_t)t * NO;
 			int r = c0;
-			for (; r + E16_RW <= c1; r += E16_RW)
+			for (; r + E16_RW <= c1; r += E16_RW) {
+				for (size_t e = o + per_call; o < e && o < next_bytes; o += 64)
+					__builtin_prefetch(next + o, 0, 2);
 				fn[1][rx - 1]((const char *)W->data + (size_t)r * wst, wst, xt, (size_t)n,
 				              n, yt + r, (size_t)NO);
+			}
 			for (; r < c1; r++)
 				fn[0][rx - 1]((const char *)W->data + (size_t)r * wst, wst, xt, (size_t)n,
 				              n, yt + r, (size_t)NO);
