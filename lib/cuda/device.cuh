@@ -44,17 +44,18 @@ static __device__ __forceinline__ float warp_max(float v)
 
 /* A sum (or max) over the block; red: 33 floats of shared memory. Every
  * thread of the block must call it. */
-static __device__ float block_sum(float v, float *red)
+template <bool MAX>
+static __device__ float block_reduce(float v, float *red)
 {
-	v = warp_sum(v);
+	v = MAX ? warp_max(v) : warp_sum(v);
 	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
 	__syncthreads();
 	if (lane == 0)
 		red[w] = v;
 	__syncthreads();
 	if (w == 0) {
-		float t = lane < nw ? red[lane] : 0.0f;
-		t = warp_sum(t);
+		float t = lane < nw ? red[lane] : MAX ? -INFINITY : 0.0f;
+		t = MAX ? warp_max(t) : warp_sum(t);
 		if (lane == 0)
 			red[32] = t;
 	}
@@ -62,22 +63,14 @@ static __device__ float block_sum(float v, float *red)
 	return red[32];
 }
 
-static __device__ float block_max(float v, float *red)
+static __device__ __forceinline__ float block_sum(float v, float *red)
 {
-	v = warp_max(v);
-	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-	__syncthreads();
-	if (lane == 0)
-		red[w] = v;
-	__syncthreads();
-	if (w == 0) {
-		float t = lane < nw ? red[lane] : -INFINITY;
-		t = warp_max(t);
-		if (lane == 0)
-			red[32] = t;
-	}
-	__syncthreads();
-	return red[32];
+	return block_reduce<false>(v, red);
+}
+
+static __device__ __forceinline__ float block_max(float v, float *red)
+{
+	return block_reduce<true>(v, red);
 }
 
 static __device__ __forceinline__ float bf16_to_f32(uint16_t h)
@@ -115,23 +108,25 @@ static __device__ __forceinline__ bool router(const float *u, float act_bias, fl
 	return p1 > p0;
 }
 
-/* y (D, shared) = Norm(y), in place, by the whole block. */
-static __device__ void norm_row(const sbk_norm &nm, float *y, int D, float *red)
+/* y (D) = Norm(y) in place, by the threads i0, i0 + di, .. together;
+ * sum(v) adds v over those threads (and gives every one the total). */
+template <typename Sum>
+static __device__ __forceinline__ void norm_by(const sbk_norm &nm, float *y, int D, int i0, int di,
+                                               Sum sum)
 {
-	const int tid = threadIdx.x, bd = blockDim.x;
 	if (nm.kind == SB_NORM_LAYERNORM) {
 		float s = 0.0f;
-		for (int i = tid; i < D; i += bd)
+		for (int i = i0; i < D; i += di)
 			s += y[i];
-		const float mean = block_sum(s, red) / (float)D;
+		const float mean = sum(s) / (float)D;
 		float v = 0.0f;
-		for (int i = tid; i < D; i += bd) {
+		for (int i = i0; i < D; i += di) {
 			float d = y[i] - mean;
 			v += d * d;
 		}
-		const float var = block_sum(v, red) / (float)D;
+		const float var = sum(v) / (float)D;
 		const float inv = 1.0f / sqrtf(var + 1e-5f);
-		for (int i = tid; i < D; i += bd) {
+		for (int i = i0; i < D; i += di) {
 			float t = (y[i] - mean) * inv;
 			if (nm.w)
 				t = t * nm.w[i] + nm.b[i];
@@ -139,16 +134,29 @@ static __device__ void norm_row(const sbk_norm &nm, float *y, int D, float *red)
 		}
 	} else {
 		float s = 0.0f;
-		for (int i = tid; i < D; i += bd)
+		for (int i = i0; i < D; i += di)
 			s += y[i] * y[i];
-		const float ms = block_sum(s, red) / (float)D;
+		const float ms = sum(s) / (float)D;
 		const float inv = 1.0f / sqrtf(ms + 1e-5f);
-		for (int i = tid; i < D; i += bd) {
+		for (int i = i0; i < D; i += di) {
 			float w = nm.kind == SB_NORM_SCALENORM ? nm.scalar : nm.w ? nm.w[i] : 1.0f;
 			y[i] = w * y[i] * inv;
 		}
 	}
+}
+
+/* y (D, shared) = Norm(y), in place, by the whole block. */
+static __device__ void norm_row(const sbk_norm &nm, float *y, int D, float *red)
+{
+	norm_by(nm, y, D, threadIdx.x, blockDim.x, [red](float v) { return block_sum(v, red); });
 	__syncthreads();
+}
+
+/* y (D) = Norm(y) in place, by one warp. */
+static __device__ void warp_norm(const sbk_norm &nm, float *y, int D)
+{
+	norm_by(nm, y, D, threadIdx.x & 31, 32, [](float v) { return warp_sum(v); });
+	__syncwarp();
 }
 
 /* q = z*gq + bq, k = z*gk + bk, rotated by position p (interleaved pairs,

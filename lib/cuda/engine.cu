@@ -309,6 +309,19 @@ static int host_pinned(void **p, size_t bytes, sb_error *err)
 	return 0;
 }
 
+/* A cuBLAS handle on the context's stream in math mode `mode`. */
+static int blas_new(sb_cuda_ctx *c, cublasHandle_t *h, cublasMath_t mode, sb_error *err)
+{
+	if (cublasCreate(h) != CUBLAS_STATUS_SUCCESS) {
+		*h = NULL;
+		return sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS did not start");
+	}
+	if (cublasSetStream(*h, c->st) != CUBLAS_STATUS_SUCCESS ||
+	    cublasSetMathMode(*h, mode) != CUBLAS_STATUS_SUCCESS)
+		return sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS setup failed");
+	return 0;
+}
+
 int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ctx **out,
                     sb_error *err)
 {
@@ -356,32 +369,15 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	}
 	c->ks.s = c->st;
 	c->ks.pdl = false; /* plain launches while uploading */
-	if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
-		c->blas = NULL;
-		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS did not start");
-		goto fail;
-	}
 	/* Plain float32 products: no TF32 (the parity tolerance assumes full
-	 * float32 products), and a fixed workspace so that products can be
-	 * captured into graphs. */
-	if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
-	    cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS) {
-		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS setup failed");
+	 * float32 products). The split F16 products (gemm.cuh) want tensor
+	 * cores: a second handle in the default math mode, float32
+	 * accumulation asked for in each call. Both handles share one
+	 * workspace (below, so that products can be captured into graphs):
+	 * they run in one stream. */
+	if ((rc = blas_new(c, &c->blas, CUBLAS_PEDANTIC_MATH, err)) < 0 ||
+	    (rc = blas_new(c, &c->blas_tc, CUBLAS_DEFAULT_MATH, err)) < 0)
 		goto fail;
-	}
-	/* The split F16 products (gemm.cuh) want tensor cores: a second
-	 * handle in the default math mode, float32 accumulation asked for in
-	 * each call. Both handles share the workspace: they run in one stream. */
-	if (cublasCreate(&c->blas_tc) != CUBLAS_STATUS_SUCCESS) {
-		c->blas_tc = NULL;
-		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS did not start");
-		goto fail;
-	}
-	if (cublasSetStream(c->blas_tc, c->st) != CUBLAS_STATUS_SUCCESS ||
-	    cublasSetMathMode(c->blas_tc, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
-		rc = sb_error_set(err, SB_ERR_DEVICE, "cuda: cuBLAS setup failed");
-		goto fail;
-	}
 	{
 		const size_t ws = 32u << 20;
 		if (!(c->blas_ws = dalloc(c, ws, err)) ||

@@ -54,40 +54,6 @@ static __device__ void stage(float *dst, const float *src, int B, int n, int ld)
 	__syncthreads();
 }
 
-/* y (D) = Norm(y) in place, by one warp. */
-static __device__ void warp_norm(const sbk_norm &nm, float *y, int D)
-{
-	const int lane = threadIdx.x & 31;
-	if (nm.kind == SB_NORM_LAYERNORM) {
-		float s = 0.0f;
-		for (int i = lane; i < D; i += 32)
-			s += y[i];
-		const float mean = warp_sum(s) / (float)D;
-		float v = 0.0f;
-		for (int i = lane; i < D; i += 32) {
-			const float d = y[i] - mean;
-			v += d * d;
-		}
-		const float inv = 1.0f / sqrtf(warp_sum(v) / (float)D + 1e-5f);
-		for (int i = lane; i < D; i += 32) {
-			float t = (y[i] - mean) * inv;
-			if (nm.w)
-				t = t * nm.w[i] + nm.b[i];
-			y[i] = t;
-		}
-	} else {
-		float s = 0.0f;
-		for (int i = lane; i < D; i += 32)
-			s += y[i] * y[i];
-		const float inv = 1.0f / sqrtf(warp_sum(s) / (float)D + 1e-5f);
-		for (int i = lane; i < D; i += 32) {
-			const float w = nm.kind == SB_NORM_SCALENORM ? nm.scalar : nm.w ? nm.w[i] : 1.0f;
-			y[i] = w * y[i] * inv;
-		}
-	}
-	__syncwarp();
-}
-
 /* The B rows in shared memory, each normalized by its own warp. */
 static __device__ void norm_rows(const sbk_norm &nm, float *xs, int B, int D)
 {
