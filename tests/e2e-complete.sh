@@ -163,8 +163,11 @@ long=(complete -m "$MODEL" -f "$TMP/long.jsonl" -n 40000 --temp 1 --seed 11 --lo
 "$SEQBOAT" "${long[@]}" -o "$TMP/full.out" || fail "uninterrupted run failed"
 "$SEQBOAT" "${long[@]}" -o "$TMP/killed.out" &
 pid=$!
+# Kill once a whole record is there: a record of 40000 tokens reaches the
+# file in several writes, and a kill between two of them (a loaded
+# machine) would leave only a torn first line.
 for _ in $(seq 1 12000); do
-	[ -s "$TMP/killed.out" ] && break
+	[ -s "$TMP/killed.out" ] && [ "$(wc -l < "$TMP/killed.out")" -ge 1 ] && break
 	sleep 0.01
 done
 kill -KILL "$pid" 2> /dev/null
