@@ -288,7 +288,9 @@ __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m256 half8(__m5
  * halves are added and reduced as hsum8 reduces them (reduce4x4, 16
  * products at a time). RW rows of W against RX rows of X: RW x RX
  * accumulators, each widened weight used RX times and each load of X RW
- * times, and no packing of X (the rows are read where they are). */
+ * times, and no packing of X (the rows are read where they are). The
+ * bias b of the RW rows (or NULL) is added to each finished sum, as a
+ * separate pass over Y would add it. */
 __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m512 load16(sb_dtype dt,
                                                                             const void *p)
 {
@@ -312,7 +314,7 @@ __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m512 load16(sb_
 __attribute__((target("avx2,fma,f16c,avx512f"), always_inline)) static inline void
 reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11, __m512 v12,
           __m512 v13, __m512 v20, __m512 v21, __m512 v22, __m512 v23, __m512 v30, __m512 v31,
-          __m512 v32, __m512 v33, float *y, size_t ys, int rw, int rx)
+          __m512 v32, __m512 v33, float *y, size_t ys, int rw, int rx, const float *b)
 {
 #define LO_HI(A, B) _mm512_add_ps(_mm512_shuffle_f32x4(A, B, 0x44), _mm512_shuffle_f32x4(A, B, 0xee))
 #define HALVES(S, U) _mm512_add_ps(_mm512_shuffle_f32x4(S, U, 0x88), _mm512_shuffle_f32x4(S, U, 0xdd))
@@ -330,6 +332,8 @@ reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11
 #undef PAIRS
 #undef LAST
 	if (rw == 4) {
+		if (b) /* the bias, after the sum (as a separate pass adds it) */
+			r = _mm512_add_ps(r, _mm512_broadcast_f32x4(_mm_loadu_ps(b)));
 		_mm_storeu_ps(y, _mm512_castps512_ps128(r));
 		if (rx > 1)
 			_mm_storeu_ps(y + ys, _mm512_extractf32x4_ps(r, 1));
@@ -342,13 +346,17 @@ reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11
 		_mm512_storeu_ps(out, r);
 		for (int j = 0; j < rx; j++)
 			for (int i = 0; i < rw; i++)
-				y[j * ys + i] = out[4 * j + i];
+				y[j * ys + i] = b ? out[4 * j + i] + b[i] : out[4 * j + i];
 	}
 }
 
+typedef void (*exact16_fn)(const char *w, size_t wst, const float *x, size_t xs, int n,
+                           float *y, size_t ys, const float *b);
+
 #define EXACT16_BLOCK(NAME, DT, RW, RX)                                                      \
 	__attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(                   \
-		const char *w, size_t wst, const float *x, size_t xs, int n, float *y, size_t ys) \
+		const char *w, size_t wst, const float *x, size_t xs, int n, float *y, size_t ys, \
+		const float *b)                                                              \
 	{                                                                                    \
 		const size_t esz = DT == SB_DTYPE_F32 ? 4 : 2;                               \
 		/* 4 x a multiple of 4, the unused ones staying zero */                  \
@@ -383,7 +391,8 @@ reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11
 			          a[1][j0], a[1][j0 + 1], a[1][j0 + 2], a[1][j0 + 3],        \
 			          a[2][j0], a[2][j0 + 1], a[2][j0 + 2], a[2][j0 + 3],        \
 			          a[3][j0], a[3][j0 + 1], a[3][j0 + 2], a[3][j0 + 3],        \
-			          y + j0 * ys, ys, RW, RX - j0 < 4 ? RX - j0 : 4);           \
+			          y + j0 * ys, ys, RW, RX - j0 < 4 ? RX - j0 : 4,            \
+			          k < n ? NULL : b);                                         \
 		if (k < n)                                                                   \
 			for (int i = 0; i < RW; i++) {                                       \
 				float tail[8];                                               \
@@ -392,7 +401,7 @@ reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11
 					float acc = y[j * ys + i];                           \
 					for (int q = 0; q < n - k; q++)                      \
 						acc += tail[q] * x[j * xs + k + q];          \
-					y[j * ys + i] = acc;                                 \
+					y[j * ys + i] = b ? acc + b[i] : acc;                \
 				}                                                            \
 			}                                                                    \
 	}
@@ -410,7 +419,7 @@ reduce4x4(__m512 v00, __m512 v01, __m512 v02, __m512 v03, __m512 v10, __m512 v11
 	EXACT16_BLOCK(e16_##SUF##_1_2, DT, 1, 2)                                         \
 	EXACT16_BLOCK(e16_##SUF##_1_3, DT, 1, 3)                                         \
 	EXACT16_BLOCK(e16_##SUF##_1_4, DT, 1, 4)                                         \
-	static const exact_fn e16_##SUF[2][E16_RX] = {                                   \
+	static const exact16_fn e16_##SUF[2][E16_RX] = {                                   \
 		{e16_##SUF##_1_1, e16_##SUF##_1_2, e16_##SUF##_1_3, e16_##SUF##_1_4},    \
 		{e16_##SUF##_4_1, e16_##SUF##_4_2, e16_##SUF##_4_3, e16_##SUF##_4_4},    \
 	};
@@ -423,10 +432,10 @@ EXACT16_BLOCKS(bf16, SB_DTYPE_BF16)
  * the L2), each block of E16_RX rows of X (in the L1) against every
  * E16_RW weight rows of the chunk in turn. Rows pf0..pf1-1 (those likely
  * to come next) are prefetched during the last chunk. */
-static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T, float *Y,
-                         int pf0, int pf1)
+static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T,
+                         const float *bias, float *Y, int pf0, int pf1)
 {
-	const exact_fn(*fn)[E16_RX] = W->dtype == SB_DTYPE_F16    ? e16_f16
+	const exact16_fn(*fn)[E16_RX] = W->dtype == SB_DTYPE_F16    ? e16_f16
 	                              : W->dtype == SB_DTYPE_BF16 ? e16_bf16
 	                                                          : e16_f32;
 	const int n = W->cols, NO = W->rows;
@@ -458,11 +467,11 @@ static void exact16_rows(const sb_mat *W, int r0, int r1, const float *X, int T,
 				for (size_t e = o + per_call; o < e && o < next_bytes; o += 64)
 					__builtin_prefetch(next + o, 0, 2);
 				fn[1][rx - 1]((const char *)W->data + (size_t)r * wst, wst, xt, (size_t)n,
-				              n, yt + r, (size_t)NO);
+				              n, yt + r, (size_t)NO, bias ? bias + r : NULL);
 			}
 			for (; r < c1; r++)
 				fn[0][rx - 1]((const char *)W->data + (size_t)r * wst, wst, xt, (size_t)n,
-				              n, yt + r, (size_t)NO);
+				              n, yt + r, (size_t)NO, bias ? bias + r : NULL);
 		}
 	}
 }
@@ -735,10 +744,10 @@ static void exact_part(void *arg, int ith, int nth)
 		if (j->wide) {
 			/* the claim this thread is likely to make next */
 			const int p0 = r0 + nth * step, p1 = p0 + step < rows ? p0 + step : rows;
-			exact16_rows(j->W, r0, r1, j->X, j->T, j->Y, p0, p1);
-		} else {
-			exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
+			exact16_rows(j->W, r0, r1, j->X, j->T, j->bias, j->Y, p0, p1);
+			continue;
 		}
+		exact_rows(j->W, r0, r1, j->X, j->T, j->Y);
 		if (j->bias)
 			for (int t = 0; t < j->T; t++) {
 				float *restrict y = j->Y + (size_t)t * rows;
