@@ -91,6 +91,7 @@ struct sb_cuda_ctx {
 	/* the fused decode step (step.cu) */
 	bool step_on;
 	const sbk_layer *d_layers; // (L) on the device
+	sbk_step step;          // its arguments but the rows' count and act_bias, set once
 	int step_grid[SBK_STEP_MAX_ROWS + 1]; // blocks for B rows, 0: cannot, -1: not asked yet
 	int failed;             // a cuBLAS call failed in the current block
 };
@@ -493,6 +494,37 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		c->step_on = ev && !strcmp(ev, "1");
 		for (int b = 0; b <= SBK_STEP_MAX_ROWS; b++)
 			c->step_grid[b] = -1;
+		sbk_step *a = &c->step;
+		a->g = c->g;
+		a->L = L;
+		a->R = c->R;
+		a->nch = c->nch;
+		a->prenorm = c->prenorm;
+		a->ffn = c->ffn;
+		a->embed_scale = c->embed_scale;
+		a->embed = c->embed;
+		a->out = c->out;
+		a->final_norm = c->final_norm;
+		a->layers = c->d_layers;
+		a->blocks = c->blocks;
+		a->tok = c->tok;
+		a->pos = c->pos;
+		a->inv_freq = c->inv_freq;
+		a->x = c->x;
+		a->mx = c->mx;
+		a->hxu = c->hxu;
+		a->zgv = c->zgv;
+		a->og = c->og;
+		a->att = c->att;
+		a->ffn_h = c->ffn_h;
+		a->pr1 = c->pr1;
+		a->po = c->po;
+		a->pm = c->pm;
+		a->ps = c->ps;
+		a->hid = c->hid;
+		a->logits = c->logits;
+		a->arow = c->arow;
+		a->act = c->act;
 	}
 	{
 		/* Kernels launch early (programmatic dependent launch) on
@@ -624,7 +656,7 @@ static void mm_x(sb_cuda_ctx *c, float *Y, int ldy, const float *X, bool x_split
 	blas_check(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, T, W->cols, &one,
 	                          W->w32, W->cols, X, W->cols, &zero, Y, W->rows));
 	if (bias || act != SBK_ACT_NONE)
-		sbk_bias_act(c->ks, Y, W->rows, T, bias, act);
+		sbk_scale_bias_act(c->ks, Y, W->rows, W->rows, T, NULL, bias, act);
 }
 
 static void mm(sb_cuda_ctx *c, float *Y, const float *X, int T, const sbk_mat *W,
@@ -785,40 +817,9 @@ static int step_launch(sb_cuda_ctx *c, int B, float act_bias, sb_error *err)
 		c->step_grid[B] = sbk_step_grid(&c->g, B);
 	if (c->step_grid[B] == 0)
 		return 1;
-	sbk_step a;
-	memset(&a, 0, sizeof a);
-	a.g = c->g;
-	a.L = c->L;
+	sbk_step a = c->step;
 	a.B = B;
-	a.R = c->R;
-	a.nch = c->nch;
-	a.prenorm = c->prenorm;
-	a.ffn = c->ffn;
-	a.embed_scale = c->embed_scale;
 	a.act_bias = act_bias;
-	a.embed = c->embed;
-	a.out = c->out;
-	a.final_norm = c->final_norm;
-	a.layers = c->d_layers;
-	a.blocks = c->blocks;
-	a.tok = c->tok;
-	a.pos = c->pos;
-	a.inv_freq = c->inv_freq;
-	a.x = c->x;
-	a.mx = c->mx;
-	a.hxu = c->hxu;
-	a.zgv = c->zgv;
-	a.og = c->og;
-	a.att = c->att;
-	a.ffn_h = c->ffn_h;
-	a.pr1 = c->pr1;
-	a.po = c->po;
-	a.pm = c->pm;
-	a.ps = c->ps;
-	a.hid = c->hid;
-	a.logits = c->logits;
-	a.arow = c->arow;
-	a.act = c->act;
 	cudaError_t e = sbk_step_launch(c->st, &a, c->step_grid[B]);
 	if (e == cudaErrorCooperativeLaunchTooLarge || e == cudaErrorNotSupported ||
 	    e == cudaErrorInvalidConfiguration) {

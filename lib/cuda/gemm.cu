@@ -4,28 +4,8 @@
  * and undo the scale, and the cuBLAS call. Launched plainly (no early
  * launch): these run only in blocks with cuBLAS products.
  */
-#include <math.h>
-
+#include "device.cuh"
 #include "gemm.cuh"
-
-__device__ float split_block_max(float v, float *red)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-	if (lane == 0)
-		red[w] = v;
-	__syncthreads();
-	if (w == 0) {
-		float t = lane < nw ? red[lane] : 0.0f;
-		for (int o = 16; o > 0; o >>= 1)
-			t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
-		if (lane == 0)
-			red[32] = t;
-	}
-	__syncthreads();
-	return red[32];
-}
 
 __device__ __forceinline__ void split_one(float v, __half *hi, __half *lo)
 {
@@ -45,7 +25,7 @@ __global__ void k_split(const float *x, int m, int ld, const int *colexp, sbk_sp
 		const float v = colexp ? ldexpf(xr[j], colexp[j]) : xr[j];
 		mx = fmaxf(mx, fabsf(v));
 	}
-	const int e = sbk_split_exp(split_block_max(mx, red));
+	const int e = sbk_split_exp(block_max(mx, red));
 	if (tid == 0)
 		o.e[i] = e;
 	__half *row = o.h + (size_t)i * o.ld;
@@ -74,7 +54,7 @@ __global__ void k_scale_bias_act(float *y, int m, int ld, int n, const int *e, c
 		const int i = (int)(idx / (size_t)m), j = (int)(idx % (size_t)m);
 		float *p = y + (size_t)i * ld + j;
 		/* 2^e[i] exactly: |e| <= SBK_SPLIT_EMAX */
-		float v = *p * __int_as_float((127 + e[i]) << 23);
+		float v = e ? *p * __int_as_float((127 + e[i]) << 23) : *p;
 		if (bias)
 			v += bias[j];
 		*p = apply_act(act, v);

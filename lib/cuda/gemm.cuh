@@ -79,7 +79,8 @@ __device__ __forceinline__ void sbk_split_zero(int m, __half *row, size_t seg, i
 void sbk_split(sbk_stream st, const float *x, int n, int m, int ld, const int *colexp,
                const sbk_split_out *o);
 
-/* y (n, m; rows ld apart) = act(y 2^e[row] + bias); bias (m) or NULL. */
+/* y (n, m; rows ld apart) = act(y 2^e[row] + bias); e (n) or NULL (no
+ * scale), bias (m) or NULL. */
 void sbk_scale_bias_act(sbk_stream st, float *y, int m, int ld, int n, const int *e,
                         const float *bias, int act);
 

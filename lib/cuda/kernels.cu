@@ -239,19 +239,6 @@ __global__ void k_gemv(sbk_mat W, const float *x, int B, const float *bias, int 
 	}
 }
 
-__global__ void k_bias_act(float *y, int n, int B, const float *bias, int act)
-{
-	grid_dep();
-	const size_t total = (size_t)n * B;
-	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-	     i += (size_t)gridDim.x * blockDim.x) {
-		float v = y[i];
-		if (bias)
-			v += bias[i % n];
-		y[i] = apply_act(act, v);
-	}
-}
-
 /* One block for all T rows: decisions, then a prefix count over them
  * (ballots per warp, warp totals in shared memory). */
 __global__ void k_router_block(const float *hxu, int T, int D2, float act_bias, float inv_tau,
@@ -742,11 +729,6 @@ void sbk_gemv(sbk_stream st, const sbk_mat *W, const float *x, int B, const floa
 		gemv_dt<SB_DTYPE_F32>(st, W, x, B, bias, act, y, rhxu, rld, act_bias, inv_tau, arow);
 		break;
 	}
-}
-
-void sbk_bias_act(sbk_stream st, float *y, int n, int B, const float *bias, int act)
-{
-	launch(st, grid_for((size_t)n * B, 256), 256, 0, k_bias_act, y, n, B, bias, act);
 }
 
 void sbk_router_block(sbk_stream st, const float *hxu, int T, int D2, float act_bias,

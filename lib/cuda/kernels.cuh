@@ -115,8 +115,6 @@ void sbk_norm_ema_rows(sbk_stream st, unsigned char *const *blocks, const sbk_ge
 void sbk_gemv(sbk_stream st, const sbk_mat *W, const float *x, int B, const float *bias, int act,
               float *y, const float *rhxu, int rld, float act_bias, float inv_tau,
               const int *arow);
-/* y (B, n) = act(y + bias) */
-void sbk_bias_act(sbk_stream st, float *y, int n, int B, const float *bias, int act);
 
 /* ---- a block of rows of one state (prefill) ---- */
 
@@ -214,9 +212,6 @@ struct sbk_step {
 	float *x, *mx, *hxu, *zgv, *og, *att, *ffn_h, *pr1, *po, *pm, *ps, *hid, *logits;
 	int *arow;
 	uint8_t *act;
-#ifdef SBK_STEP_TRACE
-	unsigned long long *trace; // phase boundaries' times, for a benchmark build
-#endif
 };
 
 /* Blocks the fused step runs with on this device (all resident at once),

@@ -103,20 +103,12 @@ static __device__ void post_norm(const sbk_step &a, const sbk_norm &nm, const fl
 	}
 }
 
-/* Phase boundaries' times (block 0, %globaltimer ns) for a benchmark
- * build (-DSBK_STEP_TRACE with sbk_step.trace); nothing otherwise. */
-#ifdef SBK_STEP_TRACE
-#define TRACE()                                                                        \
-	do {                                                                           \
-		if (a.trace && blockIdx.x == 0 && threadIdx.x == 0) {                  \
-			unsigned long long t_;                                         \
-			asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));         \
-			a.trace[ntrace++] = t_;                                        \
-		}                                                                      \
-	} while (0)
-#else
-#define TRACE() ((void)0)
-#endif
+/* The widest row the kernel stages in shared memory: max(D, H, F). */
+static __host__ __device__ int step_wide(const sbk_geo &g)
+{
+	const int w = g.D > g.H ? g.D : g.H;
+	return g.F > w ? g.F : w;
+}
 
 template <int NB>
 __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
@@ -135,19 +127,13 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	const int gw = blockIdx.x * STEP_WARPS + w, nwarps = gridDim.x * STEP_WARPS;
 	const int gt = blockIdx.x * blockDim.x + tid, nthreads = gridDim.x * blockDim.x;
 	const size_t RD = (size_t)a.R * D;
-	float *qs = xs + (size_t)NB * (D > H ? (D > F ? D : F) : (H > F ? H : F)), *kn = qs + Z,
-	      *wk = kn + Z;
-#ifdef SBK_STEP_TRACE
-	int ntrace = 0;
-#endif
-	TRACE();
+	float *qs = xs + (size_t)NB * step_wide(g), *kn = qs + Z, *wk = kn + Z;
 
 	for (int i = gt; i < B * D; i += nthreads) {
 		const int b = i / D, d = i % D;
 		a.x[i] = wget(a.embed.dt, a.embed.w, a.embed.sc, a.tok[b], d, D) * a.embed_scale;
 	}
 	grid.sync();
-	TRACE();
 
 	for (int l = 0; l < a.L; l++) {
 		const sbk_layer &ly = a.layers[l];
@@ -174,7 +160,6 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				a.mx[(size_t)b * D + d] = apply_act(g.act, s + v.omega[d] * u);
 		}
 		grid.sync();
-		TRACE();
 
 		/* P2: hx_proj and mx_proj of every row (a row the router leaves
 		 * out has its zgv row computed and never read: cheaper than
@@ -223,7 +208,6 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			live_s = live;
 		}
 		grid.sync();
-		TRACE();
 		const unsigned live = live_s;
 		int nlive = 0;
 		for (int b = 0; b < B; b++)
@@ -242,7 +226,6 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				           a.po + pc * H, a.pm + pc, a.ps + pc, qs, kn, sc, slots);
 			}
 			grid.sync();
-			TRACE();
 			/* every block combines the chunks itself: og in shared memory */
 			__syncthreads();
 			for (int b = 0; b < nlive; b++) {
@@ -290,7 +273,6 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			((uint64_t *)(blk + g.n_act))[l]++;
 		}
 		grid.sync();
-		TRACE();
 		if (post) {
 			post_norm(a, ly.norm, a.att, xs, last ? hid : NULL);
 			grid.sync();
@@ -344,14 +326,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			for (int b = 0; b < B; b++)
 				a.logits[(size_t)b * g.V + r] = acc[b];
 	}
-	TRACE();
 }
 
 static size_t step_shmem(const sbk_geo *g)
 {
-	int wide = g->D > g->H ? g->D : g->H;
-	if (g->F > wide)
-		wide = g->F;
+	const int wide = step_wide(*g);
 	const size_t nch = ((size_t)g->W1 + SBK_CHUNK - 1) / SBK_CHUNK;
 	return ((size_t)SBK_STEP_MAX_ROWS * (size_t)wide + 2 * (size_t)g->Z + nch) * sizeof(float);
 }
