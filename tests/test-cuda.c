@@ -304,6 +304,25 @@ END_TEST
 START_TEST(cuda_batch_same_state_twice) { check_batch(cases[_i], 5, true); }
 END_TEST
 
+/* A context made with SEQBOAT_CUDA_FUSED set to fused (NULL: unset), the
+ * variable put back as it was. */
+static sb_ctx *ctx_fused(sb_model *m, int rows, const char *fused)
+{
+	const char *was = getenv("SEQBOAT_CUDA_FUSED");
+	char *keep = was ? strdup(was) : NULL;
+	if (fused)
+		setenv("SEQBOAT_CUDA_FUSED", fused, 1);
+	else
+		unsetenv("SEQBOAT_CUDA_FUSED");
+	sb_ctx *c = ctx_on(m, "cuda", rows);
+	if (keep)
+		setenv("SEQBOAT_CUDA_FUSED", keep, 1);
+	else
+		unsetenv("SEQBOAT_CUDA_FUSED");
+	free(keep);
+	return c;
+}
+
 /* Decode steps replayed from a CUDA graph compute what plain launches do. */
 START_TEST(cuda_graphs_match_plain_launches)
 {
@@ -311,10 +330,10 @@ START_TEST(cuda_graphs_match_plain_launches)
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, T = 60;
 	int32_t *tok = random_tokens(T, c->vocab_size, 5);
-	unsetenv("SEQBOAT_CUDA_FUSED"); /* both on the per-op kernels */
-	sb_ctx *g = ctx_on(m, "cuda", 0);
+	/* both on the per-op kernels */
+	sb_ctx *g = ctx_fused(m, 0, "0");
 	setenv("SEQBOAT_CUDA_GRAPHS", "0", 1);
-	sb_ctx *p = ctx_on(m, "cuda", 0);
+	sb_ctx *p = ctx_fused(m, 0, "0");
 	unsetenv("SEQBOAT_CUDA_GRAPHS");
 	sb_state *sg = state_on(g), *sp = state_on(p);
 	float *a = calloc(V, sizeof(float)), *b = calloc(V, sizeof(float));
@@ -347,10 +366,8 @@ START_TEST(cuda_fused_step_matches_per_op)
 	sb_model *m = tu_load_fixture_model(cases[_i]);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, B = 5, T = 3 * (size_t)c->window + 20;
-	setenv("SEQBOAT_CUDA_FUSED", "1", 1);
-	sb_ctx *f = ctx_on(m, "cuda", 8);
-	unsetenv("SEQBOAT_CUDA_FUSED");
-	sb_ctx *p = ctx_on(m, "cuda", 8);
+	sb_ctx *f = ctx_fused(m, 8, "1");
+	sb_ctx *p = ctx_fused(m, 8, "0");
 	sb_state *sf[5], *sp[5];
 	for (size_t b = 0; b < B; b++) {
 		sf[b] = state_on(f);

@@ -9,8 +9,8 @@
  * (embed, layer, logits) only enqueue work on the context's stream; host
  * outputs are written by sb_cuda_sync. A decode block of distinct states
  * runs as one CUDA graph (captured once per row count, replayed after),
- * or, with SEQBOAT_CUDA_FUSED=1 and at most 8 rows, as one cooperative
- * kernel (step.cu).
+ * or, for one row (with SEQBOAT_CUDA_FUSED=1 at most 8; =0 never), as
+ * one cooperative kernel (step.cu).
  */
 #ifndef SB_CUDA_H
 #define SB_CUDA_H

@@ -259,21 +259,26 @@ static __device__ __forceinline__ void wload8(const void *w, const __half *sc, s
 
 #define GEMV_PASS 4
 
-/* Output row r of W for the B (<= NB) input rows x (B, W.cols), by one
- * warp: lanes stride the inputs (coalesced weight reads, eight weights a
- * load where the rows allow it), every weight read once for all B rows;
- * acc[b] is the row's dot product with x row b (in every lane; 0 for b >=
- * B). x may be in global or shared memory. */
+/* Bytes of one weight of dtype dt (I8: its scales apart). */
+static __host__ __device__ __forceinline__ int wsize(sb_dtype dt)
+{
+	return dt == SB_DTYPE_F32 ? 4 : dt == SB_DTYPE_I8 ? 1 : 2;
+}
+
+/* The dot products of one weight row (row: its first weight, in global or
+ * shared memory; rsc: its I8 scales) with the B (<= NB) input rows x (B,
+ * cols), by one warp: lanes stride the inputs (coalesced weight reads,
+ * eight weights a load where the rows allow it), every weight read once
+ * for all B rows; acc[b] is the dot product with x row b (in every lane; 0
+ * for b >= B). x may be in global or shared memory. */
 template <int DT, int NB>
-static __device__ __forceinline__ void gemv_warp(const sbk_mat &W, int r, const float *x, int B,
-                                                 float *acc)
+static __device__ __forceinline__ void gemv_row(const void *row, const __half *rsc, int cols,
+                                                const float *x, int B, float *acc)
 {
 #pragma unroll
 	for (int b = 0; b < NB; b++)
 		acc[b] = 0.0f;
-	const int cols = W.cols;
 	const int lane = threadIdx.x & 31;
-	const size_t base = (size_t)r * cols, sbase = (size_t)r * ((cols + 31) >> 5);
 	if (B > 0 && (cols & 7) == 0) {
 		/* GEMV_PASS chunks of eight per lane loaded before any is used,
 		 * so a warp waits for memory once per pass, not once per chunk */
@@ -284,7 +289,7 @@ static __device__ __forceinline__ void gemv_warp(const sbk_mat &W, int r, const 
 			for (int k = 0; k < GEMV_PASS; k++) {
 				const int c8 = p0 + lane + 32 * k;
 				if (c8 < n8)
-					wload8<DT>(W.w, W.sc, base + (size_t)c8 * 8, sbase + (c8 >> 2), wv[k]);
+					wload8<DT>(row, rsc, (size_t)c8 * 8, c8 >> 2, wv[k]);
 			}
 #pragma unroll
 			for (int k = 0; k < GEMV_PASS; k++) {
@@ -313,7 +318,7 @@ static __device__ __forceinline__ void gemv_warp(const sbk_mat &W, int r, const 
 	} else if (B > 0) {
 #pragma unroll 4
 		for (int c = lane; c < cols; c += 32) {
-			const float wv = wload<DT>(W.w, W.sc, base + c, sbase + (c >> 5));
+			const float wv = wload<DT>(row, rsc, c, c >> 5);
 #pragma unroll
 			for (int b = 0; b < NB; b++)
 				if (b < B)
@@ -325,14 +330,26 @@ static __device__ __forceinline__ void gemv_warp(const sbk_mat &W, int r, const 
 		acc[b] = warp_sum(acc[b]);
 }
 
+/* Output row r of W for the B (<= NB) input rows x: gemv_row of W's row r. */
+template <int DT, int NB>
+static __device__ __forceinline__ void gemv_warp(const sbk_mat &W, int r, const float *x, int B,
+                                                 float *acc)
+{
+	const size_t cols = (size_t)W.cols;
+	gemv_row<DT, NB>((const unsigned char *)W.w + (size_t)r * cols * wsize((sb_dtype)DT),
+	                 W.sc ? W.sc + (size_t)r * ((cols + 31) >> 5) : NULL, (int)cols, x, B, acc);
+}
+
 /* Chunk c (entries c*SBK_CHUNK ..) of the decode attention of one
  * activated row, by the whole block: the row's q and new k (from z, its
  * z/gate/value row of mx_proj, position p) and the ring of layer l of
  * state blk as it is after the push. The block whose chunk holds the new
  * entry writes it into its slot (no other block reads that slot this
- * step); the ring counters move later (the residual). The chunk's partial
- * result goes to po (H) and *pm, *ps (softmax: weights exp(s - the
- * chunk's max m), their sum; otherwise the weights themselves). Shared
+ * step) if it is the writer; the ring counters move later (the residual).
+ * The chunk's partial result goes to po (H; only its columns h0 .. h1,
+ * multiples of 4, where several blocks share a chunk) and *pm, *ps
+ * (softmax: weights exp(s - the chunk's max m), their sum; otherwise the
+ * weights themselves). Shared
  * memory: qs, kn (Z each), sc, slots (SBK_CHUNK each). Needs at least
  * SBK_CHUNK / ATT_EPW warps. Returns the row's chunk count; a block with c
  * past it does nothing. */
@@ -340,9 +357,11 @@ static __device__ __forceinline__ void gemv_warp(const sbk_mat &W, int r, const 
 static __device__ int attn_chunk(unsigned char *blk, const sbk_geo &g, const sbk_layer_vecs &v,
                                  int l, int64_t p, const float *z, const double *inv_freq, int c,
                                  float *po, float *pm, float *ps, float *qs, float *kn, float *sc,
-                                 int *slots)
+                                 int *slots, int h0 = 0, int h1 = -1, bool writer = true)
 {
 	const int Z = g.Z, H = g.H, W1 = g.W1, tid = threadIdx.x, bd = blockDim.x;
+	if (h1 < 0)
+		h1 = H;
 	int32_t len = ((const int32_t *)(blk + g.ring_len))[l];
 	int32_t head = ((const int32_t *)(blk + g.ring_head))[l];
 	const int slot_new = sb_ring_push(&len, &head, W1);  // len, head: after the push
@@ -359,7 +378,7 @@ static __device__ int attn_chunk(unsigned char *blk, const sbk_geo &g, const sbk
 	float *K = (float *)(blk + g.ring_k) + (size_t)l * W1 * Z;
 	float *V = (float *)(blk + g.ring_v) + (size_t)l * W1 * H;
 	int64_t *P = (int64_t *)(blk + g.ring_pos) + (size_t)l * W1;
-	if (has_new) {
+	if (has_new && writer) {
 		for (int i = tid; i < Z; i += bd)
 			K[(size_t)slot_new * Z + i] = kn[i];
 		for (int i = tid; i < H; i += bd)
@@ -442,7 +461,7 @@ static __device__ int attn_chunk(unsigned char *blk, const sbk_geo &g, const sbk
 	if (g.vec && (H & 3) == 0 && ((uintptr_t)V & 15) == 0 && ((uintptr_t)z & 15) == 0 &&
 	    ((uintptr_t)out & 15) == 0 && (Z & 3) == 0) {
 		/* four values a thread, eight entries' loads in flight */
-		for (int h4 = tid; h4 < H / 4; h4 += bd) {
+		for (int h4 = h0 / 4 + tid; h4 < h1 / 4; h4 += bd) {
 			float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 8
 			for (int e = 0; e < n_old; e++) {
@@ -464,7 +483,7 @@ static __device__ int attn_chunk(unsigned char *blk, const sbk_geo &g, const sbk
 			((float4 *)out)[h4] = acc;
 		}
 	} else {
-		for (int h = tid; h < H; h += bd) {
+		for (int h = h0 + tid; h < h1; h += bd) {
 			float acc = 0.0f;
 			for (int e = 0; e < n_old; e++)
 				acc += sc[e] * V[(size_t)slots[e] * H + h];
@@ -478,9 +497,11 @@ static __device__ int attn_chunk(unsigned char *blk, const sbk_geo &g, const sbk
 
 /* og (H) = a row's nc chunk results (pm, ps: (nc); po: (nc, H), written
  * by other blocks, so read through L2) combined, times the gate, by the
- * whole block; wk: nc floats of shared memory for the chunks' weights. */
+ * whole block (only columns h0 .. h1 where h1 >= 0); wk: nc floats of
+ * shared memory for the chunks' weights. */
 static __device__ void attn_combine(const float *pm, const float *ps, const float *po, int nc,
-                                    int H, bool soft, const float *gate, float *og, float *wk)
+                                    int H, bool soft, const float *gate, float *og, float *wk,
+                                    int h0 = 0, int h1 = -1)
 {
 	const int tid = threadIdx.x;
 	if (tid < 32) {
@@ -501,7 +522,7 @@ static __device__ void attn_combine(const float *pm, const float *ps, const floa
 			wk[k] *= norm;
 	}
 	__syncthreads();
-	for (int h = tid; h < H; h += blockDim.x) {
+	for (int h = h0 + tid; h < (h1 < 0 ? H : h1); h += blockDim.x) {
 		float o = 0.0f;
 #pragma unroll 8
 		for (int k = 0; k < nc; k++)

@@ -59,7 +59,7 @@ struct sb_cuda_ctx {
 	float *S;              // (R, W+R)
 	float *CK, *CV;        // (W+R, Z), (W+R, H)
 	int64_t *cpos;         // (W+R)
-	float *po, *pm, *ps;   // (R, nch, H), (R, nch), (R, nch)
+	float *po, *pm, *ps;   // (R, nch, H), (R, SBK_STEP_SLABS, nch) each (per-op: (R, nch))
 	float *logits;         // (R, V)
 	/* halves of split products (gemm.cuh), with their row exponents */
 	__half *xh;            // (R, 2 max(D, H, F)): X of a weight product, [hi | lo]
@@ -67,6 +67,9 @@ struct sb_cuda_ctx {
 	__half *sh, *cvh;      // (R, 3(W+R)) [hi | lo | hi], 3 x (W+R, H) [hi; hi; lo]
 	int *xe, *qe, *cke, *se, *cve;  // (R), (R), (W+R), (R), (W+R)
 	float *ema_scr;        // sbk_ema_scratch(R, D, N)
+	/* the fused step's own (sbk_step) */
+	float *x2, *gq, *ec, *hg;
+	int *cnt;
 	float *hid;            // (L, R, D)
 	uint8_t *act;          // (L, R)
 	int *arow, *aidx, *nact;
@@ -89,7 +92,8 @@ struct sb_cuda_ctx {
 	bool graphed;           // the whole current block is enqueued (a graph or the fused step)
 	bool act_all;           // the act bytes of every layer are on their way to h_act
 	/* the fused decode step (step.cu) */
-	bool step_on;
+	bool step_on;          // the fused kernel can run (sbk_step_setup)
+	int step_rows;         // and takes decode steps of up to this many rows
 	const sbk_layer *d_layers; // (L) on the device
 	sbk_step step;          // its arguments but the rows' count and act_bias, set once
 	int step_grid[SBK_STEP_MAX_ROWS + 1]; // blocks for B rows, 0: cannot, -1: not asked yet
@@ -267,6 +271,18 @@ static bool up_layer(sb_cuda_ctx *c, const sb_cuda_model *m, const sb_cuda_layer
 
 /* --------------------------------------------------------------- context */
 
+/* The most bytes a row of the n matrices m takes, at least `most`, over
+ * those whose rows the fused step can copy whole (16-byte pieces). */
+static int step_slot(const sbk_mat *const *m, int n, int most)
+{
+	for (int i = 0; i < n; i++) {
+		const size_t rb = (size_t)m[i]->cols * sb_dtype_size(m[i]->dt);
+		if (rb % 16 == 0 && rb > (size_t)most)
+			most = (int)rb;
+	}
+	return most;
+}
+
 void sb_cuda_ctx_free(sb_cuda_ctx *c)
 {
 	if (!c)
@@ -442,8 +458,8 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	SCR(CV, float, span * H)
 	SCR(cpos, int64_t, span)
 	SCR(po, float, R * nch * H)
-	SCR(pm, float, R * nch)
-	SCR(ps, float, R * nch)
+	SCR(pm, float, R * nch * SBK_STEP_SLABS)  // the fused step's per slab
+	SCR(ps, float, R * nch * SBK_STEP_SLABS)
 	SCR(logits, float, R * V)
 	{
 		int kmax = D > H ? D : H;
@@ -467,6 +483,11 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	SCR(nact, int, 1)
 	SCR(count, int, R)
 	SCR(stage, unsigned char, R * 20)
+	SCR(x2, float, R * D)
+	SCR(gq, float, (size_t)L * D * cf->n_dim)
+	SCR(ec, float, (size_t)L * D)
+	SCR(hg, float, R * L * D)
+	SCR(cnt, int, R * SBK_STEP_SLABS)
 #undef SCR
 	c->pos = (int64_t *)c->stage;
 	c->blocks = (unsigned char **)(c->stage + R * 8);
@@ -486,15 +507,18 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	{
 		const char *ev = getenv("SEQBOAT_CUDA_GRAPHS");
 		c->graphs_on = !(ev && !strcmp(ev, "0"));
-		/* SEQBOAT_CUDA_FUSED=1: decode steps of up to SBK_STEP_MAX_ROWS
-		 * rows as the fused kernel (step.cu). Off by default: measured
-		 * on the H200 it was no faster than the per-op graphs at batch 1
-		 * and slower at 4 and 8 (docs/benchmarks.md). */
+		/* Decode steps of one row run as the fused kernel (step.cu),
+		 * which measured faster there than the per-op graph and slower
+		 * at 2 rows and more (docs/benchmarks.md).
+		 * SEQBOAT_CUDA_FUSED=1: up to SBK_STEP_MAX_ROWS rows on it; 0:
+		 * never. */
 		ev = getenv("SEQBOAT_CUDA_FUSED");
-		c->step_on = ev && !strcmp(ev, "1");
+		c->step_rows = !ev ? 1 : !strcmp(ev, "1") ? SBK_STEP_MAX_ROWS : !strcmp(ev, "0") ? 0 : 1;
+		c->step_on = c->step_rows > 0;
 		for (int b = 0; b <= SBK_STEP_MAX_ROWS; b++)
 			c->step_grid[b] = -1;
 		sbk_step *a = &c->step;
+		memset(a, 0, sizeof *a);
 		a->g = c->g;
 		a->L = L;
 		a->R = c->R;
@@ -511,7 +535,7 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		a->pos = c->pos;
 		a->inv_freq = c->inv_freq;
 		a->x = c->x;
-		a->mx = c->mx;
+		a->x2 = c->x2;
 		a->hxu = c->hxu;
 		a->zgv = c->zgv;
 		a->og = c->og;
@@ -525,6 +549,24 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		a->logits = c->logits;
 		a->arow = c->arow;
 		a->act = c->act;
+		a->gq = c->gq;
+		a->ec = c->ec;
+		a->hg = c->hg;
+		a->cnt = c->cnt;
+		/* prefetch slots: the longest rows of phase A's matrices (hx_proj,
+		 * mx_proj, the output projection) and of phase C's (h_proj) */
+		const sbk_mat *ma[] = {&c->out, NULL, NULL};
+		a->slota = step_slot(ma, 1, 0);
+		for (int l = 0; l < L; l++) {
+			const sbk_mat *la[] = {&c->layers[l].hx, &c->layers[l].mx},
+			              *lc[] = {&c->layers[l].ho};
+			a->slota = step_slot(la, 2, a->slota);
+			a->slotc = step_slot(lc, 1, a->slotc);
+		}
+		if (c->step_on && sbk_step_setup(a) == 0)
+			sbk_step_prepare(c->st, a);
+		else
+			c->step_on = false;
 	}
 	{
 		/* Kernels launch early (programmatic dependent launch) on
@@ -811,10 +853,10 @@ static int graph_launch(sb_cuda_ctx *c, int B, float act_bias, sb_error *err)
  * cannot run (the caller takes another path). */
 static int step_launch(sb_cuda_ctx *c, int B, float act_bias, sb_error *err)
 {
-	if (!c->step_on || B > SBK_STEP_MAX_ROWS)
+	if (!c->step_on || B > c->step_rows)
 		return 1;
 	if (c->step_grid[B] < 0)
-		c->step_grid[B] = sbk_step_grid(&c->g, B);
+		c->step_grid[B] = sbk_step_grid(&c->step, B);
 	if (c->step_grid[B] == 0)
 		return 1;
 	sbk_step a = c->step;

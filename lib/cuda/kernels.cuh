@@ -191,12 +191,15 @@ void sbk_residual(sbk_stream st, float *x, const float *hxu, int D2, const float
 
 /* Rows one fused step takes at most. */
 #define SBK_STEP_MAX_ROWS 8
+/* Blocks that share one chunk of a row's decode attention in the fused
+ * step, each for a slab of the value columns. */
+#define SBK_STEP_SLABS 4
 
 /* Everything a whole decode step of B distinct rows reads and writes:
  * the model (layers: a device array of L), the rows (blocks, tok, pos on
  * the device) and the engine's scratch, laid out as for the per-op
  * kernels (rows of stride D, D + 2, Z + 2H, H, F, V; act (L, R); hid
- * (L, R, D); po/pm/ps (R, nch, ...)). */
+ * (L, R, D); po (R, nch, H); pm, ps (R, SBK_STEP_SLABS, nch)). */
 struct sbk_step {
 	sbk_geo g;
 	int L, B, R, nch;
@@ -209,15 +212,32 @@ struct sbk_step {
 	const int32_t *tok;
 	const int64_t *pos;
 	const double *inv_freq;
-	float *x, *mx, *hxu, *zgv, *og, *att, *ffn_h, *pr1, *po, *pm, *ps, *hid, *logits;
+	float *x, *x2;         // (R, D) each: the residual stream, in one or the other
+	float *hxu, *zgv, *og, *att, *ffn_h, *pr1, *po, *pm, *ps, *hid, *logits;
+	/* The EMA split by what a step knows when: mx = act(hg + u ec), hg =
+	 * sum_n (g q)[d, n] h[d, n] from the state before the step, ec = sum_n
+	 * g pb + omega from the model (sbk_step_prepare). */
+	float *gq;             // (L, D, N) g * q
+	float *ec;             // (L, D)
+	float *hg;             // (R, L, D)
+	int *cnt;              // (R, SBK_STEP_SLABS) chunks done, zero between steps
 	int *arow;
 	uint8_t *act;
+	/* weight rows each warp copies to shared memory a phase ahead (0 to 4,
+	 * sbk_step_setup), in slots of slota / slotc bytes */
+	int pfa, pfc, slota, slotc;
 };
 
+/* Sets a's prefetch plan for this device (a's model fields set) and
+ * returns 0, or -1 where the fused step cannot run here. */
+int sbk_step_setup(sbk_step *a);
+/* gq and ec from the model's EMA tables, once (a's model fields and
+ * buffers set). */
+void sbk_step_prepare(cudaStream_t s, const sbk_step *a);
 /* Blocks the fused step runs with on this device (all resident at once),
  * or 0 where it cannot run (too much shared memory, no cooperative
  * launch): then the per-op kernels do the step. */
-int sbk_step_grid(const sbk_geo *g, int B);
+int sbk_step_grid(const sbk_step *a, int B);
 /* The whole step as one cooperative kernel of `grid` blocks (from
  * sbk_step_grid for a.B rows). Returns the launch's error. */
 cudaError_t sbk_step_launch(cudaStream_t s, const sbk_step *a, int grid);
