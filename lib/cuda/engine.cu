@@ -555,7 +555,7 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		a->cnt = c->cnt;
 		/* prefetch slots: the longest rows of phase A's matrices (hx_proj,
 		 * mx_proj, the output projection) and of phase C's (h_proj) */
-		const sbk_mat *ma[] = {&c->out, NULL, NULL};
+		const sbk_mat *ma[] = {&c->out};
 		a->slota = step_slot(ma, 1, 0);
 		for (int l = 0; l < L; l++) {
 			const sbk_mat *la[] = {&c->layers[l].hx, &c->layers[l].mx},
