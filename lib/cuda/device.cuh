@@ -522,7 +522,9 @@ static __device__ void attn_combine(const float *pm, const float *ps, const floa
 			wk[k] *= norm;
 	}
 	__syncthreads();
-	for (int h = h0 + tid; h < (h1 < 0 ? H : h1); h += blockDim.x) {
+	if (h1 < 0)
+		h1 = H;
+	for (int h = h0 + tid; h < h1; h += blockDim.x) {
 		float o = 0.0f;
 #pragma unroll 8
 		for (int k = 0; k < nc; k++)

@@ -203,6 +203,63 @@ static __device__ __forceinline__ bool a_row(const sbk_step &a, const sbk_layer 
 	return true;
 }
 
+/* v[i] of a small array kept in registers (i < N; indexed by unrolled
+ * comparisons, not through local memory). */
+template <int N>
+static __device__ __forceinline__ float pick(const float *v, int i)
+{
+	float t = v[0];
+#pragma unroll
+	for (int j = 1; j < N; j++)
+		if (i == j)
+			t = v[j];
+	return t;
+}
+
+/* Phase A's products of layer l (l == L: the output projection) over the
+ * B rows x, a warp per output row, from the warp's slots pfw where they
+ * were prefetched, with the biases read a phase ahead (bia); lane b writes
+ * row b's result. */
+template <int NB>
+static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_layer *sl, int l,
+                                                  int gw, int nwarps, const unsigned char *pfw,
+                                                  const float *x, int B, const float *bia)
+{
+	const int lane = threadIdx.x & 31;
+	for (int k = 0;; k++) {
+		const sbk_mat *W;
+		int r, ld, act;
+		const float *bias;
+		float *y;
+		if (!a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
+			break;
+		const float bv = !bias ? 0.0f : k < a.pfa ? pick<STEP_PF_MAX>(bia, k) : *bias;
+		float acc[NB];
+		dot_rows<NB>(*W, r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B, acc);
+		if (lane < B) {
+			const float t = pick<NB>(acc, lane);
+			y[(size_t)lane * ld] = apply_act(act, bias ? t + bv : t);
+		}
+	}
+}
+
+/* nm with its weights copied by the block into w and b (D each; shared
+ * memory), for norms read again and again in one phase; the caller syncs
+ * the block before using it. */
+static __device__ sbk_norm shared_norm(const sbk_norm &nm, float *w, float *b, int D)
+{
+	sbk_norm s = nm;
+	if (!nm.w)
+		return s;
+	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+		w[d] = nm.w[d];
+		b[d] = nm.b ? nm.b[d] : 0.0f;
+	}
+	s.w = w;
+	s.b = nm.b ? b : NULL;
+	return s;
+}
+
 /* Issues the copies of phase A's rows of layer l (l == L: the output
  * projection's) into the warp's slots pfw, and of the router's rows (warps
  * 0 and 1) into pfr; then commits them as one group. Their biases are
@@ -397,19 +454,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				xr[i] = __ldcg(xc + i);
 			ms[i] = __ldcg(a.hg + ((size_t)b * L + l) * D + d);
 		}
-		const bool nwb = ly.norm.w != NULL;
-		for (int d = tid; d < D; d += blockDim.x) {
+		for (int d = tid; d < D; d += blockDim.x)
 			ecs[d] = a.ec[(size_t)l * D + d];
-			if (nwb) {
-				nws[d] = ly.norm.w[d];
-				nbs[d] = ly.norm.b ? ly.norm.b[d] : 0.0f;
-			}
-		}
-		sbk_norm lnorm = ly.norm;  // its weights from shared memory
-		if (nwb) {
-			lnorm.w = nws;
-			lnorm.b = ly.norm.b ? nbs : NULL;
-		}
+		const sbk_norm lnorm = shared_norm(ly.norm, nws, nbs, D);
 		__syncthreads();
 		for (int i = tid; i < B * D; i += blockDim.x)
 			xs[i] = xr[i];
@@ -427,33 +474,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				for (int b = 0; b < B; b++)
 					uq[w][b] = acc[b] + rbia;
 		}
-		for (int k = 0;; k++) {
-			const sbk_mat *W;
-			int r, ld, act;
-			const float *bias;
-			float *y;
-			if (!a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
-				break;
-			float bv = 0.0f;
-#pragma unroll
-			for (int j = 0; j < STEP_PF_MAX; j++)
-				if (j == k)
-					bv = bia[j];
-			if (k >= a.pfa)
-				bv = *bias;
-			float acc[NB];
-			dot_rows<NB>(*W, r, k < a.pfa ? pfa_w + (size_t)k * a.slota : NULL, a.slota, ms, B,
-			             acc);
-			if (lane < B) {
-				float t = acc[0];
-#pragma unroll
-				for (int b = 1; b < NB; b++)
-					if (lane == b)
-						t = acc[b];
-				const float o = t + bv;
-				y[(size_t)lane * ld] = act == SBK_ACT_NONE ? o : apply_act(act, o);
-			}
-		}
+		a_products<NB>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
 		__syncwarp();
 		pf_a(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia);
 		/* the EMA's new state */
@@ -595,11 +616,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			             live ? nlive : 0, acc);
 			if (lane < B) {
 				const int b = lane;
-				float t = acc[0];
-#pragma unroll
-				for (int j = 1; j < NB; j++)
-					if (b == j)
-						t = acc[j];
+				const float t = pick<NB>(acc, b);
 				const size_t i = (size_t)b * D + r;
 				const float at = (live >> b) & 1 ? (t + c_b) * p1s[b] : 0.0f;
 				const float y = apply_act(g.act, c_hx + at + c_x);
@@ -671,32 +688,12 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		xs[i] = have_x ? xr[i] : __ldcg(xc + i);
 	__syncthreads();
 	if (a.prenorm) {
-		sbk_norm fn = a.final_norm;
-		if (fn.w) {
-			for (int d = tid; d < D; d += blockDim.x) {
-				nws[d] = fn.w[d];
-				nbs[d] = fn.b ? fn.b[d] : 0.0f;
-			}
-			fn.w = nws;
-			fn.b = fn.b ? nbs : NULL;
-			__syncthreads();
-		}
+		const sbk_norm fn = shared_norm(a.final_norm, nws, nbs, D);
+		__syncthreads();
 		norm_rows(fn, xs, B, D);
 	}
 	cp_wait<0>();
-	for (int k = 0;; k++) {
-		const sbk_mat *W;
-		int r, ld, act;
-		const float *bias;
-		float *y;
-		if (!a_row(a, sl, L, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
-			break;
-		float acc[NB];
-		dot_rows<NB>(*W, r, k < a.pfa ? pfa_w + (size_t)k * a.slota : NULL, a.slota, xs, B, acc);
-		if (lane == 0)
-			for (int b = 0; b < B; b++)
-				y[(size_t)b * ld] = acc[b];
-	}
+	a_products<NB>(a, sl, L, gw, nwarps, pfa_w, xs, B, bia);
 }
 
 /* gq = g * q (L, D, N) and ec = sum_n g pb + omega (L, D), a thread an
