@@ -274,26 +274,44 @@ static void check_batch(const char *name, size_t B, bool twice)
 	sb_model_free(m);
 }
 
-/* F16 weights take the split tensor-core products (lib/cuda/gemm.cuh)
- * where F32 ones take SGEMM: the fixture model rewritten in F16, long
- * prefills (blocks of 512 rows, the ring wrapping) and a batch of 20
- * decode rows against the CPU on the same F16 weights. */
-START_TEST(cuda_f16_products_match_cpu)
+/* The fixture model rewritten with other weights (quant), checked as
+ * F32 is: long prefills (blocks of 512 rows, the ring wrapping) and a
+ * batch of 20 decode rows, against the CPU on the same weights. */
+static void check_weights(const char *name, sb_quant_type quant, sb_dtype dt, const char *tag)
 {
-	sb_model *m = tu_load_fixture_model(cases[_i]);
+	sb_model *m = tu_load_fixture_model(name);
 	char dir[4200];
-	snprintf(dir, sizeof dir, "%s/f16", tu_tmpdir());
+	snprintf(dir, sizeof dir, "%s/%s", tu_tmpdir(), tag);
 	sb_error err = {0};
-	ck_assert_msg(sb_model_quantize(m, dir, SB_QUANT_F16, &err) == 0, "%s", err.msg);
+	ck_assert_msg(sb_model_quantize(m, dir, quant, &err) == 0, "%s", err.msg);
 	sb_model *h = sb_model_load(dir, &err);
 	ck_assert_msg(h != NULL, "%s", err.msg);
-	ck_assert_int_eq(sb_model_weight_dtype(h), SB_DTYPE_F16);
+	ck_assert_int_eq(sb_model_weight_dtype(h), dt);
 	char label[64];
-	snprintf(label, sizeof label, "%s f16", cases[_i]);
+	snprintf(label, sizeof label, "%s %s", name, tag);
 	check_long(h, label);
 	check_batch_on(h, label, 20, false);
 	sb_model_free(h);
 	sb_model_free(m);
+}
+
+/* F16 weights take the split tensor-core products (lib/cuda/gemm.cuh)
+ * where F32 ones take SGEMM. */
+START_TEST(cuda_f16_products_match_cpu)
+{
+	check_weights(cases[_i], SB_QUANT_F16, SB_DTYPE_F16, "f16");
+}
+END_TEST
+
+/* BF16 and q8 weights are widened to float32 copies on the GPU when the
+ * context is made (SGEMM products), and read as they are by the decode
+ * kernels: each context below uploads them anew. */
+START_TEST(cuda_bf16_and_q8_match_cpu)
+{
+	if (_i % 2 == 0)
+		check_weights(cases[_i / 2], SB_QUANT_BF16, SB_DTYPE_BF16, "bf16");
+	else
+		check_weights(cases[_i / 2], SB_QUANT_Q8, SB_DTYPE_I8, "q8");
 }
 END_TEST
 
@@ -550,6 +568,7 @@ int main(int argc, char **argv)
 	tcase_add_loop_test(tc, cuda_parity_split, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_long_prefill_matches_decode_and_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_f16_products_match_cpu, 0, N_CASES);
+	tcase_add_loop_test(tc, cuda_bf16_and_q8_match_cpu, 0, 2 * N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_small_matches_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_large_matches_cpu, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_batch_same_state_twice, 0, N_CASES);

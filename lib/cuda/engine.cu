@@ -230,6 +230,16 @@ static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *e
 		float *w32 = (float *)dalloc(c, n * sizeof(float), err);
 		if (!w32)
 			return false;
+		/* The upload's cudaMemcpy ran on the legacy stream and may
+		 * return before its copy lands; the widening runs on c->st,
+		 * which does not wait for that stream. Without this wait it
+		 * could read weights not yet there (BF16 and I8 models gave
+		 * different numbers from run to run). */
+		cudaError_t e = cudaStreamSynchronize(0);
+		if (e != cudaSuccess) {
+			cuda_fail(err, e, "uploading weights");
+			return false;
+		}
 		sbk_widen(c->ks, d, w32);
 		d->w32 = w32;
 	}
@@ -578,7 +588,9 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		ev = getenv("SEQBOAT_CUDA_VEC");
 		g->vec = !(ev && !strcmp(ev, "0"));
 	}
-	e = cudaStreamSynchronize(c->st);
+	/* every stream: the widenings on c->st, and the copies and clears
+	 * of the legacy stream, which c->st does not wait for */
+	e = cudaDeviceSynchronize();
 	if (e != cudaSuccess) {
 		rc = cuda_fail(err, e, "uploading the model");
 		goto fail;
@@ -606,6 +618,8 @@ int sb_cuda_state_alloc(int device, size_t bytes, void **block, sb_error *err)
 		return sb_error_set(err, SB_ERR_NOMEM, "cuda: cannot allocate a state of %zu bytes: %s",
 		                    bytes, cudaGetErrorString(e));
 	e = cudaMemset(p, 0, bytes);
+	if (e == cudaSuccess)
+		e = cudaDeviceSynchronize();
 	if (e != cudaSuccess) {
 		cudaFree(p);
 		return cuda_fail(err, e, "clearing a state");
@@ -624,11 +638,13 @@ void sb_cuda_state_free(int device, void *block)
 
 /* The copies below are synchronous. Context streams do not wait for the
  * legacy default stream (they are non-blocking), so each op first waits
- * for the device: a state is never copied while a block still updates it. */
+ * for the device (a state is never copied while a block still updates
+ * it), and the clears and device-to-device copies, which return before
+ * they are done, wait again after (no block reads a state half cleared). */
 int sb_cuda_state_zero(int device, void *block, size_t bytes)
 {
 	if (cudaSetDevice(device) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess ||
-	    cudaMemset(block, 0, bytes) != cudaSuccess)
+	    cudaMemset(block, 0, bytes) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
 		return SB_ERR_DEVICE;
 	return 0;
 }
@@ -636,7 +652,8 @@ int sb_cuda_state_zero(int device, void *block, size_t bytes)
 int sb_cuda_state_copy(int device, void *dst, const void *src, size_t bytes)
 {
 	if (cudaSetDevice(device) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess ||
-	    cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess)
+	    cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice) != cudaSuccess ||
+	    cudaDeviceSynchronize() != cudaSuccess)
 		return SB_ERR_DEVICE;
 	return 0;
 }
