@@ -147,10 +147,14 @@ static void *dalloc(sb_cuda_ctx *c, size_t bytes, sb_error *err)
 	return p;
 }
 
+/* The clears and uploads of a context's creation run on its stream, in
+ * order with the kernels that read them (the stream is non-blocking: it
+ * would not wait for copies on the legacy stream, which may return before
+ * they land); creation ends with the stream's sync. */
 static void *dzalloc(sb_cuda_ctx *c, size_t bytes, sb_error *err)
 {
 	void *p = dalloc(c, bytes, err);
-	if (p && cudaMemset(p, 0, bytes ? bytes : 16) != cudaSuccess) {
+	if (p && cudaMemsetAsync(p, 0, bytes ? bytes : 16, c->st) != cudaSuccess) {
 		sb_error_set(err, SB_ERR_DEVICE, "cuda: cannot clear GPU memory");
 		return NULL;
 	}
@@ -162,7 +166,8 @@ static void *dupload(sb_cuda_ctx *c, const void *host, size_t bytes, sb_error *e
 	void *p = dalloc(c, bytes, err);
 	if (!p)
 		return NULL;
-	cudaError_t e = cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice);
+	/* from pageable memory: host may be freed as soon as this returns */
+	cudaError_t e = cudaMemcpyAsync(p, host, bytes, cudaMemcpyHostToDevice, c->st);
 	if (e != cudaSuccess) {
 		cuda_fail(err, e, "uploading weights");
 		return NULL;
@@ -218,8 +223,8 @@ static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *e
 		if (!w2)
 			return false;
 		for (int k = 0; k < 2; k++) {
-			cudaError_t e = cudaMemcpy2D((unsigned char *)w2 + k * rb, 2 * rb, d->w, rb, rb,
-			                             (size_t)m->rows, cudaMemcpyDeviceToDevice);
+			cudaError_t e = cudaMemcpy2DAsync((unsigned char *)w2 + k * rb, 2 * rb, d->w, rb, rb,
+			                                  (size_t)m->rows, cudaMemcpyDeviceToDevice, c->st);
 			if (e != cudaSuccess) {
 				cuda_fail(err, e, "uploading weights");
 				return false;
@@ -230,16 +235,6 @@ static bool up_mat(sb_cuda_ctx *c, const sb_cuda_mat *m, sbk_mat *d, sb_error *e
 		float *w32 = (float *)dalloc(c, n * sizeof(float), err);
 		if (!w32)
 			return false;
-		/* The upload's cudaMemcpy ran on the legacy stream and may
-		 * return before its copy lands; the widening runs on c->st,
-		 * which does not wait for that stream. Without this wait it
-		 * could read weights not yet there (BF16 and I8 models gave
-		 * different numbers from run to run). */
-		cudaError_t e = cudaStreamSynchronize(0);
-		if (e != cudaSuccess) {
-			cuda_fail(err, e, "uploading weights");
-			return false;
-		}
 		sbk_widen(c->ks, d, w32);
 		d->w32 = w32;
 	}
@@ -588,9 +583,7 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		ev = getenv("SEQBOAT_CUDA_VEC");
 		g->vec = !(ev && !strcmp(ev, "0"));
 	}
-	/* every stream: the widenings on c->st, and the copies and clears
-	 * of the legacy stream, which c->st does not wait for */
-	e = cudaDeviceSynchronize();
+	e = cudaStreamSynchronize(c->st);
 	if (e != cudaSuccess) {
 		rc = cuda_fail(err, e, "uploading the model");
 		goto fail;
