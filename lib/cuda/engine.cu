@@ -70,6 +70,7 @@ struct sb_cuda_ctx {
 	/* the fused step's own (sbk_step) */
 	float *x2, *gq, *ec, *hg;
 	int *cnt;
+	unsigned *gbar;
 	float *hid;            // (L, R, D)
 	uint8_t *act;          // (L, R)
 	int *arow, *aidx, *nact;
@@ -380,6 +381,11 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	g->n_act = m->off_n_act; g->ring_len = m->off_ring_len; g->ring_head = m->off_ring_head;
 	g->ring_pos = m->off_ring_pos; g->h = m->off_h; g->ring_k = m->off_ring_k;
 	g->ring_v = m->off_ring_v;
+	{
+		/* before the fused step copies the geometry */
+		const char *ev = getenv("SEQBOAT_CUDA_VEC");
+		g->vec = !(ev && !strcmp(ev, "0"));
+	}
 	c->nch = (W + 1 + SBK_CHUNK - 1) / SBK_CHUNK;
 	const size_t nch = (size_t)c->nch, span = (size_t)W + R;
 
@@ -493,6 +499,7 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 	SCR(ec, float, (size_t)L * D)
 	SCR(hg, float, R * L * D)
 	SCR(cnt, int, R * SBK_STEP_SLABS)
+	SCR(gbar, unsigned, 1)
 #undef SCR
 	c->pos = (int64_t *)c->stage;
 	c->blocks = (unsigned char **)(c->stage + R * 8);
@@ -558,6 +565,7 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		a->ec = c->ec;
 		a->hg = c->hg;
 		a->cnt = c->cnt;
+		a->gbar = c->gbar;
 		/* prefetch slots: the longest rows of phase A's matrices (hx_proj,
 		 * mx_proj, the output projection) and of phase C's (h_proj) */
 		const sbk_mat *ma[] = {&c->out};
@@ -580,8 +588,6 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
 		const char *ev = getenv("SEQBOAT_CUDA_PDL");
 		c->pdl_ok = major >= 9 && !(ev && !strcmp(ev, "0"));
-		ev = getenv("SEQBOAT_CUDA_VEC");
-		g->vec = !(ev && !strcmp(ev, "0"));
 	}
 	e = cudaStreamSynchronize(c->st);
 	if (e != cudaSuccess) {

@@ -221,11 +221,21 @@ struct sbk_step {
 	float *ec;             // (L, D)
 	float *hg;             // (R, L, D)
 	int *cnt;              // (R, SBK_STEP_SLABS) chunks done, zero between steps
+	unsigned *gbar;        // the grid barrier's counter (zero once; step.cu)
 	int *arow;
 	uint8_t *act;
-	/* weight rows each warp copies to shared memory a phase ahead (0 to 4,
-	 * sbk_step_setup), in slots of slota / slotc bytes */
+	/* weight rows each warp copies to shared memory a phase ahead (0 to
+	 * STEP_PF_MAX, sbk_step_setup), in slots of slota / slotc bytes */
 	int pfa, pfc, slota, slotc;
+	/* the attention's pool (sbk_step_setup): floats of shared memory for
+	 * one row's values of a slab of columns, its gate and its scores (0:
+	 * none), the device's shared memory a block may have, and whether this
+	 * launch's kernel has the pool (set per launch from its rows' count) */
+	int pool, smem_optin;
+	bool tile;
+	/* the copies are bulk copies (compute capability 9.0 and later; before
+	 * it there are no slots and no tiles) */
+	bool bulk;
 };
 
 /* Sets a's prefetch plan for this device (a's model fields set) and

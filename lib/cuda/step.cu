@@ -11,39 +11,52 @@
  * allow, and what does not depend on the phase before is fetched before
  * its barrier:
  *
- *   P0  (once a step) the embedding, and the EMA's state term of every
- *       layer, hg = sum_n (g q) h over the state before the step
+ *   P0  (once a step) the embedding, the EMA's state term of every
+ *       layer, hg = sum_n (g q) h over the state before the step; every
+ *       block also keeps the rings' counters and the rotary angles of the
+ *       rows' positions (the same for every layer) in shared memory
  *   A   every block: x, its norm, mx = act(hg + u ec) of every channel
  *       and the router (so every block knows the decisions); then
  *       hx_proj and mx_proj, a warp per output row, and the EMA's new
  *       state, an element a thread
  *   B   (only if some row is activated) the attention over each activated
- *       row's ring: a block per chunk of SBK_CHUNK entries and slab of the
- *       value columns; the last block of a slab combines its chunks, times
- *       the gate
+ *       row's ring. Where a row's ring fits a block's pool (one row at any
+ *       depth for the paper-size model), two phases: B1 a warp per ring
+ *       entry, its score (q from z, with the layer's tables); B2 a block
+ *       per slab of the value columns, the softmax over all the scores
+ *       and the weighted sum of its columns of the ring's values, times
+ *       the gate. Otherwise one phase by chunks: a block per chunk of
+ *       SBK_CHUNK entries and slab of the value columns, the last block
+ *       of a slab combining its chunks.
  *   C   (only if some row is activated) h_proj and the residual, a warp
  *       per output row; the ring counters advance
  *   A layer no row activates has no B or C: every block computes its
  *   residual itself at the start of the next layer's A (or of the logits),
- *   so it is one barrier; one that some row activates is three. (Post-norm
- *   models normalize x after a barrier; with an FFN, fc1 and fc2 +
- *   residual are two more phases.) Then the final norm and the output
- *   projection.
+ *   so it is one barrier; one that some row activates is three or four.
+ *   (Post-norm models normalize x after a barrier; with an FFN, fc1 and
+ *   fc2 + residual are two more phases.) Then the final norm and the
+ *   output projection.
  *
- * Each warp copies the weight rows it will read in the next phase into its
- * own shared memory (cp.async) before the barrier, with their biases; the
- * layers' descriptors and the norms' weights are read into shared memory
- * too; rows other blocks wrote are read from L2 (__ldcg: L1 is not
- * coherent between blocks).
+ * Data is copied to shared memory ahead of its phase by bulk copies (the
+ * tensor memory accelerator, sm_90), which move whole rows without the
+ * SM's load units and signal an mbarrier when they land: each warp's
+ * weight rows of the next phase with their biases (issued before the
+ * barrier), each layer's small tables (its hg, ec, norm and q/k vectors,
+ * copied during the layer before into the other of two buffers), a B2
+ * block's values. The layers' descriptors are read into shared memory
+ * once; rows other blocks wrote are read from L2 (__ldcg and the bulk
+ * copies: L1 is not coherent between blocks).
  *
- * It is the default for one row (on the H200 5 to 14% faster than the
- * per-op graph, docs/benchmarks.md) and slower from two rows on, where the
- * per-op kernels keep the step (SEQBOAT_CUDA_FUSED=1: up to 8 rows here).
+ * It is the default for one row (docs/benchmarks.md) and slower from two
+ * rows on, where the per-op kernels keep the step (SEQBOAT_CUDA_FUSED=1:
+ * up to 8 rows here).
  *
  * The arithmetic is that of the per-op kernels (the same device functions:
  * gemv_row, attn_chunk, attn_combine, the router) but for the EMA, whose
- * sum is split in two (the same terms, rounded in another order): the
- * paths agree to float rounding.
+ * sum is split in two (the same terms, rounded in another order), the
+ * norms (summed by the block) and the two-phase attention (one softmax
+ * over the whole ring instead of per chunk): the paths agree to float
+ * rounding.
  */
 #include <cooperative_groups.h>
 
@@ -51,38 +64,120 @@
 
 namespace cg = cooperative_groups;
 
-#define STEP_THREADS 512
+/* Threads a block: 256 measured fastest on the H200 (then the kernel has
+ * 255 registers a thread and nearly no spills; 384 and 512 spill), and
+ * the weight rows a warp copies a phase ahead, at most (phase A of the
+ * paper-size model has 3 or 4 rows a warp). A tuning build may set both. */
+#ifndef STEP_THREADS
+#define STEP_THREADS 256
+#endif
 #define STEP_WARPS (STEP_THREADS / 32)
-#define STEP_PF_MAX 2  // weight rows a warp prefetches a phase ahead, at most
+#ifndef STEP_PF_MAX
+#define STEP_PF_MAX 4
+#endif
 
-/* ---- asynchronous copies to shared memory (sm_80 and later) */
+/* ---- bulk copies to shared memory (the tensor memory accelerator,
+ * sm_90 and later): one thread issues the copy of a whole row, which the
+ * copy engine moves without the SM's load units, and counts its bytes on
+ * an mbarrier of shared memory that the readers wait on. Each barrier has
+ * one arrival a phase, the issuer's expect of the phase's bytes (made
+ * after its copies: the transaction count may go below zero meanwhile).
+ * Before sm_90 nothing is copied (sbk_step_setup: no slots, no pool) and
+ * these are no-ops. */
 
-static __device__ __forceinline__ void cp16(void *dst, const void *src)
+static __device__ __forceinline__ unsigned sm_addr(const void *p)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-	const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
-#else
-	*(uint4 *)dst = *(const uint4 *)src;
+	return (unsigned)__cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void bar_init(uint64_t *b)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sm_addr(b)) : "memory");
 #endif
 }
 
-static __device__ __forceinline__ void cp_commit()
+/* Makes the barriers' initialization visible to the copy engine. */
+static __device__ __forceinline__ void bar_init_fence()
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-	asm volatile("cp.async.commit_group;" ::: "memory");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
 }
 
-/* Waits until at most N of this thread's latest groups are in flight,
- * then for the warp (its lanes copied parts of the same rows). */
-template <int N>
-static __device__ __forceinline__ void cp_wait()
+/* The phase's arrival, with the bytes its copies bring. */
+static __device__ __forceinline__ void bar_expect(uint64_t *b, unsigned bytes)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-	asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sm_addr(b)),
+	             "r"(bytes)
+	             : "memory");
 #endif
-	__syncwarp();
+}
+
+/* bytes (a multiple of 16; dst and src 16-byte aligned) from global src
+ * to shared dst, counted on b. */
+static __device__ __forceinline__ void bulk(void *dst, const void *src, unsigned bytes, uint64_t *b)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile(
+		"cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+			sm_addr(dst)),
+		"l"(src), "r"(bytes), "r"(sm_addr(b))
+		: "memory");
+#endif
+}
+
+/* Waits for the phase of parity ph of b, then flips ph. */
+static __device__ __forceinline__ void bar_wait(uint64_t *b, unsigned &ph)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("{\n\t.reg .pred p;\n"
+	             "WAIT:\n\t"
+	             "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
+	             "@!p bra WAIT;\n}" ::"r"(sm_addr(b)),
+	             "r"(ph)
+	             : "memory");
+#endif
+	ph ^= 1;
+}
+
+/* Orders this thread's memory accesses (its writes to shared memory, and
+ * what it saw of other blocks' writes at a barrier) before its later bulk
+ * copies, which run in another proxy. */
+static __device__ __forceinline__ void proxy_fence()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("fence.proxy.async;" ::: "memory");
+#endif
+}
+
+/* A grid barrier in two halves, so that a block does what no other block
+ * waits for (its next copies, the EMA's new state, the router) between
+ * its arrival and its wait. As in cooperative groups, block 0 adds
+ * 2^31 - (blocks - 1) and the others 1, so the counter's high bit flips
+ * when the last block arrives and its low bits come back to zero: it is
+ * never reset. Arrive returns (to thread 0) the count before its add. */
+static __device__ __forceinline__ unsigned gbar_arrive(unsigned *bar)
+{
+	__syncthreads();
+	unsigned old = 0;
+	if (threadIdx.x == 0) {
+		const unsigned nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+		__threadfence();
+		old = atomicAdd(bar, nb);
+	}
+	return old;
+}
+
+static __device__ __forceinline__ void gbar_wait(unsigned *bar, unsigned old)
+{
+	if (threadIdx.x == 0) {
+		while (((old ^ *(volatile unsigned *)bar) & 0x80000000u) == 0)
+			;
+		__threadfence();
+	}
+	__syncthreads();
 }
 
 /* Whether row copies of W fit slots of `slot` bytes (whole 16-byte
@@ -93,13 +188,14 @@ static __device__ __forceinline__ bool pf_fits(const sbk_mat &W, int slot)
 	return slot > 0 && rb <= (size_t)slot && (rb & 15) == 0 && ((uintptr_t)W.w & 15) == 0;
 }
 
-/* Row r of W into dst, by the warp. */
-static __device__ __forceinline__ void pf_row(const sbk_mat &W, int r, unsigned char *dst)
+/* Row r of W into dst, counted on b (by the calling thread); returns its
+ * bytes. */
+static __device__ __forceinline__ unsigned pf_row(const sbk_mat &W, int r, unsigned char *dst,
+                                                  uint64_t *b)
 {
 	const size_t rb = (size_t)W.cols * wsize(W.dt);
-	const unsigned char *src = (const unsigned char *)W.w + (size_t)r * rb;
-	for (size_t u = threadIdx.x & 31; u < rb / 16; u += 32)
-		cp16(dst + 16 * u, src + 16 * u);
+	bulk(dst, (const unsigned char *)W.w + (size_t)r * rb, (unsigned)rb, b);
+	return (unsigned)rb;
 }
 
 /* ---- helpers */
@@ -243,35 +339,143 @@ static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_l
 	}
 }
 
-/* nm with its weights copied by the block into w and b (D each; shared
- * memory), for norms read again and again in one phase; the caller syncs
- * the block before using it. */
-static __device__ sbk_norm shared_norm(const sbk_norm &nm, float *w, float *b, int D)
+/* n rounded up to a multiple of 4 (floats: 16 bytes). */
+static __host__ __device__ __forceinline__ size_t al4(size_t n)
+{
+	return (n + 3) & ~(size_t)3;
+}
+
+/* n floats of src into dst (shared, 16-byte aligned): where src is
+ * aligned and n a multiple of 4 (and a.bulk), one bulk copy by thread 0
+ * counted on b, whose bytes are returned; else read through L2 by the
+ * block (0 returned). */
+static __device__ __forceinline__ unsigned pf_floats(const sbk_step &a, float *dst, const float *src,
+                                                     int n, uint64_t *b)
+{
+	if (a.bulk && ((uintptr_t)src & 15) == 0 && (n & 3) == 0) {
+		if (threadIdx.x == 0)
+			bulk(dst, src, 4u * n, b);
+		return 4u * n;
+	}
+	for (int i = threadIdx.x; i < n; i += blockDim.x)
+		dst[i] = __ldcg(src + i);
+	return 0;
+}
+
+/* A layer's small tables in shared memory (one of two buffers, the next
+ * layer's copied while this one runs): the EMA's state terms hg of the B
+ * rows (row stride al4(D)), ec, the norm's weights, q/k's scales and
+ * offsets. */
+struct step_tab {
+	float *hg, *ec, *nw, *nb, *gq, *gk, *bq, *bk;
+};
+
+/* Floats of one buffer for NB rows. */
+static __host__ __device__ size_t step_tab_floats(const sbk_geo &g, int NB)
+{
+	return ((size_t)NB + 3) * al4(g.D) + 4 * al4(g.Z);
+}
+
+static __device__ step_tab tab_at(float *t, const sbk_geo &g, int NB)
+{
+	const size_t Dp = al4(g.D), Zp = al4(g.Z);
+	step_tab s;
+	s.hg = t;
+	s.ec = t + (size_t)NB * Dp;
+	s.nw = s.ec + Dp;
+	s.nb = s.nw + Dp;
+	s.gq = s.nb + Dp;
+	s.gk = s.gq + Zp;
+	s.bq = s.gk + Zp;
+	s.bk = s.bq + Zp;
+	return s;
+}
+
+/* Issues the copies of layer l's tables into T (l == L: the final norm's
+ * weights only), counted on b; the block syncs before the copies are
+ * waited for. hg was written by other blocks before a grid barrier: the
+ * copies read L2. */
+static __device__ void pf_tables(const sbk_step &a, const sbk_layer *sl, int l, const step_tab &T,
+                                 uint64_t *b)
+{
+	const int D = a.g.D, Z = a.g.Z;
+	const sbk_norm &nm = l < a.L ? sl[l].norm : a.final_norm;
+	unsigned bytes = 0;
+	if (threadIdx.x == 0)
+		proxy_fence();  // hg as the barrier left it
+	if (nm.w)
+		bytes += pf_floats(a, T.nw, nm.w, D, b);
+	if (nm.b)
+		bytes += pf_floats(a, T.nb, nm.b, D, b);
+	if (l < a.L) {
+		const sbk_layer_vecs &v = sl[l].v;
+		for (int r = 0; r < a.B; r++)
+			bytes += pf_floats(a, T.hg + (size_t)r * al4(D), a.hg + ((size_t)r * a.L + l) * D, D, b);
+		bytes += pf_floats(a, T.ec, a.ec + (size_t)l * D, D, b);
+		bytes += pf_floats(a, T.gq, v.gq, Z, b);
+		bytes += pf_floats(a, T.gk, v.gk, Z, b);
+		bytes += pf_floats(a, T.bq, v.bq, Z, b);
+		bytes += pf_floats(a, T.bk, v.bk, Z, b);
+	}
+	if (threadIdx.x == 0)
+		bar_expect(b, bytes);
+}
+
+/* nm with its weights where pf_tables copied them. */
+static __device__ __forceinline__ sbk_norm norm_in(const sbk_norm &nm, const step_tab &T)
 {
 	sbk_norm s = nm;
-	if (!nm.w)
-		return s;
-	for (int d = threadIdx.x; d < D; d += blockDim.x) {
-		w[d] = nm.w[d];
-		b[d] = nm.b ? nm.b[d] : 0.0f;
-	}
-	s.w = w;
-	s.b = nm.b ? b : NULL;
+	if (nm.w)
+		s.w = T.nw;
+	if (nm.b)
+		s.b = T.nb;
 	return s;
+}
+
+/* The sum of v over the block, in every thread, with one block barrier:
+ * red holds 64 floats of shared memory, of which call k uses one half (two
+ * calls in a row never share one). */
+static __device__ __forceinline__ float block_sum1(float v, float *red, int k)
+{
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+	float *r = red + 32 * (k & 1);
+	v = warp_sum(v);
+	if (lane == 0)
+		r[w] = v;
+	__syncthreads();
+	return warp_sum(lane < nw ? r[lane] : 0.0f);
+}
+
+/* The B rows xs (complete in shared memory) normalized in place: one row
+ * by the whole block, each thread ending with the elements it wrote (i =
+ * tid, tid + blockDim.x, ..; no barrier after: the caller syncs before
+ * others read them); more rows by a warp each, with a barrier after. */
+static __device__ void norm_xs(const sbk_norm &nm, float *xs, int B, int D, float *red)
+{
+	if (B == 1) {
+		int k = 0;
+		norm_by(nm, xs, D, threadIdx.x, blockDim.x,
+		        [&](float s) { return block_sum1(s, red, k++); });
+	} else {
+		norm_rows(nm, xs, B, D);
+	}
 }
 
 /* Issues the copies of phase A's rows of layer l (l == L: the output
  * projection's) into the warp's slots pfw, and of the router's rows (warps
- * 0 and 1) into pfr; then commits them as one group. Their biases are
- * read meanwhile, into bias (STEP_PF_MAX) and rbias (the router's). */
+ * 0 and 1) into pfr, counted on the warp's barrier b (by lane 0). Their
+ * biases are read meanwhile, into bias (STEP_PF_MAX) and rbias (the
+ * router's). */
 static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *sl, int l, int gw,
                                             int nwarps, unsigned char *pfw, unsigned char *pfr,
-                                            float *bias, float *rbias)
+                                            float *bias, float *rbias, uint64_t *b)
 {
 	const int w = threadIdx.x >> 5;
+	const bool issuer = (threadIdx.x & 31) == 0;
+	unsigned bytes = 0;
 	if (l < a.L && w < 2) {
-		if (pf_fits(sl[l].hx, a.slota))
-			pf_row(sl[l].hx, w, pfr + (size_t)w * a.slota);
+		if (issuer && pf_fits(sl[l].hx, a.slota))
+			bytes += pf_row(sl[l].hx, w, pfr + (size_t)w * a.slota, b);
 		*rbias = sl[l].hx_b[w];
 	}
 #pragma unroll
@@ -282,26 +486,31 @@ static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *
 		float *y;
 		if (k >= a.pfa || !a_row(a, sl, l, gw, nwarps, k, &W, &r, &bp, &y, &ld, &act))
 			break;
-		if (pf_fits(*W, a.slota))
-			pf_row(*W, r, pfw + (size_t)k * a.slota);
+		if (issuer && pf_fits(*W, a.slota))
+			bytes += pf_row(*W, r, pfw + (size_t)k * a.slota, b);
 		bias[k] = bp ? *bp : 0.0f;
 	}
-	cp_commit();
+	if (issuer)
+		bar_expect(b, bytes);
 }
 
-/* Issues the copies of phase C's rows (h_proj) of layer l. */
+/* Issues the copies of phase C's rows (h_proj) of layer l, counted on the
+ * warp's barrier b. */
 static __device__ void pf_c(const sbk_step &a, const sbk_layer *sl, int l, int gw, int nwarps,
-                            unsigned char *pfw)
+                            unsigned char *pfw, uint64_t *b)
 {
 	const sbk_mat &W = sl[l].ho;
+	if ((threadIdx.x & 31) != 0)
+		return;
+	unsigned bytes = 0;
 	if (pf_fits(W, a.slotc))
 		for (int k = 0; k < a.pfc; k++) {
 			const int r = gw + k * nwarps;
 			if (r >= a.g.D)
 				break;
-			pf_row(W, r, pfw + (size_t)k * a.slotc);
+			bytes += pf_row(W, r, pfw + (size_t)k * a.slotc, b);
 		}
-	cp_commit();
+	bar_expect(b, bytes);
 }
 
 /* A post-norm layer's (or FFN's) rows y (B, D), complete after a barrier,
@@ -323,11 +532,12 @@ static __device__ void post_norm(const sbk_step &a, const sbk_norm &nm, const fl
 	}
 }
 
-/* The widest row the kernel stages in shared memory: max(D, H, F). */
+/* The widest row the kernel stages in shared memory: max(D, H, F, Z). */
 static __host__ __device__ int step_wide(const sbk_geo &g)
 {
-	const int w = g.D > g.H ? g.D : g.H;
-	return g.F > w ? g.F : w;
+	int w = g.D > g.H ? g.D : g.H;
+	w = g.F > w ? g.F : w;
+	return g.Z > w ? g.Z : w;
 }
 
 /* Bytes of the warps' prefetch slots (and the router's two), first in
@@ -342,7 +552,7 @@ static __host__ __device__ size_t step_pf_bytes(const sbk_step &a)
  * and where the rows of floats begin. */
 static __host__ __device__ size_t step_layers_at(const sbk_step &a)
 {
-	return step_pf_bytes(a);
+	return (step_pf_bytes(a) + 15) & ~(size_t)15;
 }
 
 static __host__ __device__ size_t step_floats_at(const sbk_step &a)
@@ -350,12 +560,309 @@ static __host__ __device__ size_t step_floats_at(const sbk_step &a)
 	return step_layers_at(a) + (((size_t)a.L * sizeof(sbk_layer) + 15) & ~(size_t)15);
 }
 
+/* The rows of floats (offsets in floats from step_floats_at, each a
+ * multiple of 4), for NB rows, with or without the attention's pool. */
+struct step_lay {
+	size_t xr, xs, ms, tb, qs, kn, wk, cs, ri, pool, end;
+};
+
+static __host__ __device__ step_lay step_layout(const sbk_step &a, int NB, bool tile)
+{
+	const sbk_geo &g = a.g;
+	step_lay s;
+	size_t o = 0;
+	s.xr = o;                                   // (NB, D) x, as it enters the layer
+	o += al4((size_t)NB * g.D);
+	s.xs = o;                                   // (NB, wide) its norm u; og; the FFN's hidden; z's q/k part
+	o += al4((size_t)NB * step_wide(g));
+	s.ms = o;                                   // (NB, D) mx
+	o += al4((size_t)NB * g.D);
+	s.tb = o;                                   // two step_tab buffers
+	o += 2 * step_tab_floats(g, NB);
+	s.qs = o;                                   // (Z) q, (Z) the new k
+	o += al4(g.Z);
+	s.kn = o;
+	o += al4(g.Z);
+	s.wk = o;                                   // (nch) a combine's chunk weights
+	o += al4(a.nch);
+	s.cs = o;                                   // (NB, al4(Z)) cos, sin of each rotary pair
+	o += (size_t)NB * al4(g.Z);
+	s.ri = o;                                   // (2, NB, L) ints: ring lengths, heads
+	o += al4(2 * (size_t)NB * a.L);
+	s.pool = o;                                 // (pool) the attention's values (B2)
+	if (tile)
+		o += (size_t)a.pool;
+	s.end = o;
+	return s;
+}
+
 /* The value columns of slab s of ns: multiples of 4. */
-static __device__ __forceinline__ void slab_cols(int H, int s, int ns, int *h0, int *h1)
+static __host__ __device__ __forceinline__ void slab_cols(int H, int s, int ns, int *h0, int *h1)
 {
 	const int w = ((H + ns - 1) / ns + 3) & ~3;
 	*h0 = s * w < H ? s * w : H;
 	*h1 = *h0 + w < H ? *h0 + w : H;
+}
+
+/* The decode attention of the activated rows in two phases, where a row's
+ * values fit the block's pool (step_pool: the rows' whole rings, not
+ * chunks of them). A chunk's chain (its keys, scores, weights, values,
+ * partial sums and a combine by the slab's last block) kept a few blocks
+ * busy and the rest waiting at the grid barrier; here every warp scores
+ * an entry, and after a barrier every block sums the weighted values of
+ * its slab of the value columns over the whole ring, with the softmax over
+ * all the scores at once: no partial results, no combine. */
+
+/* A row's ring after this step's push. */
+struct ring_now {
+	int len, head, slot_new;
+};
+
+static __device__ __forceinline__ ring_now ring_after_push(const int *ri, int NB, int L, int b,
+                                                           int l, int W1)
+{
+	int32_t len = ri[b * L + l], head = ri[NB * L + b * L + l];
+	ring_now r;
+	r.slot_new = sb_ring_push(&len, &head, W1);
+	r.len = len;
+	r.head = head;
+	return r;
+}
+
+/* The slabs of value columns each activated row gets (phase B2). */
+static __device__ __forceinline__ int value_slabs(int nrows)
+{
+	const int ns = (int)gridDim.x / nrows;
+	return ns < 1 ? 1 : ns;
+}
+
+/* Whether the two phases can take layer l's activated rows: every row's
+ * values, new value, gate and scores fit the pool, with 16-byte rows. */
+static __device__ bool attn_two_fits(const sbk_step &a, const int *ri, int NB, int l, unsigned live,
+                                     size_t pool)
+{
+	const sbk_geo &g = a.g;
+	if (!a.tile || !g.vec || (g.Z & 3) || (g.H & 3) || ((uintptr_t)a.zgv & 15))
+		return false;
+	int nrows = 0;
+	for (int b = 0; b < a.B; b++)
+		nrows += (live >> b) & 1;
+	int h0, h1;
+	slab_cols(g.H, 0, value_slabs(nrows), &h0, &h1);
+	for (int b = 0; b < a.B; b++)
+		if ((live >> b) & 1) {
+			const ring_now r = ring_after_push(ri, NB, a.L, b, l, g.W1);
+			if ((size_t)(r.len + 1) * (h1 - h0) + r.len > pool ||
+			    ((uintptr_t)(a.blocks[b] + g.ring_v) & 15))
+				return false;
+		}
+	return true;
+}
+
+/* B1: the score of every entry of each activated row's ring (after the
+ * push), a warp an entry: q (and for the new entry k) from z with the
+ * layer's tables T and the row's rotary pairs cs, s = q.k scale (plus the
+ * relative bias) into scores (R, W1) in entry order. The new entry's warp
+ * writes it into the ring. */
+static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, int l, unsigned live,
+                                   const int *ri, int NB, const step_tab &T, const float *cs,
+                                   int gw, int nwarps, float *scores)
+{
+	const sbk_geo &g = a.g;
+	const int Z = g.Z, H = g.H, W1 = g.W1, lane = threadIdx.x & 31, Zp = (int)al4(Z);
+	int base = 0;  // items before row b's entries
+	for (int b = 0; b < a.B; b++) {
+		if (!((live >> b) & 1))
+			continue;
+		const ring_now r = ring_after_push(ri, NB, a.L, b, l, W1);
+		const float *z = a.zgv + (size_t)b * (Z + 2 * H), *csb = cs + (size_t)b * Zp;
+		unsigned char *blk = a.blocks[b];
+		float *K = (float *)(blk + g.ring_k) + (size_t)l * W1 * Z;
+		float *V = (float *)(blk + g.ring_v) + (size_t)l * W1 * H;
+		int64_t *P = (int64_t *)(blk + g.ring_pos) + (size_t)l * W1;
+		const int64_t p = a.pos[b];
+		for (int e = ((gw - base) % nwarps + nwarps) % nwarps; e < r.len; e += nwarps) {
+			const bool is_new = e == r.len - 1;
+			const int slot = sb_ring_slot(r.head, e, W1);
+			const float *kr = K + (size_t)slot * Z;
+			const int64_t pk = is_new || !v.rel_bias || lane ? p : P[slot];
+			float s = 0.0f;
+			if (g.rotary) {
+				for (int j = lane; j < Z / 2; j += 32) {
+					const int a0 = 2 * j, b0 = 2 * j + 1;
+					float ka = 0.0f, kb = 0.0f;
+					if (!is_new) {
+						ka = kr[a0];
+						kb = kr[b0];
+					}
+					const float za = __ldcg(z + a0), zb = __ldcg(z + b0);
+					const float c = csb[a0], sn = csb[b0];
+					const float q0 = za * T.gq[a0] + T.bq[a0], q1 = zb * T.gq[b0] + T.bq[b0];
+					if (is_new) {
+						const float k0 = za * T.gk[a0] + T.bk[a0], k1 = zb * T.gk[b0] + T.bk[b0];
+						ka = k0 * c - k1 * sn;
+						kb = k0 * sn + k1 * c;
+						K[(size_t)r.slot_new * Z + a0] = ka;
+						K[(size_t)r.slot_new * Z + b0] = kb;
+					}
+					s += (q0 * c - q1 * sn) * ka + (q0 * sn + q1 * c) * kb;
+				}
+			} else {
+				for (int i = lane; i < Z; i += 32) {
+					const float kv = is_new ? 0.0f : kr[i];
+					const float zi = __ldcg(z + i);
+					const float q = zi * T.gq[i] + T.bq[i];
+					const float k = is_new ? zi * T.gk[i] + T.bk[i] : kv;
+					if (is_new)
+						K[(size_t)r.slot_new * Z + i] = k;
+					s += q * k;
+				}
+			}
+			s = warp_sum(s);
+			if (is_new) {
+				for (int i = lane; i < H; i += 32)
+					V[(size_t)r.slot_new * H + i] = __ldcg(z + Z + H + i);
+				if (lane == 0)
+					P[r.slot_new] = p;
+			}
+			if (lane == 0) {
+				s *= g.scale;
+				if (v.rel_bias)
+					s += rel_bias_at(v.rel_bias, g.M, pk, p);
+				scores[(size_t)b * W1 + e] = s;
+			}
+		}
+		base += r.len;
+	}
+}
+
+/* A max or a sum over the block, in every thread, with one barrier (red:
+ * 64 floats of shared memory, half of it a call in turn, k counting the
+ * calls). */
+template <bool MAX>
+static __device__ __forceinline__ float block_red1(float v, float *red, int k)
+{
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+	float *r = red + 32 * (k & 1);
+	v = MAX ? warp_max(v) : warp_sum(v);
+	if (lane == 0)
+		r[w] = v;
+	__syncthreads();
+	const float t = lane < nw ? r[lane] : MAX ? -INFINITY : 0.0f;
+	return MAX ? warp_max(t) : warp_sum(t);
+}
+
+static __device__ __forceinline__ float4 warp_sum4(float4 v)
+{
+	v.x = warp_sum(v.x);
+	v.y = warp_sum(v.y);
+	v.z = warp_sum(v.z);
+	v.w = warp_sum(v.w);
+	return v;
+}
+
+/* B2: og of each activated row, a block a slab of its value columns: the
+ * slab's values of the ring (the new one from z) and the gate's columns
+ * copied into the pool (bulk, counted on b) while the scores (written by
+ * other blocks, read through L2) become weights (softmax over all of
+ * them, or relu2 / laplace), then their sum over the values, times the
+ * gate. part: shared memory for a float4 per warp or column. */
+static __device__ void attn_values(const sbk_step &a, int l, unsigned live, const int *ri, int NB,
+                                   const float *scores, float *pool, float4 *part, float *red,
+                                   uint64_t *bar, unsigned &ph)
+{
+	const sbk_geo &g = a.g;
+	const int Z = g.Z, H = g.H, W1 = g.W1, tid = threadIdx.x, bd = blockDim.x;
+	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
+	const bool soft = g.attn == SB_ATTN_SOFTMAX;
+	int nrows = 0;
+	for (int b = 0; b < a.B; b++)
+		nrows += (live >> b) & 1;
+	const int ns = value_slabs(nrows);
+	for (int item = blockIdx.x; item < nrows * ns; item += gridDim.x) {
+		int b = 0;  // the (item / ns)-th activated row
+		for (int k = item / ns;; b++)
+			if ((live >> b) & 1) {
+				if (k == 0)
+					break;
+				k--;
+			}
+		int h0, h1;
+		slab_cols(H, item % ns, ns, &h0, &h1);
+		const int tw = h1 - h0, tw4 = tw / 4;
+		if (tw <= 0)
+			continue;
+		const ring_now r = ring_after_push(ri, NB, a.L, b, l, W1);
+		const int n = r.len;
+		const float *z = a.zgv + (size_t)b * (Z + 2 * H);
+		const float *V = (const float *)(a.blocks[b] + g.ring_v) + (size_t)l * W1 * H;
+		float *St = pool + (size_t)(n + 1) * tw;  // after the values and the gate
+		proxy_fence();    // its writes to the pool (scores), z as the barrier left it
+		__syncthreads();  // the pool's last readers are done
+		for (int e = tid; e <= n; e += bd) {
+			const float *src = e < n - 1 ? V + (size_t)sb_ring_slot(r.head, e, W1) * H
+			                   : e == n - 1 ? z + Z + H
+			                                : z + Z;
+			bulk(pool + (size_t)e * tw, src + h0, 4u * tw, bar);
+		}
+		if (tid == 0)
+			bar_expect(bar, 4u * tw * (n + 1));
+		float m = -INFINITY;
+		for (int e = tid; e < n; e += bd) {
+			St[e] = __ldcg(scores + (size_t)b * W1 + e);
+			m = fmaxf(m, St[e]);
+		}
+		if (soft)
+			m = block_red1<true>(m, red, 0);
+		float sum = 0.0f;
+		for (int e = tid; e < n; e += bd) {
+			const float s = St[e];
+			const float wt = soft ? expf(s - m)
+			                 : g.attn == SB_ATTN_RELU2 ? (s > 0.0f ? s * s : 0.0f)
+			                                           : laplace_w(s);
+			St[e] = wt;
+			sum += wt;
+		}
+		if (soft)
+			sum = block_red1<false>(sum, red, 1);
+		bar_wait(bar, ph);
+		__syncthreads();
+		/* jobs: (column of 4, part k of the entries), a warp each */
+		const int nk = nw / tw4 > 1 ? nw / tw4 : 1, jobs = tw4 * nk;
+		for (int j = w; j < jobs; j += nw) {
+			const int c4 = j % tw4, k = j / tw4;
+			float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+			for (int e = k * 32 + lane; e < n; e += nk * 32) {
+				const float wt = St[e];
+				const float4 vv = ((const float4 *)(pool + (size_t)e * tw))[c4];
+				acc.x += wt * vv.x;
+				acc.y += wt * vv.y;
+				acc.z += wt * vv.z;
+				acc.w += wt * vv.w;
+			}
+			acc = warp_sum4(acc);
+			if (lane == 0)
+				part[j] = acc;
+		}
+		__syncthreads();
+		const float inv = soft ? 1.0f / sum : 1.0f;
+		const float *gate = pool + (size_t)n * tw;
+		for (int c4 = tid; c4 < tw4; c4 += bd) {
+			float4 o = part[c4];
+			for (int k = 1; k < nk; k++) {
+				const float4 t = part[k * tw4 + c4];
+				o.x += t.x;
+				o.y += t.y;
+				o.z += t.z;
+				o.w += t.w;
+			}
+			float *og = a.og + (size_t)b * H + h0 + 4 * c4;
+			og[0] = o.x * inv * gate[4 * c4];
+			og[1] = o.y * inv * gate[4 * c4 + 1];
+			og[2] = o.z * inv * gate[4 * c4 + 2];
+			og[3] = o.w * inv * gate[4 * c4 + 3];
+		}
+	}
 }
 
 template <int NB>
@@ -364,36 +871,66 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	extern __shared__ __align__(16) unsigned char smem[];
 	__shared__ float sc[SBK_CHUNK];
 	__shared__ int slots[SBK_CHUNK];
-	__shared__ float uq[2][NB], p1s[NB];
+	__shared__ float4 part_s[STEP_WARPS];
+	__shared__ float uq[2][NB], p1s[NB], red[64];
+	/* bulk copies' barriers: each warp's phase A rows, its phase C rows,
+	 * the block's tables, its pool; and this thread's parity of each */
+	__shared__ uint64_t bars[2 * STEP_WARPS + 2];
+	unsigned pha = 0, phc = 0, pht = 0, phk = 0;
 	__shared__ unsigned live_s;
 	__shared__ int last_s;
 	const sbk_geo &g = a.g;
 	const int D = g.D, Z = g.Z, H = g.H, F = g.F, N = g.N, L = a.L, ZH = Z + 2 * H, D2 = D + 2,
-	          B = a.B;
+	          B = a.B, Dp = (int)al4(D), Zp = (int)al4(Z);
 	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-	const int gw = blockIdx.x * STEP_WARPS + w, nwarps = gridDim.x * STEP_WARPS;
+	/* warps 0 and 1 also take the router's rows: they are numbered last,
+	 * so that a warp has at most one row more than another */
+	const int gw = w >= 2 ? blockIdx.x * (STEP_WARPS - 2) + w - 2
+	                      : gridDim.x * (STEP_WARPS - 2) + blockIdx.x * 2 + w,
+	          nwarps = gridDim.x * STEP_WARPS;
 	const int gt = blockIdx.x * blockDim.x + tid, nthreads = gridDim.x * blockDim.x;
 	const size_t RD = (size_t)a.R * D;
 	cg::grid_group grid = cg::this_grid();
 
-	/* shared memory: the prefetch slots, then rows of floats */
+	/* shared memory: the prefetch slots, the layers' descriptors, then
+	 * rows of floats (step_layout) */
 	unsigned char *pfa_w = smem + (size_t)w * ((size_t)a.pfa * a.slota + (size_t)a.pfc * a.slotc);
 	unsigned char *pfc_w = pfa_w + (size_t)a.pfa * a.slota;
 	unsigned char *pfr = smem + (size_t)STEP_WARPS * ((size_t)a.pfa * a.slota + (size_t)a.pfc * a.slotc);
-	float *xr = (float *)(smem + step_floats_at(a));   // (NB, D) x, as it enters the layer
-	float *xs = xr + (size_t)NB * D;                  // (NB, wide) its norm u; og; the FFN's hidden
-	float *ms = xs + (size_t)NB * step_wide(g);       // (NB, D) hg, then mx
-	float *ecs = ms + (size_t)NB * D;                 // (D)
-	float *nws = ecs + D, *nbs = nws + D;             // (D) each: the norm's weights
-	float *qs = nbs + D, *kn = qs + Z, *wk = kn + Z;  // (Z), (Z), (nch)
-	sbk_layer *sl = (sbk_layer *)(smem + step_layers_at(a));  // (L) the layers' descriptors
+	sbk_layer *sl = (sbk_layer *)(smem + step_layers_at(a));
+	float *fl = (float *)(smem + step_floats_at(a));
+	const step_lay lay = step_layout(a, NB, a.tile);
+	float *xr = fl + lay.xr, *xs = fl + lay.xs, *ms = fl + lay.ms, *tb = fl + lay.tb;
+	float *qs = fl + lay.qs, *kn = fl + lay.kn, *wk = fl + lay.wk, *cs = fl + lay.cs;
+	int *ri = (int *)(fl + lay.ri);  // ring lengths (B, L), then heads, as the step began
+	const size_t tbf = step_tab_floats(g, NB);
 
-	/* P0: the layers' descriptors, the embedding and the EMA's state terms */
+	/* P0: the layers' descriptors, the embedding, the EMA's state terms,
+	 * the rings' counters and the rotary angles of the rows' positions */
+	uint64_t *abar = &bars[w], *cbar = &bars[STEP_WARPS + w], *tbar = &bars[2 * STEP_WARPS],
+	         *kbar = &bars[2 * STEP_WARPS + 1];
+	if (tid == 0) {
+		for (int i = 0; i < 2 * STEP_WARPS + 2; i++)
+			bar_init(&bars[i]);
+		bar_init_fence();
+	}
 	for (size_t i = tid; i < (size_t)L * sizeof(sbk_layer) / 4; i += blockDim.x)
 		((uint32_t *)sl)[i] = ((const uint32_t *)a.layers)[i];
 	__syncthreads();
 	float bia[STEP_PF_MAX] = {}, rbia = 0.0f;  // phase A's biases, read a phase ahead
-	pf_a(a, sl, 0, gw, nwarps, pfa_w, pfr, bia, &rbia);
+	pf_a(a, sl, 0, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
+	for (int i = tid; i < B * L; i += blockDim.x) {
+		const unsigned char *blk = a.blocks[i / L];
+		ri[i] = ((const int32_t *)(blk + g.ring_len))[i % L];
+		ri[NB * L + i] = ((const int32_t *)(blk + g.ring_head))[i % L];
+	}
+	if (g.rotary)
+		for (int i = tid; i < B * (Z / 2); i += blockDim.x) {
+			const int b = i / (Z / 2), j = i % (Z / 2);
+			const double ang = (double)a.pos[b] * a.inv_freq[j];
+			cs[(size_t)b * Zp + 2 * j] = (float)cos(ang);
+			cs[(size_t)b * Zp + 2 * j + 1] = (float)sin(ang);
+		}
 	for (int i = gt; i < B * D; i += nthreads) {
 		const int b = i / D, d = i % D;
 		a.x[i] = wget(a.embed.dt, a.embed.w, a.embed.sc, a.tok[b], d, D) * a.embed_scale;
@@ -421,6 +958,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		}
 	}
 	grid.sync();
+	pf_tables(a, sl, 0, tab_at(tb, g, NB), tbar);
 
 	float *xc = a.x, *xo = a.x2;   // the residual stream now, and the other buffer
 	bool have_x = false;           // xr holds x already (a layer without attention)
@@ -429,10 +967,15 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		const sbk_layer_vecs &v = ly.v;
 		float *hid = a.hid + (size_t)l * RD;
 		const bool post = !a.prenorm, last = !a.ffn;
+		const step_tab T = tab_at(tb + (size_t)(l & 1) * tbf, g, NB);
 
-		/* A: its h_proj rows are copied while it runs */
-		pf_c(a, sl, l, gw, nwarps, pfc_w);
-		/* the EMA elements this thread updates, fetched with the rows */
+		/* A: x (read through L2 where other blocks wrote it) */
+		for (int i = tid; i < B * D; i += blockDim.x) {
+			const float t = have_x ? xr[i] : __ldcg(xc + i);
+			xr[i] = t;
+			xs[i] = t;
+		}
+		/* the EMA elements this thread updates */
 		float eh[2] = {0.0f, 0.0f}, eq[2] = {0.0f, 0.0f}, ep[2] = {0.0f, 0.0f};
 		float *ehp[2] = {NULL, NULL};
 		const int DN = D * N;
@@ -447,26 +990,17 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				ep[k] = v.pb[j];
 			}
 		}
+		bar_wait(tbar, pht);  // this layer's tables
 		__syncthreads();
+		const sbk_norm lnorm = norm_in(ly.norm, T);
+		if (a.prenorm)
+			norm_xs(lnorm, xs, B, D, red);
 		for (int i = tid; i < B * D; i += blockDim.x) {
 			const int b = i / D, d = i % D;
-			if (!have_x)
-				xr[i] = __ldcg(xc + i);
-			ms[i] = __ldcg(a.hg + ((size_t)b * L + l) * D + d);
+			ms[i] = apply_act(g.act, T.hg[(size_t)b * Dp + d] + xs[i] * T.ec[d]);
 		}
-		for (int d = tid; d < D; d += blockDim.x)
-			ecs[d] = a.ec[(size_t)l * D + d];
-		const sbk_norm lnorm = shared_norm(ly.norm, nws, nbs, D);
 		__syncthreads();
-		for (int i = tid; i < B * D; i += blockDim.x)
-			xs[i] = xr[i];
-		__syncthreads();
-		if (a.prenorm)
-			norm_rows(lnorm, xs, B, D);
-		for (int i = tid; i < B * D; i += blockDim.x)
-			ms[i] = apply_act(g.act, ms[i] + xs[i] * ecs[i % D]);
-		__syncthreads();
-		cp_wait<1>();  // this phase's rows (the h_proj rows may still be in flight)
+		bar_wait(abar, pha);  // this phase's rows
 		if (w < 2) {
 			float acc[NB];
 			dot_rows<NB>(ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
@@ -475,8 +1009,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 					uq[w][b] = acc[b] + rbia;
 		}
 		a_products<NB>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
+		const unsigned arrived = gbar_arrive(a.gbar);  // what follows no other block waits for
+		/* the next layer's tables, then its rows */
+		pf_tables(a, sl, l + 1, tab_at(tb + (size_t)((l + 1) & 1) * tbf, g, NB), tbar);
 		__syncwarp();
-		pf_a(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia);
+		pf_a(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
 		/* the EMA's new state */
 #pragma unroll
 		for (int k = 0; k < 2; k++)
@@ -508,7 +1045,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			}
 			live_s = live;
 		}
-		grid.sync();
+		gbar_wait(a.gbar, arrived);
 		const unsigned live = live_s;
 		int nlive = 0;
 		for (int b = 0; b < B; b++)
@@ -519,7 +1056,6 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			/* No attention: every block takes the residual itself, x
 			 * stays in xr for the next layer (or the logits) and block
 			 * 0 keeps the stream in the other buffer. */
-			cp_wait<1>();  // the unused h_proj rows are in before their slots are reused
 			for (int i = tid; i < B * D; i += blockDim.x) {
 				const int b = i / D, d = i % D;
 				xr[i] = apply_act(g.act, __ldcg(a.hxu + (size_t)b * D2 + 2 + d) + xr[i]);
@@ -547,13 +1083,22 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			c_b = ly.ho_b[gw];
 		}
 
-		/* B: the attention of the activated rows */
-		if (live) {
+		/* B: the attention of the activated rows, in two phases (B1 the
+		 * scores, B2 the values) where they fit the pool, else by chunks
+		 * of the rings; phase C's h_proj rows are copied meanwhile */
+		if (live && attn_two_fits(a, ri, NB, l, live, lay.end - lay.pool)) {
+			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
+			attn_scores(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
+			grid.sync();
+			attn_values(a, l, live, ri, NB, a.po, fl + lay.pool,
+			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, kbar, phk);
+		} else if (live) {
+			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
 			/* slabs: as many as keep every block busy, up to SBK_STEP_SLABS */
 			int nrows = 0, maxc = 1;
 			for (int b = 0; b < B; b++)
 				if ((live >> b) & 1) {
-					const int32_t len = ((const int32_t *)(a.blocks[b] + g.ring_len))[l];
+					const int32_t len = ri[b * L + l];
 					const int nc = ((len < g.W1 ? len + 1 : g.W1) + SBK_CHUNK - 1) / SBK_CHUNK;
 					nrows++;
 					maxc = nc > maxc ? nc : maxc;
@@ -576,8 +1121,8 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				const float *z = a.zgv + (size_t)b * ZH;
 				__syncthreads();
 				const int nc = attn_chunk(a.blocks[b], g, v, l, a.pos[b], z, a.inv_freq, c,
-				                          a.po + pc * H, a.pm + pq + c, a.ps + pq + c, qs, kn, sc, slots,
-				                          h0, h1, s == 0);
+				                          a.po + pc * H, a.pm + pq + c, a.ps + pq + c, qs, kn, sc,
+				                          slots, h0, h1, s == 0);
 				if (c >= nc)
 					continue;
 				/* the slab's last chunk combines them */
@@ -589,19 +1134,21 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				if (!last_s)
 					continue;
 				__threadfence();
-				attn_combine(a.pm + pq, a.ps + pq,
-				             a.po + (size_t)b * a.nch * H, nc, H, g.attn == SB_ATTN_SOFTMAX,
-				             z + Z, a.og + (size_t)b * H, wk, h0, h1);
+				attn_combine(a.pm + pq, a.ps + pq, a.po + (size_t)b * a.nch * H, nc, H,
+				             g.attn == SB_ATTN_SOFTMAX, z + Z, a.og + (size_t)b * H, wk, h0, h1);
 				if (tid == 0)
 					a.cnt[b * SBK_STEP_SLABS + s] = 0;
 			}
+		}
+		if (live) {
 			grid.sync();
 			stage(xs, a.og, nlive, H, H);
 		}
 
 		/* C: h_proj and the residual (what it adds read before the
 		 * product: lane b for row b) */
-		cp_wait<1>();
+		if (live)
+			bar_wait(cbar, phc);  // the h_proj rows
 		for (int k = 0;; k++) {
 			const int r = gw + k * nwarps;
 			if (r >= D)
@@ -686,13 +1233,13 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	__syncthreads();
 	for (int i = tid; i < B * D; i += blockDim.x)
 		xs[i] = have_x ? xr[i] : __ldcg(xc + i);
+	bar_wait(tbar, pht);  // the final norm's weights
 	__syncthreads();
 	if (a.prenorm) {
-		const sbk_norm fn = shared_norm(a.final_norm, nws, nbs, D);
+		norm_xs(norm_in(a.final_norm, tab_at(tb + (size_t)(L & 1) * tbf, g, NB)), xs, B, D, red);
 		__syncthreads();
-		norm_rows(fn, xs, B, D);
 	}
-	cp_wait<0>();
+	bar_wait(abar, pha);
 	a_products<NB>(a, sl, L, gw, nwarps, pfa_w, xs, B, bia);
 }
 
@@ -722,14 +1269,23 @@ void sbk_step_prepare(cudaStream_t s, const sbk_step *a)
 }
 
 /* Shared memory of the kernel for NB rows: the prefetch slots, the
- * layers' descriptors, xr, xs, ms (NB rows each), ec, the norm's weights,
- * qs, kn and the chunk weights of a combine. */
-static size_t step_shmem(const sbk_step *a, int NB)
+ * layers' descriptors and the rows of floats of step_layout (with the
+ * pool or without). */
+static size_t step_shmem(const sbk_step *a, int NB, bool tile)
 {
-	const sbk_geo &g = a->g;
-	const size_t nch = ((size_t)g.W1 + SBK_CHUNK - 1) / SBK_CHUNK;
-	return step_floats_at(*a) + ((size_t)NB * (2 * (size_t)g.D + (size_t)step_wide(g)) +
-	                             3 * (size_t)g.D + 2 * (size_t)g.Z + nch) * sizeof(float);
+	return step_floats_at(*a) + step_layout(*a, NB, tile).end * sizeof(float);
+}
+
+/* Whether the kernel for NB rows has the attention's pool: where it fits
+ * beside the rest. */
+static bool step_tile(const sbk_step *a, int NB)
+{
+	return a->pool > 0 && step_shmem(a, NB, true) <= (size_t)a->smem_optin;
+}
+
+static size_t step_bytes(const sbk_step *a, int NB)
+{
+	return step_shmem(a, NB, step_tile(a, NB));
 }
 
 static int rows_nb(int B)
@@ -746,8 +1302,9 @@ static step_kernel kernel_for(int B)
 
 int sbk_step_setup(sbk_step *a)
 {
-	int dev = 0, sms = 0, coop = 0, optin = 0;
+	int dev = 0, sms = 0, coop = 0, optin = 0, major = 0;
 	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
 	    cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
 	    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
 	    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
@@ -762,11 +1319,19 @@ int sbk_step_setup(sbk_step *a)
 	const int ra = (g.D + g.Z + 2 * g.H + nwarps - 1) / nwarps, rc = (g.D + nwarps - 1) / nwarps;
 	a->pfa = ra < STEP_PF_MAX ? ra : STEP_PF_MAX;
 	a->pfc = rc < STEP_PF_MAX ? rc : STEP_PF_MAX;
-	if (a->slota <= 0 || a->slotc <= 0 || step_shmem(a, SBK_STEP_MAX_ROWS) > (size_t)optin) {
+	a->bulk = major >= 9;
+	if (!a->bulk || a->slota <= 0 || a->slotc <= 0 ||
+	    step_shmem(a, SBK_STEP_MAX_ROWS, false) > (size_t)optin) {
 		a->pfa = a->pfc = 0;
 		a->slota = a->slotc = 0;
 	}
-	return step_shmem(a, SBK_STEP_MAX_ROWS) > (size_t)optin ? -1 : 0;
+	/* the pool: one row's whole ring for a slab of the value columns (a
+	 * block's share of them), its gate and its scores */
+	int h0 = 0, h1 = 0;
+	slab_cols(g.H, 0, sms, &h0, &h1);
+	a->pool = a->bulk ? (g.W1 + 1) * (h1 - h0) + g.W1 : 0;
+	a->smem_optin = optin;
+	return step_shmem(a, SBK_STEP_MAX_ROWS, false) > (size_t)optin ? -1 : 0;
 }
 
 int sbk_step_grid(const sbk_step *a, int B)
@@ -774,7 +1339,7 @@ int sbk_step_grid(const sbk_step *a, int B)
 	if (B < 1 || B > SBK_STEP_MAX_ROWS)
 		return 0;
 	int dev = 0, sms = 0, per_sm = 0;
-	const size_t shmem = step_shmem(a, rows_nb(B));
+	const size_t shmem = step_bytes(a, rows_nb(B));
 	step_kernel k = kernel_for(B);
 	if (cudaGetDevice(&dev) != cudaSuccess ||
 	    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
@@ -792,8 +1357,9 @@ int sbk_step_grid(const sbk_step *a, int B)
 cudaError_t sbk_step_launch(cudaStream_t s, const sbk_step *a, int grid)
 {
 	sbk_step args = *a;
+	args.tile = step_tile(a, rows_nb(a->B));
 	void *params[] = {&args};
 	return cudaLaunchCooperativeKernel((const void *)kernel_for(a->B), dim3((unsigned)grid),
-	                                   dim3(STEP_THREADS), params, step_shmem(a, rows_nb(a->B)),
+	                                   dim3(STEP_THREADS), params, step_bytes(a, rows_nb(a->B)),
 	                                   s);
 }
