@@ -232,9 +232,9 @@ struct sbk_step {
 	 * none), the device's shared memory a block may have, and whether this
 	 * launch's kernel has the pool (set per launch from its rows' count) */
 	int pool, smem_optin;
-	bool tile;
+	bool has_pool;
 	/* the copies are bulk copies (compute capability 9.0 and later; before
-	 * it there are no slots and no tiles) */
+	 * it there are no slots and no pool) */
 	bool bulk;
 };
 

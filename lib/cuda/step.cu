@@ -566,7 +566,7 @@ struct step_lay {
 	size_t xr, xs, ms, tb, qs, kn, wk, cs, ri, pool, end;
 };
 
-static __host__ __device__ step_lay step_layout(const sbk_step &a, int NB, bool tile)
+static __host__ __device__ step_lay step_layout(const sbk_step &a, int NB, bool with_pool)
 {
 	const sbk_geo &g = a.g;
 	step_lay s;
@@ -590,7 +590,7 @@ static __host__ __device__ step_lay step_layout(const sbk_step &a, int NB, bool 
 	s.ri = o;                                   // (2, NB, L) ints: ring lengths, heads
 	o += al4(2 * (size_t)NB * a.L);
 	s.pool = o;                                 // (pool) the attention's values (B2)
-	if (tile)
+	if (with_pool)
 		o += (size_t)a.pool;
 	s.end = o;
 	return s;
@@ -642,7 +642,7 @@ static __device__ bool attn_two_fits(const sbk_step &a, const int *ri, int NB, i
                                      size_t pool)
 {
 	const sbk_geo &g = a.g;
-	if (!a.tile || !g.vec || (g.Z & 3) || (g.H & 3) || ((uintptr_t)a.zgv & 15))
+	if (!a.has_pool || !g.vec || (g.Z & 3) || (g.H & 3) || ((uintptr_t)a.zgv & 15))
 		return false;
 	int nrows = 0;
 	for (int b = 0; b < a.B; b++)
@@ -899,7 +899,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	unsigned char *pfr = smem + (size_t)STEP_WARPS * ((size_t)a.pfa * a.slota + (size_t)a.pfc * a.slotc);
 	sbk_layer *sl = (sbk_layer *)(smem + step_layers_at(a));
 	float *fl = (float *)(smem + step_floats_at(a));
-	const step_lay lay = step_layout(a, NB, a.tile);
+	const step_lay lay = step_layout(a, NB, a.has_pool);
 	float *xr = fl + lay.xr, *xs = fl + lay.xs, *ms = fl + lay.ms, *tb = fl + lay.tb;
 	float *qs = fl + lay.qs, *kn = fl + lay.kn, *wk = fl + lay.wk, *cs = fl + lay.cs;
 	int *ri = (int *)(fl + lay.ri);  // ring lengths (B, L), then heads, as the step began
@@ -1271,21 +1271,21 @@ void sbk_step_prepare(cudaStream_t s, const sbk_step *a)
 /* Shared memory of the kernel for NB rows: the prefetch slots, the
  * layers' descriptors and the rows of floats of step_layout (with the
  * pool or without). */
-static size_t step_shmem(const sbk_step *a, int NB, bool tile)
+static size_t step_shmem(const sbk_step *a, int NB, bool with_pool)
 {
-	return step_floats_at(*a) + step_layout(*a, NB, tile).end * sizeof(float);
+	return step_floats_at(*a) + step_layout(*a, NB, with_pool).end * sizeof(float);
 }
 
 /* Whether the kernel for NB rows has the attention's pool: where it fits
  * beside the rest. */
-static bool step_tile(const sbk_step *a, int NB)
+static bool step_pool_fits(const sbk_step *a, int NB)
 {
 	return a->pool > 0 && step_shmem(a, NB, true) <= (size_t)a->smem_optin;
 }
 
 static size_t step_bytes(const sbk_step *a, int NB)
 {
-	return step_shmem(a, NB, step_tile(a, NB));
+	return step_shmem(a, NB, step_pool_fits(a, NB));
 }
 
 static int rows_nb(int B)
@@ -1357,7 +1357,7 @@ int sbk_step_grid(const sbk_step *a, int B)
 cudaError_t sbk_step_launch(cudaStream_t s, const sbk_step *a, int grid)
 {
 	sbk_step args = *a;
-	args.tile = step_tile(a, rows_nb(a->B));
+	args.has_pool = step_pool_fits(a, rows_nb(a->B));
 	void *params[] = {&args};
 	return cudaLaunchCooperativeKernel((const void *)kernel_for(a->B), dim3((unsigned)grid),
 	                                   dim3(STEP_THREADS), params, step_bytes(a, rows_nb(a->B)),
