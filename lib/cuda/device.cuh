@@ -205,6 +205,17 @@ static __device__ __forceinline__ float laplace_w(float s)
 	return 0.5f * (1.0f + erff((s - mu) * inv));
 }
 
+/* A score's attention weight of kind attn (sb_attn_kind): exp(s - m) for
+ * softmax (m: the max it is taken against), relu(s)^2, or laplace. */
+static __device__ __forceinline__ float attn_weight(int attn, float s, float m)
+{
+	if (attn == SB_ATTN_SOFTMAX)
+		return expf(s - m);
+	if (attn == SB_ATTN_RELU2)
+		return s > 0.0f ? s * s : 0.0f;
+	return laplace_w(s);
+}
+
 
 template <int DT>
 static __device__ __forceinline__ float wload(const void *w, const __half *sc, size_t i, size_t si)
@@ -439,15 +450,7 @@ static __device__ int attn_chunk(unsigned char *blk, const sbk_geo &g, const sbk
 	if (w == 0) {
 		const float s = lane < n ? sc[lane] : -INFINITY;
 		const float m = warp_max(s);
-		float wt = 0.0f;
-		if (lane < n) {
-			if (g.attn == SB_ATTN_SOFTMAX)
-				wt = expf(s - m);
-			else if (g.attn == SB_ATTN_RELU2)
-				wt = s > 0.0f ? s * s : 0.0f;
-			else
-				wt = laplace_w(s);
-		}
+		const float wt = lane < n ? attn_weight(g.attn, s, m) : 0.0f;
 		const float sum = warp_sum(wt);
 		if (lane < n)
 			sc[lane] = wt;

@@ -425,8 +425,7 @@ __global__ void k_attn_weights_block(sbk_geo g, const float *rel, float *S, int 
 			row[j] = row[j] / sum;
 	} else {
 		for (int j = lo + tid; j <= hi; j += bd) {
-			const float s = row[j];
-			row[j] = g.attn == SB_ATTN_RELU2 ? (s > 0.0f ? s * s : 0.0f) : laplace_w(s);
+			row[j] = attn_weight(g.attn, row[j], 0.0f);
 		}
 	}
 	for (int j = tid; j < lo; j += bd)

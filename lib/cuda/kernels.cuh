@@ -213,6 +213,7 @@ struct sbk_step {
 	const int64_t *pos;
 	const double *inv_freq;
 	float *x, *x2;         // (R, D) each: the residual stream, in one or the other
+	/* (po also holds the two-phase attention's scores, (R, W1)) */
 	float *hxu, *zgv, *og, *att, *ffn_h, *pr1, *po, *pm, *ps, *hid, *logits;
 	/* The EMA split by what a step knows when: mx = act(hg + u ec), hg =
 	 * sum_n (g q)[d, n] h[d, n] from the state before the step, ec = sum_n

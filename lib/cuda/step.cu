@@ -432,18 +432,20 @@ static __device__ __forceinline__ sbk_norm norm_in(const sbk_norm &nm, const ste
 	return s;
 }
 
-/* The sum of v over the block, in every thread, with one block barrier:
- * red holds 64 floats of shared memory, of which call k uses one half (two
- * calls in a row never share one). */
-static __device__ __forceinline__ float block_sum1(float v, float *red, int k)
+/* A max or a sum over the block, in every thread, with one barrier (red:
+ * 64 floats of shared memory, of which call k uses one half: two calls in
+ * a row never share one). */
+template <bool MAX>
+static __device__ __forceinline__ float block_red1(float v, float *red, int k)
 {
 	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
 	float *r = red + 32 * (k & 1);
-	v = warp_sum(v);
+	v = MAX ? warp_max(v) : warp_sum(v);
 	if (lane == 0)
 		r[w] = v;
 	__syncthreads();
-	return warp_sum(lane < nw ? r[lane] : 0.0f);
+	const float t = lane < nw ? r[lane] : MAX ? -INFINITY : 0.0f;
+	return MAX ? warp_max(t) : warp_sum(t);
 }
 
 /* The B rows xs (complete in shared memory) normalized in place: one row
@@ -455,7 +457,7 @@ static __device__ void norm_xs(const sbk_norm &nm, float *xs, int B, int D, floa
 	if (B == 1) {
 		int k = 0;
 		norm_by(nm, xs, D, threadIdx.x, blockDim.x,
-		        [&](float s) { return block_sum1(s, red, k++); });
+		        [&](float s) { return block_red1<false>(s, red, k++); });
 	} else {
 		norm_rows(nm, xs, B, D);
 	}
@@ -605,7 +607,7 @@ static __host__ __device__ __forceinline__ void slab_cols(int H, int s, int ns, 
 }
 
 /* The decode attention of the activated rows in two phases, where a row's
- * values fit the block's pool (step_pool: the rows' whole rings, not
+ * values fit the block's pool (sbk_step's pool: the rows' whole rings, not
  * chunks of them). A chunk's chain (its keys, scores, weights, values,
  * partial sums and a combine by the slab's last block) kept a few blocks
  * busy and the rest waiting at the grid barrier; here every warp scores
@@ -644,11 +646,8 @@ static __device__ bool attn_two_fits(const sbk_step &a, const int *ri, int NB, i
 	const sbk_geo &g = a.g;
 	if (!a.has_pool || !g.vec || (g.Z & 3) || (g.H & 3) || ((uintptr_t)a.zgv & 15))
 		return false;
-	int nrows = 0;
-	for (int b = 0; b < a.B; b++)
-		nrows += (live >> b) & 1;
 	int h0, h1;
-	slab_cols(g.H, 0, value_slabs(nrows), &h0, &h1);
+	slab_cols(g.H, 0, value_slabs(__popc(live)), &h0, &h1);
 	for (int b = 0; b < a.B; b++)
 		if ((live >> b) & 1) {
 			const ring_now r = ring_after_push(ri, NB, a.L, b, l, g.W1);
@@ -736,22 +735,6 @@ static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, i
 	}
 }
 
-/* A max or a sum over the block, in every thread, with one barrier (red:
- * 64 floats of shared memory, half of it a call in turn, k counting the
- * calls). */
-template <bool MAX>
-static __device__ __forceinline__ float block_red1(float v, float *red, int k)
-{
-	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-	float *r = red + 32 * (k & 1);
-	v = MAX ? warp_max(v) : warp_sum(v);
-	if (lane == 0)
-		r[w] = v;
-	__syncthreads();
-	const float t = lane < nw ? r[lane] : MAX ? -INFINITY : 0.0f;
-	return MAX ? warp_max(t) : warp_sum(t);
-}
-
 static __device__ __forceinline__ float4 warp_sum4(float4 v)
 {
 	v.x = warp_sum(v.x);
@@ -775,10 +758,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 	const int Z = g.Z, H = g.H, W1 = g.W1, tid = threadIdx.x, bd = blockDim.x;
 	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
 	const bool soft = g.attn == SB_ATTN_SOFTMAX;
-	int nrows = 0;
-	for (int b = 0; b < a.B; b++)
-		nrows += (live >> b) & 1;
-	const int ns = value_slabs(nrows);
+	const int nrows = __popc(live), ns = value_slabs(nrows);
 	for (int item = blockIdx.x; item < nrows * ns; item += gridDim.x) {
 		int b = 0;  // the (item / ns)-th activated row
 		for (int k = item / ns;; b++)
@@ -816,10 +796,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 			m = block_red1<true>(m, red, 0);
 		float sum = 0.0f;
 		for (int e = tid; e < n; e += bd) {
-			const float s = St[e];
-			const float wt = soft ? expf(s - m)
-			                 : g.attn == SB_ATTN_RELU2 ? (s > 0.0f ? s * s : 0.0f)
-			                                           : laplace_w(s);
+			const float wt = attn_weight(g.attn, St[e], m);
 			St[e] = wt;
 			sum += wt;
 		}
@@ -971,9 +948,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 
 		/* A: x (read through L2 where other blocks wrote it) */
 		for (int i = tid; i < B * D; i += blockDim.x) {
-			const float t = have_x ? xr[i] : __ldcg(xc + i);
-			xr[i] = t;
-			xs[i] = t;
+			if (!have_x)
+				xr[i] = __ldcg(xc + i);
+			xs[i] = xr[i];
 		}
 		/* the EMA elements this thread updates */
 		float eh[2] = {0.0f, 0.0f}, eq[2] = {0.0f, 0.0f}, ep[2] = {0.0f, 0.0f};
