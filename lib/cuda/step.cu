@@ -43,9 +43,10 @@
  * weight rows of the next phase with their biases (issued before the
  * barrier), each layer's small tables (its hg, ec, norm and q/k vectors,
  * copied during the layer before into the other of two buffers), a B2
- * block's values. The layers' descriptors are read into shared memory
- * once; rows other blocks wrote are read from L2 (__ldcg and the bulk
- * copies: L1 is not coherent between blocks).
+ * block's values (its first slab's during B1). The layers' descriptors are read into shared memory
+ * once; rows other blocks wrote are read from L2 (__ldcg, a thread's
+ * loads issued together, ldcg_each; and the bulk copies: L1 is not
+ * coherent between blocks).
  *
  * It is the default for one row (docs/benchmarks.md) and slower from two
  * rows on, where the per-op kernels keep the step (SEQBOAT_CUDA_FUSED=1:
@@ -75,6 +76,8 @@ namespace cg = cooperative_groups;
 #ifndef STEP_PF_MAX
 #define STEP_PF_MAX 4
 #endif
+/* B1: the pairs (or elements) of q and k a lane takes at a time */
+#define STEP_QK 2
 
 /* ---- bulk copies to shared memory (the tensor memory accelerator,
  * sm_90 and later): one thread issues the copy of a whole row, which the
@@ -157,15 +160,16 @@ static __device__ __forceinline__ void proxy_fence()
  * its arrival and its wait. As in cooperative groups, block 0 adds
  * 2^31 - (blocks - 1) and the others 1, so the counter's high bit flips
  * when the last block arrives and its low bits come back to zero: it is
- * never reset. Arrive returns (to thread 0) the count before its add. */
+ * never reset; the add releases what the block wrote, the polling load
+ * acquires what the others did. Arrive returns (to thread 0) the count
+ * before its add. */
 static __device__ __forceinline__ unsigned gbar_arrive(unsigned *bar)
 {
 	__syncthreads();
 	unsigned old = 0;
 	if (threadIdx.x == 0) {
 		const unsigned nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-		__threadfence();
-		old = atomicAdd(bar, nb);
+		asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(bar), "r"(nb) : "memory");
 	}
 	return old;
 }
@@ -173,9 +177,10 @@ static __device__ __forceinline__ unsigned gbar_arrive(unsigned *bar)
 static __device__ __forceinline__ void gbar_wait(unsigned *bar, unsigned old)
 {
 	if (threadIdx.x == 0) {
-		while (((old ^ *(volatile unsigned *)bar) & 0x80000000u) == 0)
-			;
-		__threadfence();
+		unsigned now;
+		do
+			asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(bar) : "memory");
+		while (((old ^ now) & 0x80000000u) == 0);
 	}
 	__syncthreads();
 }
@@ -200,13 +205,36 @@ static __device__ __forceinline__ unsigned pf_row(const sbk_mat &W, int r, unsig
 
 /* ---- helpers */
 
+/* use(i, __ldcg(src(i))) for the block's i < n (this thread's: i = tid,
+ * tid + blockDim.x, ..), STEP_LDCG loads of a thread issued before the
+ * first use. __ldcg is an asm volatile, which the compiler keeps in order
+ * with the stores around it: a loop of loads and stores waited for each
+ * load in turn, a trip to L2 an element. */
+#define STEP_LDCG 4
+template <typename Src, typename Use>
+static __device__ __forceinline__ void ldcg_each(int n, Src src, Use use)
+{
+	const int bd = blockDim.x;
+	for (int i0 = threadIdx.x; i0 < n; i0 += STEP_LDCG * bd) {
+		float t[STEP_LDCG];
+#pragma unroll
+		for (int k = 0; k < STEP_LDCG; k++)
+			t[k] = i0 + k * bd < n ? __ldcg(src(i0 + k * bd)) : 0.0f;
+#pragma unroll
+		for (int k = 0; k < STEP_LDCG; k++)
+			if (i0 + k * bd < n)
+				use(i0 + k * bd, t[k]);
+	}
+}
+
 /* rows (B, n) of src (row stride ld, written by other blocks) into
  * shared dst (row stride n). */
 static __device__ void stage(float *dst, const float *src, int B, int n, int ld)
 {
 	__syncthreads();
-	for (int i = threadIdx.x; i < B * n; i += blockDim.x)
-		dst[i] = __ldcg(src + (size_t)(i / n) * ld + i % n);
+	ldcg_each(
+		B * n, [&](int i) { return src + (size_t)(i / n) * ld + i % n; },
+		[&](int i, float t) { dst[i] = t; });
 	__syncthreads();
 }
 
@@ -337,6 +365,122 @@ static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_l
 			y[(size_t)lane * ld] = apply_act(act, bias ? t + bv : t);
 		}
 	}
+}
+
+/* The dots of one row x (NB == 1, shared) with the rows j < K set in mask
+ * m, of a matrix of dtype DT and cols columns (a multiple of 8; the rows
+ * 16-byte aligned, sc their scales where I8), in one pass over the
+ * columns: every lane's loads of all the rows are in flight together and
+ * their FMA chains and warp sums overlap, where a row at a time waited for
+ * each row's in turn. The terms are those of gemv_row, in its order. */
+template <int DT, int K>
+static __device__ __forceinline__ void gemv_rows1(const void *const *rows, const __half *const *sc,
+                                                  unsigned m, int cols, const float *x, float *acc)
+{
+	const int lane = threadIdx.x & 31, n8 = cols >> 3;
+#pragma unroll
+	for (int j = 0; j < K; j++)
+		acc[j] = 0.0f;
+	for (int c8 = lane; c8 < n8; c8 += 32) {
+		const float4 *xp = (const float4 *)(x + (size_t)c8 * 8);
+		const float4 x0 = xp[0], x1 = xp[1];
+#pragma unroll
+		for (int j = 0; j < K; j++)
+			if ((m >> j) & 1) {
+				float wv[8];
+				wload8<DT>(rows[j], sc[j], (size_t)c8 * 8, c8 >> 2, wv);
+				float t = acc[j];
+				t = fmaf(wv[0], x0.x, t);
+				t = fmaf(wv[1], x0.y, t);
+				t = fmaf(wv[2], x0.z, t);
+				t = fmaf(wv[3], x0.w, t);
+				t = fmaf(wv[4], x1.x, t);
+				t = fmaf(wv[5], x1.y, t);
+				t = fmaf(wv[6], x1.z, t);
+				t = fmaf(wv[7], x1.w, t);
+				acc[j] = t;
+			}
+	}
+#pragma unroll
+	for (int j = 0; j < K; j++)
+		acc[j] = warp_sum(acc[j]);
+}
+
+/* Phase A's products of layer l (l == L: the output projection) for one
+ * row x (NB == 1), and for warps 0 and 1 (rr: 0 or 1, else -1) the
+ * router's row rr of hx, copied to rslot, whose dot goes to *u (lane 0):
+ * all in one pass (gemv_rows1), where every row was prefetched and all
+ * share a dtype and a width (a multiple of 8), with the biases read a
+ * phase ahead (bia). Returns whether they did (else nothing is done and
+ * the caller takes a row at a time). */
+static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_layer *sl, int l,
+                                                int gw, int nwarps, const unsigned char *pfw,
+                                                int rr, const unsigned char *rslot,
+                                                const float *x, const float *bia, float *u)
+{
+	constexpr int K = STEP_PF_MAX + 1;  // the product rows, then the router's
+	const void *rows[K] = {};
+	const __half *sc[K] = {};
+	const sbk_mat *W0 = NULL;
+	unsigned m = 0;
+	if (rr >= 0 && l < a.L) {
+		W0 = &sl[l].hx;
+		if (!pf_fits(*W0, a.slota))
+			return false;
+		rows[K - 1] = rslot;
+		sc[K - 1] = row_scales(*W0, rr);
+		m = 1u << (K - 1);
+	}
+#pragma unroll
+	for (int k = 0; k < K; k++) {
+		const sbk_mat *W;
+		int r, ld, act;
+		const float *bias;
+		float *y;
+		if (!a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
+			break;
+		if (k == K - 1 || k >= a.pfa || !pf_fits(*W, a.slota) ||
+		    (W0 && (W->dt != W0->dt || W->cols != W0->cols)))
+			return false;
+		W0 = W;
+		rows[k] = pfw + (size_t)k * a.slota;
+		sc[k] = row_scales(*W, r);
+		m |= 1u << k;
+	}
+	if (!m)
+		return true;
+	if (W0->cols & 7)
+		return false;
+	float acc[K];
+	switch (W0->dt) {
+	case SB_DTYPE_F16:
+		gemv_rows1<SB_DTYPE_F16, K>(rows, sc, m, W0->cols, x, acc);
+		break;
+	case SB_DTYPE_BF16:
+		gemv_rows1<SB_DTYPE_BF16, K>(rows, sc, m, W0->cols, x, acc);
+		break;
+	case SB_DTYPE_I8:
+		gemv_rows1<SB_DTYPE_I8, K>(rows, sc, m, W0->cols, x, acc);
+		break;
+	default:
+		gemv_rows1<SB_DTYPE_F32, K>(rows, sc, m, W0->cols, x, acc);
+		break;
+	}
+	if ((threadIdx.x & 31) != 0)
+		return true;
+	if ((m >> (K - 1)) & 1)
+		*u = acc[K - 1];
+#pragma unroll
+	for (int k = 0; k < K - 1; k++) {
+		const sbk_mat *W;
+		int r, ld, act;
+		const float *bias;
+		float *y;
+		if (!((m >> k) & 1) || !a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
+			break;
+		*y = apply_act(act, bias ? acc[k] + bia[k] : acc[k]);
+	}
+	return true;
 }
 
 /* n rounded up to a multiple of 4 (floats: 16 bytes). */
@@ -662,7 +806,9 @@ static __device__ bool attn_two_fits(const sbk_step &a, const int *ri, int NB, i
  * push), a warp an entry: q (and for the new entry k) from z with the
  * layer's tables T and the row's rotary pairs cs, s = q.k scale (plus the
  * relative bias) into scores (R, W1) in entry order. The new entry's warp
- * writes it into the ring. */
+ * writes its key and position into the ring; its value, B2's blocks (a
+ * warp's copy of it was a chain of H / 32 loads and stores, the longest of
+ * the phase). */
 static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, int l, unsigned live,
                                    const int *ri, int NB, const step_tab &T, const float *cs,
                                    int gw, int nwarps, float *scores)
@@ -677,7 +823,6 @@ static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, i
 		const float *z = a.zgv + (size_t)b * (Z + 2 * H), *csb = cs + (size_t)b * Zp;
 		unsigned char *blk = a.blocks[b];
 		float *K = (float *)(blk + g.ring_k) + (size_t)l * W1 * Z;
-		float *V = (float *)(blk + g.ring_v) + (size_t)l * W1 * H;
 		int64_t *P = (int64_t *)(blk + g.ring_pos) + (size_t)l * W1;
 		const int64_t p = a.pos[b];
 		for (int e = ((gw - base) % nwarps + nwarps) % nwarps; e < r.len; e += nwarps) {
@@ -685,45 +830,63 @@ static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, i
 			const int slot = sb_ring_slot(r.head, e, W1);
 			const float *kr = K + (size_t)slot * Z;
 			const int64_t pk = is_new || !v.rel_bias || lane ? p : P[slot];
+			/* a lane's pairs (or elements) STEP_QK at a time: their loads
+			 * of z first (__ldcg waits for the new key's stores before it) */
 			float s = 0.0f;
-			if (g.rotary) {
-				for (int j = lane; j < Z / 2; j += 32) {
-					const int a0 = 2 * j, b0 = 2 * j + 1;
-					float ka = 0.0f, kb = 0.0f;
-					if (!is_new) {
-						ka = kr[a0];
-						kb = kr[b0];
-					}
-					const float za = __ldcg(z + a0), zb = __ldcg(z + b0);
-					const float c = csb[a0], sn = csb[b0];
-					const float q0 = za * T.gq[a0] + T.bq[a0], q1 = zb * T.gq[b0] + T.bq[b0];
-					if (is_new) {
-						const float k0 = za * T.gk[a0] + T.bk[a0], k1 = zb * T.gk[b0] + T.bk[b0];
-						ka = k0 * c - k1 * sn;
-						kb = k0 * sn + k1 * c;
-						K[(size_t)r.slot_new * Z + a0] = ka;
-						K[(size_t)r.slot_new * Z + b0] = kb;
-					}
-					s += (q0 * c - q1 * sn) * ka + (q0 * sn + q1 * c) * kb;
+			float *kn = K + (size_t)r.slot_new * Z;
+			const int np = g.rotary ? Z / 2 : Z;
+			for (int j0 = 0; j0 < np; j0 += 32 * STEP_QK) {
+				float za[STEP_QK], zb[STEP_QK], ka[STEP_QK], kb[STEP_QK];
+#pragma unroll
+				for (int t = 0; t < STEP_QK; t++) {
+					const int j = j0 + lane + 32 * t;
+					const bool in = j < np;
+					const int a0 = g.rotary ? 2 * j : j, b0 = a0 + 1;
+					za[t] = in ? __ldcg(z + a0) : 0.0f;
+					zb[t] = in && g.rotary ? __ldcg(z + b0) : 0.0f;
+					ka[t] = in && !is_new ? kr[a0] : 0.0f;
+					kb[t] = in && !is_new && g.rotary ? kr[b0] : 0.0f;
 				}
-			} else {
-				for (int i = lane; i < Z; i += 32) {
-					const float kv = is_new ? 0.0f : kr[i];
-					const float zi = __ldcg(z + i);
-					const float q = zi * T.gq[i] + T.bq[i];
-					const float k = is_new ? zi * T.gk[i] + T.bk[i] : kv;
-					if (is_new)
-						K[(size_t)r.slot_new * Z + i] = k;
-					s += q * k;
+#pragma unroll
+				for (int t = 0; t < STEP_QK; t++) {
+					const int j = j0 + lane + 32 * t;
+					if (j >= np)
+						break;
+					if (g.rotary) {
+						const int a0 = 2 * j, b0 = 2 * j + 1;
+						const float c = csb[a0], sn = csb[b0];
+						const float q0 = za[t] * T.gq[a0] + T.bq[a0], q1 = zb[t] * T.gq[b0] + T.bq[b0];
+						if (is_new) {
+							const float k0 = za[t] * T.gk[a0] + T.bk[a0],
+							            k1 = zb[t] * T.gk[b0] + T.bk[b0];
+							ka[t] = k0 * c - k1 * sn;
+							kb[t] = k0 * sn + k1 * c;
+						}
+						s += (q0 * c - q1 * sn) * ka[t] + (q0 * sn + q1 * c) * kb[t];
+					} else {
+						const float q = za[t] * T.gq[j] + T.bq[j];
+						if (is_new)
+							ka[t] = za[t] * T.gk[j] + T.bk[j];
+						s += q * ka[t];
+					}
 				}
+				if (is_new)
+#pragma unroll
+					for (int t = 0; t < STEP_QK; t++) {
+						const int j = j0 + lane + 32 * t;
+						if (j >= np)
+							break;
+						if (g.rotary) {
+							kn[2 * j] = ka[t];
+							kn[2 * j + 1] = kb[t];
+						} else {
+							kn[j] = ka[t];
+						}
+					}
 			}
 			s = warp_sum(s);
-			if (is_new) {
-				for (int i = lane; i < H; i += 32)
-					V[(size_t)r.slot_new * H + i] = __ldcg(z + Z + H + i);
-				if (lane == 0)
-					P[r.slot_new] = p;
-			}
+			if (is_new && lane == 0)
+				P[r.slot_new] = p;
 			if (lane == 0) {
 				s *= g.scale;
 				if (v.rel_bias)
@@ -744,54 +907,82 @@ static __device__ __forceinline__ float4 warp_sum4(float4 v)
 	return v;
 }
 
-/* B2: og of each activated row, a block a slab of its value columns: the
- * slab's values of the ring (the new one from z) and the gate's columns
- * copied into the pool (bulk, counted on b) while the scores (written by
- * other blocks, read through L2) become weights (softmax over all of
- * them, or relu2 / laplace), then their sum over the values, times the
- * gate. part: shared memory for a float4 per warp or column. */
-static __device__ void attn_values(const sbk_step &a, int l, unsigned live, const int *ri, int NB,
-                                   const float *scores, float *pool, float4 *part, float *red,
-                                   uint64_t *bar, unsigned &ph)
+/* B2's items: (activated row, slab of its value columns), ns slabs a row.
+ * Item `item`'s row b and columns h0 .. h1. */
+static __device__ __forceinline__ void b2_item(unsigned live, int item, int ns, int *b, int *h0,
+                                               int *h1, int H)
+{
+	int r = 0;  // the (item / ns)-th activated row
+	for (int k = item / ns;; r++)
+		if ((live >> r) & 1) {
+			if (k == 0)
+				break;
+			k--;
+		}
+	*b = r;
+	slab_cols(H, item % ns, ns, h0, h1);
+}
+
+/* Issues the bulk copies of B2's item into the pool, counted on bar: the
+ * slab's columns (h0, tw of them) of row b's ring values (the old entries:
+ * the ring as the step began; the new one from z, as the barrier after
+ * phase A left it) and of its gate. The block's first item is issued
+ * before B1 (its copies need nothing B1 writes), the others in turn. */
+static __device__ void b2_issue(const sbk_step &a, int l, const ring_now &r, int b, int h0, int tw,
+                                float *pool, uint64_t *bar)
 {
 	const sbk_geo &g = a.g;
-	const int Z = g.Z, H = g.H, W1 = g.W1, tid = threadIdx.x, bd = blockDim.x;
+	const int Z = g.Z, H = g.H, n = r.len;
+	const float *z = a.zgv + (size_t)b * (Z + 2 * H);
+	const float *V = (const float *)(a.blocks[b] + g.ring_v) + (size_t)l * g.W1 * H;
+	proxy_fence();    // the pool's earlier readers and writers, z as the barrier left it
+	__syncthreads();  // the pool's last readers are done
+	for (int e = threadIdx.x; e <= n; e += blockDim.x) {
+		const float *src = e < n - 1 ? V + (size_t)sb_ring_slot(r.head, e, g.W1) * H
+		                   : e == n - 1 ? z + Z + H
+		                                : z + Z;
+		bulk(pool + (size_t)e * tw, src + h0, 4u * tw, bar);
+	}
+	if (threadIdx.x == 0)
+		bar_expect(bar, 4u * tw * (n + 1));
+}
+
+/* B2: og of each activated row, a block a slab of its value columns: the
+ * slab's values of the ring (the new one from z) and the gate's columns
+ * in the pool (b2_issue; the block's first item's issued already where
+ * first_issued) while the scores (written by other blocks, read through
+ * L2) become weights (softmax over all of them, or relu2 / laplace), then
+ * their sum over the values, times the gate; the block also writes its
+ * columns of the new value into the ring. part: shared memory for a
+ * float4 per warp or column. */
+static __device__ void attn_values(const sbk_step &a, int l, unsigned live, const int *ri, int NB,
+                                   const float *scores, float *pool, float4 *part, float *red,
+                                   uint64_t *bar, unsigned &ph, bool first_issued)
+{
+	const sbk_geo &g = a.g;
+	const int H = g.H, W1 = g.W1, tid = threadIdx.x, bd = blockDim.x;
 	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
 	const bool soft = g.attn == SB_ATTN_SOFTMAX;
 	const int nrows = __popc(live), ns = value_slabs(nrows);
 	for (int item = blockIdx.x; item < nrows * ns; item += gridDim.x) {
-		int b = 0;  // the (item / ns)-th activated row
-		for (int k = item / ns;; b++)
-			if ((live >> b) & 1) {
-				if (k == 0)
-					break;
-				k--;
-			}
-		int h0, h1;
-		slab_cols(H, item % ns, ns, &h0, &h1);
+		int b, h0, h1;
+		b2_item(live, item, ns, &b, &h0, &h1, H);
 		const int tw = h1 - h0, tw4 = tw / 4;
 		if (tw <= 0)
 			continue;
 		const ring_now r = ring_after_push(ri, NB, a.L, b, l, W1);
 		const int n = r.len;
-		const float *z = a.zgv + (size_t)b * (Z + 2 * H);
-		const float *V = (const float *)(a.blocks[b] + g.ring_v) + (size_t)l * W1 * H;
+		float *V = (float *)(a.blocks[b] + g.ring_v) + (size_t)l * W1 * H;
 		float *St = pool + (size_t)(n + 1) * tw;  // after the values and the gate
-		proxy_fence();    // its writes to the pool (scores), z as the barrier left it
-		__syncthreads();  // the pool's last readers are done
-		for (int e = tid; e <= n; e += bd) {
-			const float *src = e < n - 1 ? V + (size_t)sb_ring_slot(r.head, e, W1) * H
-			                   : e == n - 1 ? z + Z + H
-			                                : z + Z;
-			bulk(pool + (size_t)e * tw, src + h0, 4u * tw, bar);
-		}
-		if (tid == 0)
-			bar_expect(bar, 4u * tw * (n + 1));
+		if (!(first_issued && item == (int)blockIdx.x))
+			b2_issue(a, l, r, b, h0, tw, pool, bar);
 		float m = -INFINITY;
-		for (int e = tid; e < n; e += bd) {
-			St[e] = __ldcg(scores + (size_t)b * W1 + e);
-			m = fmaxf(m, St[e]);
-		}
+		ldcg_each(
+			n, [&](int e) { return scores + (size_t)b * W1 + e; },
+			[&](int e, float t) {
+				St[e] = t;
+				m = fmaxf(m, t);
+			});
 		if (soft)
 			m = block_red1<true>(m, red, 0);
 		float sum = 0.0f;
@@ -804,6 +995,10 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 			sum = block_red1<false>(sum, red, 1);
 		bar_wait(bar, ph);
 		__syncthreads();
+		/* the slab's columns of the new value into the ring (its slot is
+		 * no other entry's: nobody reads it this step) */
+		for (int i = tid; i < tw; i += bd)
+			V[(size_t)r.slot_new * H + h0 + i] = pool[(size_t)(n - 1) * tw + i];
 		/* jobs: (column of 4, part k of the entries), a warp each */
 		const int nk = nw / tw4 > 1 ? nw / tw4 : 1, jobs = tw4 * nk;
 		for (int j = w; j < jobs; j += nw) {
@@ -947,11 +1142,16 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		const step_tab T = tab_at(tb + (size_t)(l & 1) * tbf, g, NB);
 
 		/* A: x (read through L2 where other blocks wrote it) */
-		for (int i = tid; i < B * D; i += blockDim.x) {
-			if (!have_x)
-				xr[i] = __ldcg(xc + i);
-			xs[i] = xr[i];
-		}
+		if (have_x)
+			for (int i = tid; i < B * D; i += blockDim.x)
+				xs[i] = xr[i];
+		else
+			ldcg_each(
+				B * D, [&](int i) { return xc + i; },
+				[&](int i, float t) {
+					xr[i] = t;
+					xs[i] = t;
+				});
 		/* the EMA elements this thread updates */
 		float eh[2] = {0.0f, 0.0f}, eq[2] = {0.0f, 0.0f}, ep[2] = {0.0f, 0.0f};
 		float *ehp[2] = {NULL, NULL};
@@ -978,19 +1178,37 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		}
 		__syncthreads();
 		bar_wait(abar, pha);  // this phase's rows
-		if (w < 2) {
-			float acc[NB];
-			dot_rows<NB>(ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
-			if (lane == 0)
-				for (int b = 0; b < B; b++)
-					uq[w][b] = acc[b] + rbia;
+		float u1 = 0.0f;
+		if (NB == 1 && a_group1(a, sl, l, gw, nwarps, pfa_w, w < 2 ? w : -1,
+		                        pfr + (size_t)w * a.slota, ms, bia, &u1)) {
+			if (w < 2 && lane == 0)
+				uq[w][0] = u1 + rbia;
+		} else {
+			if (w < 2) {
+				float acc[NB];
+				dot_rows<NB>(ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
+				if (lane == 0)
+					for (int b = 0; b < B; b++)
+						uq[w][b] = acc[b] + rbia;
+			}
+			a_products<NB>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
 		}
-		a_products<NB>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
 		const unsigned arrived = gbar_arrive(a.gbar);  // what follows no other block waits for
 		/* the next layer's tables, then its rows */
 		pf_tables(a, sl, l + 1, tab_at(tb + (size_t)((l + 1) & 1) * tbf, g, NB), tbar);
 		__syncwarp();
 		pf_a(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
+		/* one row: the key this warp scores in B1 if the row is activated,
+		 * into L2 now (half a megabyte a layer at the most, wasted where it
+		 * is not) */
+		if (NB == 1) {
+			const ring_now r = ring_after_push(ri, NB, L, 0, l, g.W1);
+			if (gw < r.len - 1 && lane * 32 < Z) {
+				const float *k = (const float *)(a.blocks[0] + g.ring_k) +
+				                 ((size_t)l * g.W1 + sb_ring_slot(r.head, gw, g.W1)) * Z + lane * 32;
+				asm volatile("prefetch.global.L2 [%0];" ::"l"(k));
+			}
+		}
 		/* the EMA's new state */
 #pragma unroll
 		for (int k = 0; k < 2; k++)
@@ -1033,10 +1251,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			/* No attention: every block takes the residual itself, x
 			 * stays in xr for the next layer (or the logits) and block
 			 * 0 keeps the stream in the other buffer. */
-			for (int i = tid; i < B * D; i += blockDim.x) {
-				const int b = i / D, d = i % D;
-				xr[i] = apply_act(g.act, __ldcg(a.hxu + (size_t)b * D2 + 2 + d) + xr[i]);
-			}
+			ldcg_each(
+				B * D, [&](int i) { return a.hxu + (size_t)(i / D) * D2 + 2 + i % D; },
+				[&](int i, float t) { xr[i] = apply_act(g.act, t + xr[i]); });
 			__syncthreads();
 			if (post)
 				norm_rows(lnorm, xr, B, D);
@@ -1052,6 +1269,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			continue;
 		}
 		have_x = false;
+		const uint64_t n_act = blockIdx.x == 0 && tid < B && (live >> tid) & 1
+		                       ? ((const uint64_t *)(a.blocks[tid] + g.n_act))[l]
+		                       : 0;
 		/* phase C's first row's addends, lane b for row b: read now */
 		float c_hx = 0.0f, c_x = 0.0f, c_b = 0.0f;
 		if (gw < D && lane < B) {
@@ -1065,10 +1285,18 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		 * of the rings; phase C's h_proj rows are copied meanwhile */
 		if (live && attn_two_fits(a, ri, NB, l, live, lay.end - lay.pool)) {
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
+			/* the block's first slab of values is copied during B1 */
+			const int ns = value_slabs(__popc(live));
+			int b2, h0, h1;
+			b2_item(live, blockIdx.x, ns, &b2, &h0, &h1, H);
+			const bool first = (int)blockIdx.x < __popc(live) * ns && h1 > h0;
+			if (first)
+				b2_issue(a, l, ring_after_push(ri, NB, L, b2, l, g.W1), b2, h0, h1 - h0,
+				         fl + lay.pool, kbar);
 			attn_scores(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
 			grid.sync();
 			attn_values(a, l, live, ri, NB, a.po, fl + lay.pool,
-			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, kbar, phk);
+			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, kbar, phk, first);
 		} else if (live) {
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
 			/* slabs: as many as keep every block busy, up to SBK_STEP_SLABS */
@@ -1154,14 +1382,13 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			}
 		}
 		if (blockIdx.x == 0 && tid < B && (live >> tid) & 1) {
+			/* the counters as the step began (ri), the activations' read
+			 * before the attention: no load here, before the barrier */
 			unsigned char *blk = a.blocks[tid];
-			int32_t *len = (int32_t *)(blk + g.ring_len) + l,
-			        *head = (int32_t *)(blk + g.ring_head) + l;
-			int32_t ln = *len, hd = *head;
-			sb_ring_push(&ln, &hd, g.W1);
-			*len = ln;
-			*head = hd;
-			((uint64_t *)(blk + g.n_act))[l]++;
+			const ring_now r = ring_after_push(ri, NB, L, tid, l, g.W1);
+			((int32_t *)(blk + g.ring_len))[l] = r.len;
+			((int32_t *)(blk + g.ring_head))[l] = r.head;
+			((uint64_t *)(blk + g.n_act))[l] = n_act + 1;
 		}
 		grid.sync();
 		if (post) {
@@ -1208,8 +1435,12 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 
 	/* the final norm and the output projection */
 	__syncthreads();
-	for (int i = tid; i < B * D; i += blockDim.x)
-		xs[i] = have_x ? xr[i] : __ldcg(xc + i);
+	if (have_x)
+		for (int i = tid; i < B * D; i += blockDim.x)
+			xs[i] = xr[i];
+	else
+		ldcg_each(
+			B * D, [&](int i) { return xc + i; }, [&](int i, float t) { xs[i] = t; });
 	bar_wait(tbar, pht);  // the final norm's weights
 	__syncthreads();
 	if (a.prenorm) {
