@@ -287,43 +287,36 @@ static __device__ __forceinline__ void dot_rows(const sbk_mat &W, int r, const u
 	dot_row<NB>(W, row, row_scales(W, r), xs, B, acc);
 }
 
-/* Phase A's k-th output row of warp gw (of nwarps), or false past them:
- * hx_proj's rows 2 .. D+1 then mx_proj's; after the last layer the output
- * projection's. */
+/* One output row of phase A: row r of matrix W, its bias (or NULL),
+ * where row b's result goes (y + b ld) and its activation. */
+struct a_out {
+	const sbk_mat *W;
+	int r, ld, act;
+	const float *bias;
+	float *y;
+};
+
+/* Phase A's k-th output row of warp gw (of nwarps) into *o, or false past
+ * them: hx_proj's rows 2 .. D+1 then mx_proj's; after the last layer the
+ * output projection's. */
 static __device__ __forceinline__ bool a_row(const sbk_step &a, const sbk_layer *sl, int l, int gw,
-                                             int nwarps, int k, const sbk_mat **W, int *r,
-                                             const float **bias, float **y, int *ld, int *act)
+                                             int nwarps, int k, a_out *o)
 {
 	const int D = a.g.D, ZH = a.g.Z + 2 * a.g.H, i = gw + k * nwarps;
 	if (l == a.L) {
 		if (i >= a.g.V)
 			return false;
-		*W = &a.out;
-		*r = i;
-		*bias = NULL;
-		*y = a.logits + i;
-		*ld = a.g.V;
-		*act = SBK_ACT_NONE;
+		*o = {&a.out, i, a.g.V, SBK_ACT_NONE, NULL, a.logits + i};
 		return true;
 	}
 	const sbk_layer &ly = sl[l];
 	if (i < D) {
-		*W = &ly.hx;
-		*r = i + 2;
-		*bias = ly.hx_b + i + 2;
-		*y = a.hxu + i + 2;
-		*ld = D + 2;
-		*act = SBK_ACT_NONE;
+		*o = {&ly.hx, i + 2, D + 2, SBK_ACT_NONE, ly.hx_b + i + 2, a.hxu + i + 2};
 		return true;
 	}
 	if (i >= D + ZH)
 		return false;
-	*W = &ly.mx;
-	*r = i - D;
-	*bias = ly.mx_b + i - D;
-	*y = a.zgv + i - D;
-	*ld = ZH;
-	*act = a.g.act;
+	*o = {&ly.mx, i - D, ZH, a.g.act, ly.mx_b + i - D, a.zgv + i - D};
 	return true;
 }
 
@@ -351,18 +344,15 @@ static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_l
 {
 	const int lane = threadIdx.x & 31;
 	for (int k = 0;; k++) {
-		const sbk_mat *W;
-		int r, ld, act;
-		const float *bias;
-		float *y;
-		if (!a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
+		a_out o;
+		if (!a_row(a, sl, l, gw, nwarps, k, &o))
 			break;
-		const float bv = !bias ? 0.0f : k < a.pfa ? pick<STEP_PF_MAX>(bia, k) : *bias;
+		const float bv = !o.bias ? 0.0f : k < a.pfa ? pick<STEP_PF_MAX>(bia, k) : *o.bias;
 		float acc[NB];
-		dot_rows<NB>(*W, r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B, acc);
+		dot_rows<NB>(*o.W, o.r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B, acc);
 		if (lane < B) {
 			const float t = pick<NB>(acc, lane);
-			y[(size_t)lane * ld] = apply_act(act, bias ? t + bv : t);
+			o.y[(size_t)lane * o.ld] = apply_act(o.act, o.bias ? t + bv : t);
 		}
 	}
 }
@@ -433,18 +423,15 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 	}
 #pragma unroll
 	for (int k = 0; k < K; k++) {
-		const sbk_mat *W;
-		int r, ld, act;
-		const float *bias;
-		float *y;
-		if (!a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
+		a_out o;
+		if (!a_row(a, sl, l, gw, nwarps, k, &o))
 			break;
-		if (k == K - 1 || k >= a.pfa || !pf_fits(*W, a.slota) ||
-		    (W0 && (W->dt != W0->dt || W->cols != W0->cols)))
+		if (k == K - 1 || k >= a.pfa || !pf_fits(*o.W, a.slota) ||
+		    (W0 && (o.W->dt != W0->dt || o.W->cols != W0->cols)))
 			return false;
-		W0 = W;
+		W0 = o.W;
 		rows[k] = pfw + (size_t)k * a.slota;
-		sc[k] = row_scales(*W, r);
+		sc[k] = row_scales(*o.W, o.r);
 		m |= 1u << k;
 	}
 	if (!m)
@@ -472,13 +459,10 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 		*u = acc[K - 1];
 #pragma unroll
 	for (int k = 0; k < K - 1; k++) {
-		const sbk_mat *W;
-		int r, ld, act;
-		const float *bias;
-		float *y;
-		if (!((m >> k) & 1) || !a_row(a, sl, l, gw, nwarps, k, &W, &r, &bias, &y, &ld, &act))
+		a_out o;
+		if (!((m >> k) & 1) || !a_row(a, sl, l, gw, nwarps, k, &o))
 			break;
-		*y = apply_act(act, bias ? acc[k] + bia[k] : acc[k]);
+		*o.y = apply_act(o.act, o.bias ? acc[k] + bia[k] : acc[k]);
 	}
 	return true;
 }
@@ -626,15 +610,12 @@ static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *
 	}
 #pragma unroll
 	for (int k = 0; k < STEP_PF_MAX; k++) {
-		const sbk_mat *W;
-		int r, ld, act;
-		const float *bp;
-		float *y;
-		if (k >= a.pfa || !a_row(a, sl, l, gw, nwarps, k, &W, &r, &bp, &y, &ld, &act))
+		a_out o;
+		if (k >= a.pfa || !a_row(a, sl, l, gw, nwarps, k, &o))
 			break;
-		if (issuer && pf_fits(*W, a.slota))
-			bytes += pf_row(*W, r, pfw + (size_t)k * a.slota, b);
-		bias[k] = bp ? *bp : 0.0f;
+		if (issuer && pf_fits(*o.W, a.slota))
+			bytes += pf_row(*o.W, o.r, pfw + (size_t)k * a.slota, b);
+		bias[k] = o.bias ? *o.bias : 0.0f;
 	}
 	if (issuer)
 		bar_expect(b, bytes);
@@ -830,8 +811,9 @@ static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, i
 			const int slot = sb_ring_slot(r.head, e, W1);
 			const float *kr = K + (size_t)slot * Z;
 			const int64_t pk = is_new || !v.rel_bias || lane ? p : P[slot];
-			/* a lane's pairs (or elements) STEP_QK at a time: their loads
-			 * of z first (__ldcg waits for the new key's stores before it) */
+			/* a lane's pairs (or elements) STEP_QK at a time, all their
+			 * loads first (an __ldcg after a store of the new key would
+			 * wait for it) */
 			float s = 0.0f;
 			float *kn = K + (size_t)r.slot_new * Z;
 			const int np = g.rotary ? Z / 2 : Z;
@@ -861,28 +843,19 @@ static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, i
 							            k1 = zb[t] * T.gk[b0] + T.bk[b0];
 							ka[t] = k0 * c - k1 * sn;
 							kb[t] = k0 * sn + k1 * c;
+							kn[a0] = ka[t];
+							kn[b0] = kb[t];
 						}
 						s += (q0 * c - q1 * sn) * ka[t] + (q0 * sn + q1 * c) * kb[t];
 					} else {
 						const float q = za[t] * T.gq[j] + T.bq[j];
-						if (is_new)
+						if (is_new) {
 							ka[t] = za[t] * T.gk[j] + T.bk[j];
+							kn[j] = ka[t];
+						}
 						s += q * ka[t];
 					}
 				}
-				if (is_new)
-#pragma unroll
-					for (int t = 0; t < STEP_QK; t++) {
-						const int j = j0 + lane + 32 * t;
-						if (j >= np)
-							break;
-						if (g.rotary) {
-							kn[2 * j] = ka[t];
-							kn[2 * j + 1] = kb[t];
-						} else {
-							kn[j] = ka[t];
-						}
-					}
 			}
 			s = warp_sum(s);
 			if (is_new && lane == 0)
