@@ -282,6 +282,19 @@ static __host__ __device__ __forceinline__ int wsize(sb_dtype dt)
  * eight weights a load where the rows allow it), every weight read once
  * for all B rows; acc[b] is the dot product with x row b (in every lane; 0
  * for b >= B). x may be in global or shared memory. */
+/* t + the dot of eight weights wv with x0, x1, in column order. */
+static __device__ __forceinline__ float dot8(const float *wv, float4 x0, float4 x1, float t)
+{
+	t = fmaf(wv[0], x0.x, t);
+	t = fmaf(wv[1], x0.y, t);
+	t = fmaf(wv[2], x0.z, t);
+	t = fmaf(wv[3], x0.w, t);
+	t = fmaf(wv[4], x1.x, t);
+	t = fmaf(wv[5], x1.y, t);
+	t = fmaf(wv[6], x1.z, t);
+	return fmaf(wv[7], x1.w, t);
+}
+
 template <int DT, int NB>
 static __device__ __forceinline__ void gemv_row(const void *row, const __half *rsc, int cols,
                                                 const float *x, int B, float *acc)
@@ -312,17 +325,7 @@ static __device__ __forceinline__ void gemv_row(const void *row, const __half *r
 					if (b < B) {
 						const float4 *xp =
 							(const float4 *)(x + (size_t)b * cols + (size_t)c8 * 8);
-						const float4 x0 = xp[0], x1 = xp[1];
-						float t = acc[b];
-						t = fmaf(wv[k][0], x0.x, t);
-						t = fmaf(wv[k][1], x0.y, t);
-						t = fmaf(wv[k][2], x0.z, t);
-						t = fmaf(wv[k][3], x0.w, t);
-						t = fmaf(wv[k][4], x1.x, t);
-						t = fmaf(wv[k][5], x1.y, t);
-						t = fmaf(wv[k][6], x1.z, t);
-						t = fmaf(wv[k][7], x1.w, t);
-						acc[b] = t;
+						acc[b] = dot8(wv[k], xp[0], xp[1], acc[b]);
 					}
 			}
 		}

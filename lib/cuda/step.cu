@@ -43,8 +43,8 @@
  * weight rows of the next phase with their biases (issued before the
  * barrier), each layer's small tables (its hg, ec, norm and q/k vectors,
  * copied during the layer before into the other of two buffers), a B2
- * block's values (its first slab's during B1). The layers' descriptors are read into shared memory
- * once; rows other blocks wrote are read from L2 (__ldcg, a thread's
+ * block's values (its first slab's during B1). The layers' descriptors
+ * are read into shared memory once; rows other blocks wrote are read from L2 (__ldcg, a thread's
  * loads issued together, ldcg_each; and the bulk copies: L1 is not
  * coherent between blocks).
  *
@@ -379,16 +379,7 @@ static __device__ __forceinline__ void gemv_rows1(const void *const *rows, const
 			if ((m >> j) & 1) {
 				float wv[8];
 				wload8<DT>(rows[j], sc[j], (size_t)c8 * 8, c8 >> 2, wv);
-				float t = acc[j];
-				t = fmaf(wv[0], x0.x, t);
-				t = fmaf(wv[1], x0.y, t);
-				t = fmaf(wv[2], x0.z, t);
-				t = fmaf(wv[3], x0.w, t);
-				t = fmaf(wv[4], x1.x, t);
-				t = fmaf(wv[5], x1.y, t);
-				t = fmaf(wv[6], x1.z, t);
-				t = fmaf(wv[7], x1.w, t);
-				acc[j] = t;
+				acc[j] = dot8(wv, x0, x1, acc[j]);
 			}
 	}
 #pragma unroll
@@ -457,6 +448,8 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 		return true;
 	if ((m >> (K - 1)) & 1)
 		*u = acc[K - 1];
+	/* the rows again (a_row), rather than five descriptors kept live
+	 * across the products */
 #pragma unroll
 	for (int k = 0; k < K - 1; k++) {
 		a_out o;
@@ -881,7 +874,8 @@ static __device__ __forceinline__ float4 warp_sum4(float4 v)
 }
 
 /* B2's items: (activated row, slab of its value columns), ns slabs a row.
- * Item `item`'s row b and columns h0 .. h1. */
+ * Item `item`'s row b and columns h0 .. h1 (item < rows * ns: past them
+ * there is no row to find). */
 static __device__ __forceinline__ void b2_item(unsigned live, int item, int ns, int *b, int *h0,
                                                int *h1, int H)
 {
@@ -918,6 +912,22 @@ static __device__ void b2_issue(const sbk_step &a, int l, const ring_now &r, int
 	}
 	if (threadIdx.x == 0)
 		bar_expect(bar, 4u * tw * (n + 1));
+}
+
+/* Issues the copies of this block's first B2 item (before B1: they need
+ * nothing B1 writes); returns whether it has one. */
+static __device__ bool b2_issue_first(const sbk_step &a, int l, unsigned live, const int *ri,
+                                      int NB, float *pool, uint64_t *bar)
+{
+	const int ns = value_slabs(__popc(live));
+	if ((int)blockIdx.x >= __popc(live) * ns)
+		return false;  // no item (b2_item needs one)
+	int b, h0, h1;
+	b2_item(live, blockIdx.x, ns, &b, &h0, &h1, a.g.H);
+	if (h1 <= h0)
+		return false;
+	b2_issue(a, l, ring_after_push(ri, NB, a.L, b, l, a.g.W1), b, h0, h1 - h0, pool, bar);
+	return true;
 }
 
 /* B2: og of each activated row, a block a slab of its value columns: the
@@ -1259,13 +1269,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		if (live && attn_two_fits(a, ri, NB, l, live, lay.end - lay.pool)) {
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
 			/* the block's first slab of values is copied during B1 */
-			const int ns = value_slabs(__popc(live));
-			int b2, h0, h1;
-			b2_item(live, blockIdx.x, ns, &b2, &h0, &h1, H);
-			const bool first = (int)blockIdx.x < __popc(live) * ns && h1 > h0;
-			if (first)
-				b2_issue(a, l, ring_after_push(ri, NB, L, b2, l, g.W1), b2, h0, h1 - h0,
-				         fl + lay.pool, kbar);
+			const bool first = b2_issue_first(a, l, live, ri, NB, fl + lay.pool, kbar);
 			attn_scores(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
 			grid.sync();
 			attn_values(a, l, live, ri, NB, a.po, fl + lay.pool,
