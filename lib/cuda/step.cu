@@ -58,10 +58,14 @@
  * norms (summed by the block) and the two-phase attention (one softmax
  * over the whole ring instead of per chunk): the paths agree to float
  * rounding.
+ *
+ * PROF(k) marks the phases for the diagnostic build of step_prof.cuh
+ * (-Dfused_step_prof=true); elsewhere they are empty.
  */
 #include <cooperative_groups.h>
 
 #include "device.cuh"
+#include "step_prof.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -1059,6 +1063,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	float *qs = fl + lay.qs, *kn = fl + lay.kn, *wk = fl + lay.wk, *cs = fl + lay.cs;
 	int *ri = (int *)(fl + lay.ri);  // ring lengths (B, L), then heads, as the step began
 	const size_t tbf = step_tab_floats(g, NB);
+	PROF_DECL
 
 	/* P0: the layers' descriptors, the embedding, the EMA's state terms,
 	 * the rings' counters and the rotary angles of the rows' positions */
@@ -1114,6 +1119,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	}
 	grid.sync();
 	pf_tables(a, sl, 0, tab_at(tb, g, NB), tbar);
+	PROF(0);
 
 	float *xc = a.x, *xo = a.x2;   // the residual stream now, and the other buffer
 	bool have_x = false;           // xr holds x already (a layer without attention)
@@ -1135,6 +1141,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 					xr[i] = t;
 					xs[i] = t;
 				});
+		PROF(1);
 		/* the EMA elements this thread updates */
 		float eh[2] = {0.0f, 0.0f}, eq[2] = {0.0f, 0.0f}, ep[2] = {0.0f, 0.0f};
 		float *ehp[2] = {NULL, NULL};
@@ -1152,6 +1159,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		}
 		bar_wait(tbar, pht);  // this layer's tables
 		__syncthreads();
+		PROF(2);
 		const sbk_norm lnorm = norm_in(ly.norm, T);
 		if (a.prenorm)
 			norm_xs(lnorm, xs, B, D, red);
@@ -1160,7 +1168,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			ms[i] = apply_act(g.act, T.hg[(size_t)b * Dp + d] + xs[i] * T.ec[d]);
 		}
 		__syncthreads();
+		PROF(3);
 		bar_wait(abar, pha);  // this phase's rows
+		PROF(4);
 		float u1 = 0.0f;
 		if (NB == 1 && a_group1(a, sl, l, gw, nwarps, pfa_w, w < 2 ? w : -1,
 		                        pfr + (size_t)w * a.slota, ms, bia, &u1)) {
@@ -1176,9 +1186,12 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			}
 			a_products<NB>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
 		}
+		PROF(5);
 		const unsigned arrived = gbar_arrive(a.gbar);  // what follows no other block waits for
+		PROF(6);
 		/* the next layer's tables, then its rows */
 		pf_tables(a, sl, l + 1, tab_at(tb + (size_t)((l + 1) & 1) * tbf, g, NB), tbar);
+		PROF(7);
 		__syncwarp();
 		pf_a(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
 		/* one row: the key this warp scores in B1 if the row is activated,
@@ -1192,6 +1205,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				asm volatile("prefetch.global.L2 [%0];" ::"l"(k));
 			}
 		}
+		PROF(8);
 		/* the EMA's new state */
 #pragma unroll
 		for (int k = 0; k < 2; k++)
@@ -1205,6 +1219,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			*h = v.q[j] * *h + v.pb[j] * xs[(size_t)b * D + j / N];
 		}
 		__syncthreads();
+		PROF(9);
 		if (tid == 0) {
 			unsigned live = 0;
 			for (int b = 0; b < B; b++) {
@@ -1223,7 +1238,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			}
 			live_s = live;
 		}
+		PROF(10);
 		gbar_wait(a.gbar, arrived);
+		PROF(11);
 		const unsigned live = live_s;
 		int nlive = 0;
 		for (int b = 0; b < B; b++)
@@ -1249,9 +1266,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			xc = xo;
 			xo = t;
 			have_x = true;
+			PROF(12);
 			continue;
 		}
 		have_x = false;
+		PROF_COUNT(PROF_ACT);
 		const uint64_t n_act = blockIdx.x == 0 && tid < B && (live >> tid) & 1
 		                       ? ((const uint64_t *)(a.blocks[tid] + g.n_act))[l]
 		                       : 0;
@@ -1270,10 +1289,14 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
 			/* the block's first slab of values is copied during B1 */
 			const bool first = b2_issue_first(a, l, live, ri, NB, fl + lay.pool, kbar);
+			PROF(13);
 			attn_scores(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
+			PROF(14);
 			grid.sync();
+			PROF(15);
 			attn_values(a, l, live, ri, NB, a.po, fl + lay.pool,
 			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, kbar, phk, first);
+			PROF(16);
 		} else if (live) {
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
 			/* slabs: as many as keep every block busy, up to SBK_STEP_SLABS */
@@ -1324,13 +1347,16 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		}
 		if (live) {
 			grid.sync();
+			PROF(17);
 			stage(xs, a.og, nlive, H, H);
+			PROF(18);
 		}
 
 		/* C: h_proj and the residual (what it adds read before the
 		 * product: lane b for row b) */
 		if (live)
 			bar_wait(cbar, phc);  // the h_proj rows
+		PROF(19);
 		for (int k = 0;; k++) {
 			const int r = gw + k * nwarps;
 			if (r >= D)
@@ -1367,7 +1393,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			((int32_t *)(blk + g.ring_head))[l] = r.head;
 			((uint64_t *)(blk + g.n_act))[l] = n_act + 1;
 		}
+		PROF(20);
 		grid.sync();
+		PROF(21);
 		if (post) {
 			post_norm(a, ly.norm, a.att, xc, xs, last ? hid : NULL);
 			grid.sync();
@@ -1425,7 +1453,10 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		__syncthreads();
 	}
 	bar_wait(abar, pha);
+	PROF(22);
 	a_products<NB>(a, sl, L, gw, nwarps, pfa_w, xs, B, bia);
+	PROF(23);
+	PROF_END;
 }
 
 /* gq = g * q (L, D, N) and ec = sum_n g pb + omega (L, D), a thread an
@@ -1516,6 +1547,7 @@ int sbk_step_setup(sbk_step *a)
 	slab_cols(g.H, 0, sms, &h0, &h1);
 	a->pool = a->bulk ? (g.W1 + 1) * (h1 - h0) + g.W1 : 0;
 	a->smem_optin = optin;
+	step_prof_register();
 	return step_shmem(a, SBK_STEP_MAX_ROWS, false) > (size_t)optin ? -1 : 0;
 }
 
