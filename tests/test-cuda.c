@@ -322,24 +322,88 @@ END_TEST
 START_TEST(cuda_batch_same_state_twice) { check_batch(cases[_i], 5, true); }
 END_TEST
 
-/* A context made with SEQBOAT_CUDA_FUSED set to fused (NULL: unset), the
- * variable put back as it was. */
-static sb_ctx *ctx_fused(sb_model *m, int rows, const char *fused)
+/* A context made with the environment variable var set to value (NULL:
+ * unset), the variable put back as it was. */
+static sb_ctx *ctx_with(sb_model *m, int rows, const char *var, const char *value)
 {
-	const char *was = getenv("SEQBOAT_CUDA_FUSED");
+	const char *was = getenv(var);
 	char *keep = was ? strdup(was) : NULL;
-	if (fused)
-		setenv("SEQBOAT_CUDA_FUSED", fused, 1);
+	if (value)
+		setenv(var, value, 1);
 	else
-		unsetenv("SEQBOAT_CUDA_FUSED");
+		unsetenv(var);
 	sb_ctx *c = ctx_on(m, "cuda", rows);
 	if (keep)
-		setenv("SEQBOAT_CUDA_FUSED", keep, 1);
+		setenv(var, keep, 1);
 	else
-		unsetenv("SEQBOAT_CUDA_FUSED");
+		unsetenv(var);
 	free(keep);
 	return c;
 }
+
+/* A context made with SEQBOAT_CUDA_FUSED set to fused (NULL: unset). */
+static sb_ctx *ctx_fused(sb_model *m, int rows, const char *fused)
+{
+	return ctx_with(m, rows, "SEQBOAT_CUDA_FUSED", fused);
+}
+
+/* One-row decode steps of the fixture with F16 weights, on the fused
+ * kernel compiled for the model's kind where there is one (rotary-softmax
+ * has SeqBoat's defaults: lib/cuda/step.cu's kind_seqboat) and on the
+ * generic one (SEQBOAT_CUDA_KIND=any): the same logits but for rounding
+ * and the same decisions, and the CPU's logits and decisions on the same
+ * weights, while the ring wraps. */
+START_TEST(cuda_fused_kinds_match)
+{
+	sb_model *m0 = tu_load_fixture_model(cases[_i]);
+	char dir[4200];
+	snprintf(dir, sizeof dir, "%s/kind-f16", tu_tmpdir());
+	sb_error err = {0};
+	ck_assert_msg(sb_model_quantize(m0, dir, SB_QUANT_F16, &err) == 0, "%s", err.msg);
+	sb_model *m = sb_model_load(dir, &err);
+	ck_assert_msg(m != NULL, "%s", err.msg);
+	const sb_config *c = sb_model_config(m);
+	const size_t V = (size_t)c->vocab_size, T = 3 * (size_t)c->window + 20;
+	sb_ctx *k = ctx_with(m, 0, "SEQBOAT_CUDA_KIND", NULL);
+	sb_ctx *g = ctx_with(m, 0, "SEQBOAT_CUDA_KIND", "any");
+	sb_ctx *cpu = ctx_on(m, "cpu", 0);
+	sb_state *sk = state_on(k), *sg = state_on(g), *sc = state_on(cpu);
+	float *a = calloc(V, sizeof(float)), *e = calloc(V, sizeof(float)),
+	      *h = calloc(V, sizeof(float));
+	int32_t *tok = random_tokens(T, c->vocab_size, 91);
+	double worst_kind = 0, worst_cpu = 0;
+	for (size_t t = 0; t < T; t++) {
+		ck_assert_msg(sb_decode(k, sk, tok[t], a, &err) == 0, "%s", err.msg);
+		ck_assert_msg(sb_decode(g, sg, tok[t], e, &err) == 0, "%s", err.msg);
+		ck_assert_msg(sb_decode(cpu, sc, tok[t], h, &err) == 0, "%s", err.msg);
+		worst_kind = fmax(worst_kind, rel_diff(a, e, 1, V));
+		worst_cpu = fmax(worst_cpu, rel_diff(a, h, 1, V));
+		for (int l = 0; l < c->layers; l++) {
+			ck_assert_msg(sb_state_n_activated(sk, l) == sb_state_n_activated(sg, l),
+			              "%s token %zu layer %d: the kinds' decisions differ", cases[_i], t, l);
+			ck_assert_msg(sb_state_n_activated(sk, l) == sb_state_n_activated(sc, l),
+			              "%s token %zu layer %d: decisions differ from the cpu's", cases[_i], t,
+			              l);
+		}
+	}
+	fprintf(stderr, "%s f16: fused kinds differ by %.3g, from the cpu by %.3g\n", cases[_i],
+	        worst_kind, worst_cpu);
+	ck_assert_msg(worst_kind <= 1e-5, "%s: kind vs generic kernel: %g", cases[_i], worst_kind);
+	ck_assert_msg(worst_cpu <= REL_TOL, "%s: gpu vs cpu: %g", cases[_i], worst_cpu);
+	sb_state_free(sk);
+	sb_state_free(sg);
+	sb_state_free(sc);
+	free(a);
+	free(e);
+	free(h);
+	free(tok);
+	sb_ctx_free(k);
+	sb_ctx_free(g);
+	sb_ctx_free(cpu);
+	sb_model_free(m);
+	sb_model_free(m0);
+}
+END_TEST
 
 /* Decode steps replayed from a CUDA graph compute what plain launches do. */
 START_TEST(cuda_graphs_match_plain_launches)
@@ -574,6 +638,7 @@ int main(int argc, char **argv)
 	tcase_add_loop_test(tc, cuda_batch_same_state_twice, 0, N_CASES);
 	if (!fused)
 		tcase_add_loop_test(tc, cuda_fused_step_matches_per_op, 0, N_CASES);
+	tcase_add_loop_test(tc, cuda_fused_kinds_match, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_graphs_match_plain_launches, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_state_moves_between_host_and_device, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_act_bias_matches_cpu, 0, N_CASES);

@@ -566,15 +566,24 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		a->hg = c->hg;
 		a->cnt = c->cnt;
 		a->gbar = c->gbar;
+		/* SEQBOAT_CUDA_KIND=any: the fused step's generic kernel even
+		 * for a model of a kind it has a kernel for (tests, benchmarks) */
+		ev = getenv("SEQBOAT_CUDA_KIND");
+		a->any_kind = ev && !strcmp(ev, "any");
 		/* prefetch slots: the longest rows of phase A's matrices (hx_proj,
 		 * mx_proj, the output projection) and of phase C's (h_proj) */
 		const sbk_mat *ma[] = {&c->out};
 		a->slota = step_slot(ma, 1, 0);
+		a->wdt = c->out.dt;
 		for (int l = 0; l < L; l++) {
-			const sbk_mat *la[] = {&c->layers[l].hx, &c->layers[l].mx},
-			              *lc[] = {&c->layers[l].ho};
+			const sbk_layer *ly = &c->layers[l];
+			const sbk_mat *la[] = {&ly->hx, &ly->mx}, *lc[] = {&ly->ho};
 			a->slota = step_slot(la, 2, a->slota);
 			a->slotc = step_slot(lc, 1, a->slotc);
+			const sbk_mat *all[] = {&ly->hx, &ly->mx, &ly->ho, &ly->fc1, &ly->fc2};
+			for (int k = 0; k < (c->ffn ? 5 : 3); k++)
+				if (all[k]->dt != a->wdt)
+					a->wdt = -1;
 		}
 		if (c->step_on && sbk_step_setup(a) == 0)
 			sbk_step_prepare(c->st, a);

@@ -208,6 +208,11 @@ struct sbk_step {
 	sbk_mat embed, out;
 	sbk_norm final_norm;
 	const sbk_layer *layers;
+	/* the dtype of every layer's matrices and out's (-1: they differ),
+	 * and whether only the generic kernel runs (SEQBOAT_CUDA_KIND=any;
+	 * step.cu's kinds) */
+	int wdt;
+	bool any_kind;
 	unsigned char *const *blocks;
 	const int32_t *tok;
 	const int64_t *pos;

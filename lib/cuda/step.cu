@@ -59,6 +59,11 @@
  * over the whole ring instead of per chunk): the paths agree to float
  * rounding.
  *
+ * The kernel is compiled for a model kind (KD): the generic one, which
+ * reads the model's settings, and for one row the SeqBoat defaults with
+ * F16 weights, whose settings are constants (kind_seqboat; kernel_for
+ * picks it, SEQBOAT_CUDA_KIND=any declines it).
+ *
  * PROF(k) marks the phases for the diagnostic build of step_prof.cuh
  * (-Dfused_step_prof=true); elsewhere they are empty.
  */
@@ -242,6 +247,23 @@ static __device__ void stage(float *dst, const float *src, int B, int n, int ld)
 	__syncthreads();
 }
 
+/* x (B rows of n) into xs and xr, from xr where the block holds it
+ * already (have_x), else through L2 (other blocks wrote it). */
+static __device__ __forceinline__ void load_x(bool have_x, const float *xc, float *xr, float *xs,
+                                              int n)
+{
+	if (have_x)
+		for (int i = threadIdx.x; i < n; i += blockDim.x)
+			xs[i] = xr[i];
+	else
+		ldcg_each(
+			n, [&](int i) { return xc + i; },
+			[&](int i, float t) {
+				xr[i] = t;
+				xs[i] = t;
+			});
+}
+
 /* The B rows in shared memory, each normalized by its own warp. */
 static __device__ void norm_rows(const sbk_norm &nm, float *xs, int B, int D)
 {
@@ -251,13 +273,50 @@ static __device__ void norm_rows(const sbk_norm &nm, float *xs, int B, int D)
 	__syncthreads();
 }
 
+/* ---- the model kinds the step is compiled for. The generic kind reads
+ * the model's settings from it; a fixed kind has them as constants, so
+ * that the compiler leaves out the code of every other setting and the
+ * branches on them. k_step<1> of the generic kind is 457 KB of
+ * instructions, of the SeqBoat defaults with F16 weights 263 KB, and the
+ * smaller kernel decodes a row of the paper-size model 5 to 6% faster on
+ * the H200 (docs/benchmarks.md, 2026-12-03): the size itself costs, as a
+ * layer's code no longer fits the instruction cache when the next layer
+ * runs it again. The norm's kind stays the model's (a small branch); the
+ * chunked attention stays in (leaving it out measured no faster). */
+struct kind_any {
+	static __device__ __forceinline__ int dt(int model) { return model; }
+	static __device__ __forceinline__ int act(const sbk_step &a) { return a.g.act; }
+	static __device__ __forceinline__ int attn(const sbk_step &a) { return a.g.attn; }
+	static __device__ __forceinline__ bool rotary(const sbk_step &a) { return a.g.rotary; }
+	static __device__ __forceinline__ bool prenorm(const sbk_step &a) { return a.prenorm; }
+	static __device__ __forceinline__ bool ffn(const sbk_step &a) { return a.ffn; }
+};
+
+/* SeqBoat's defaults (the paper's models) with every matrix of dtype DT:
+ * SiLU, softmax attention with rotary positions, the norm before each
+ * layer, no feed-forward block. */
+template <int DT>
+struct kind_seqboat {
+	static __device__ __forceinline__ int dt(int) { return DT; }
+	static __device__ __forceinline__ int act(const sbk_step &) { return SB_ACT_SILU; }
+	static __device__ __forceinline__ int attn(const sbk_step &) { return SB_ATTN_SOFTMAX; }
+	static __device__ __forceinline__ bool rotary(const sbk_step &) { return true; }
+	static __device__ __forceinline__ bool prenorm(const sbk_step &) { return true; }
+	static __device__ __forceinline__ bool ffn(const sbk_step &) { return false; }
+	static bool matches(const sbk_step *a)
+	{
+		return a->wdt == DT && a->g.act == SB_ACT_SILU && a->g.attn == SB_ATTN_SOFTMAX &&
+		       a->g.rotary && a->prenorm && !a->ffn;
+	}
+};
+
 /* acc[b] = row (given as its first weight and scales) of a matrix of
  * W's dtype and columns, . xs[b]. */
-template <int NB>
+template <int NB, class KD>
 static __device__ __forceinline__ void dot_row(const sbk_mat &W, const void *row, const __half *rsc,
                                                const float *xs, int B, float *acc)
 {
-	switch (W.dt) {
+	switch (KD::dt(W.dt)) {
 	case SB_DTYPE_F16:
 		gemv_row<SB_DTYPE_F16, NB>(row, rsc, W.cols, xs, B, acc);
 		break;
@@ -280,7 +339,7 @@ static __device__ __forceinline__ const __half *row_scales(const sbk_mat &W, int
 
 /* acc[b] = row r of W . xs[b], from the slot where it was prefetched
  * (slot not NULL and the rows fit slots of `bytes`) or from W. */
-template <int NB>
+template <int NB, class KD>
 static __device__ __forceinline__ void dot_rows(const sbk_mat &W, int r, const unsigned char *slot,
                                                 int bytes, const float *xs, int B, float *acc)
 {
@@ -288,7 +347,7 @@ static __device__ __forceinline__ void dot_rows(const sbk_mat &W, int r, const u
 	                  ? (const void *)slot
 	                  : (const void *)((const unsigned char *)W.w +
 	                                   (size_t)r * W.cols * wsize(W.dt));
-	dot_row<NB>(W, row, row_scales(W, r), xs, B, acc);
+	dot_row<NB, KD>(W, row, row_scales(W, r), xs, B, acc);
 }
 
 /* One output row of phase A: row r of matrix W, its bias (or NULL),
@@ -303,6 +362,7 @@ struct a_out {
 /* Phase A's k-th output row of warp gw (of nwarps) into *o, or false past
  * them: hx_proj's rows 2 .. D+1 then mx_proj's; after the last layer the
  * output projection's. */
+template <class KD>
 static __device__ __forceinline__ bool a_row(const sbk_step &a, const sbk_layer *sl, int l, int gw,
                                              int nwarps, int k, a_out *o)
 {
@@ -320,7 +380,7 @@ static __device__ __forceinline__ bool a_row(const sbk_step &a, const sbk_layer 
 	}
 	if (i >= D + ZH)
 		return false;
-	*o = {&ly.mx, i - D, ZH, a.g.act, ly.mx_b + i - D, a.zgv + i - D};
+	*o = {&ly.mx, i - D, ZH, KD::act(a), ly.mx_b + i - D, a.zgv + i - D};
 	return true;
 }
 
@@ -341,7 +401,7 @@ static __device__ __forceinline__ float pick(const float *v, int i)
  * B rows x, a warp per output row, from the warp's slots pfw where they
  * were prefetched, with the biases read a phase ahead (bia); lane b writes
  * row b's result. */
-template <int NB>
+template <int NB, class KD>
 static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_layer *sl, int l,
                                                   int gw, int nwarps, const unsigned char *pfw,
                                                   const float *x, int B, const float *bia)
@@ -349,11 +409,12 @@ static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_l
 	const int lane = threadIdx.x & 31;
 	for (int k = 0;; k++) {
 		a_out o;
-		if (!a_row(a, sl, l, gw, nwarps, k, &o))
+		if (!a_row<KD>(a, sl, l, gw, nwarps, k, &o))
 			break;
 		const float bv = !o.bias ? 0.0f : k < a.pfa ? pick<STEP_PF_MAX>(bia, k) : *o.bias;
 		float acc[NB];
-		dot_rows<NB>(*o.W, o.r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B, acc);
+		dot_rows<NB, KD>(*o.W, o.r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B,
+		                 acc);
 		if (lane < B) {
 			const float t = pick<NB>(acc, lane);
 			o.y[(size_t)lane * o.ld] = apply_act(o.act, o.bias ? t + bv : t);
@@ -398,6 +459,7 @@ static __device__ __forceinline__ void gemv_rows1(const void *const *rows, const
  * share a dtype and a width (a multiple of 8), with the biases read a
  * phase ahead (bia). Returns whether they did (else nothing is done and
  * the caller takes a row at a time). */
+template <class KD>
 static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_layer *sl, int l,
                                                 int gw, int nwarps, const unsigned char *pfw,
                                                 int rr, const unsigned char *rslot,
@@ -419,7 +481,7 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 #pragma unroll
 	for (int k = 0; k < K; k++) {
 		a_out o;
-		if (!a_row(a, sl, l, gw, nwarps, k, &o))
+		if (!a_row<KD>(a, sl, l, gw, nwarps, k, &o))
 			break;
 		if (k == K - 1 || k >= a.pfa || !pf_fits(*o.W, a.slota) ||
 		    (W0 && (o.W->dt != W0->dt || o.W->cols != W0->cols)))
@@ -434,7 +496,7 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 	if (W0->cols & 7)
 		return false;
 	float acc[K];
-	switch (W0->dt) {
+	switch (KD::dt(W0->dt)) {
 	case SB_DTYPE_F16:
 		gemv_rows1<SB_DTYPE_F16, K>(rows, sc, m, W0->cols, x, acc);
 		break;
@@ -457,7 +519,7 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 #pragma unroll
 	for (int k = 0; k < K - 1; k++) {
 		a_out o;
-		if (!((m >> k) & 1) || !a_row(a, sl, l, gw, nwarps, k, &o))
+		if (!((m >> k) & 1) || !a_row<KD>(a, sl, l, gw, nwarps, k, &o))
 			break;
 		*o.y = apply_act(o.act, o.bias ? acc[k] + bia[k] : acc[k]);
 	}
@@ -482,8 +544,8 @@ static __device__ __forceinline__ unsigned pf_floats(const sbk_step &a, float *d
 			bulk(dst, src, 4u * n, b);
 		return 4u * n;
 	}
-	for (int i = threadIdx.x; i < n; i += blockDim.x)
-		dst[i] = __ldcg(src + i);
+	ldcg_each(
+		n, [&](int i) { return src + i; }, [&](int i, float t) { dst[i] = t; });
 	return 0;
 }
 
@@ -593,6 +655,7 @@ static __device__ void norm_xs(const sbk_norm &nm, float *xs, int B, int D, floa
  * 0 and 1) into pfr, counted on the warp's barrier b (by lane 0). Their
  * biases are read meanwhile, into bias (STEP_PF_MAX) and rbias (the
  * router's). */
+template <class KD>
 static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *sl, int l, int gw,
                                             int nwarps, unsigned char *pfw, unsigned char *pfr,
                                             float *bias, float *rbias, uint64_t *b)
@@ -608,7 +671,7 @@ static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *
 #pragma unroll
 	for (int k = 0; k < STEP_PF_MAX; k++) {
 		a_out o;
-		if (k >= a.pfa || !a_row(a, sl, l, gw, nwarps, k, &o))
+		if (k >= a.pfa || !a_row<KD>(a, sl, l, gw, nwarps, k, &o))
 			break;
 		if (issuer && pf_fits(*o.W, a.slota))
 			bytes += pf_row(*o.W, o.r, pfw + (size_t)k * a.slota, b);
@@ -787,10 +850,12 @@ static __device__ bool attn_two_fits(const sbk_step &a, const int *ri, int NB, i
  * writes its key and position into the ring; its value, B2's blocks (a
  * warp's copy of it was a chain of H / 32 loads and stores, the longest of
  * the phase). */
+template <class KD>
 static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, int l, unsigned live,
                                    const int *ri, int NB, const step_tab &T, const float *cs,
                                    int gw, int nwarps, float *scores)
 {
+	const bool rotary = KD::rotary(a);
 	const sbk_geo &g = a.g;
 	const int Z = g.Z, H = g.H, W1 = g.W1, lane = threadIdx.x & 31, Zp = (int)al4(Z);
 	int base = 0;  // items before row b's entries
@@ -813,25 +878,25 @@ static __device__ void attn_scores(const sbk_step &a, const sbk_layer_vecs &v, i
 			 * wait for it) */
 			float s = 0.0f;
 			float *kn = K + (size_t)r.slot_new * Z;
-			const int np = g.rotary ? Z / 2 : Z;
+			const int np = rotary ? Z / 2 : Z;
 			for (int j0 = 0; j0 < np; j0 += 32 * STEP_QK) {
 				float za[STEP_QK], zb[STEP_QK], ka[STEP_QK], kb[STEP_QK];
 #pragma unroll
 				for (int t = 0; t < STEP_QK; t++) {
 					const int j = j0 + lane + 32 * t;
 					const bool in = j < np;
-					const int a0 = g.rotary ? 2 * j : j, b0 = a0 + 1;
+					const int a0 = rotary ? 2 * j : j, b0 = a0 + 1;
 					za[t] = in ? __ldcg(z + a0) : 0.0f;
-					zb[t] = in && g.rotary ? __ldcg(z + b0) : 0.0f;
+					zb[t] = in && rotary ? __ldcg(z + b0) : 0.0f;
 					ka[t] = in && !is_new ? kr[a0] : 0.0f;
-					kb[t] = in && !is_new && g.rotary ? kr[b0] : 0.0f;
+					kb[t] = in && !is_new && rotary ? kr[b0] : 0.0f;
 				}
 #pragma unroll
 				for (int t = 0; t < STEP_QK; t++) {
 					const int j = j0 + lane + 32 * t;
 					if (j >= np)
 						break;
-					if (g.rotary) {
+					if (rotary) {
 						const int a0 = 2 * j, b0 = 2 * j + 1;
 						const float c = csb[a0], sn = csb[b0];
 						const float q0 = za[t] * T.gq[a0] + T.bq[a0], q1 = zb[t] * T.gq[b0] + T.bq[b0];
@@ -942,14 +1007,16 @@ static __device__ bool b2_issue_first(const sbk_step &a, int l, unsigned live, c
  * their sum over the values, times the gate; the block also writes its
  * columns of the new value into the ring. part: shared memory for a
  * float4 per warp or column. */
+template <class KD>
 static __device__ void attn_values(const sbk_step &a, int l, unsigned live, const int *ri, int NB,
                                    const float *scores, float *pool, float4 *part, float *red,
                                    uint64_t *bar, unsigned &ph, bool first_issued)
 {
+	const int attn = KD::attn(a);
 	const sbk_geo &g = a.g;
 	const int H = g.H, W1 = g.W1, tid = threadIdx.x, bd = blockDim.x;
 	const int w = tid >> 5, lane = tid & 31, nw = bd >> 5;
-	const bool soft = g.attn == SB_ATTN_SOFTMAX;
+	const bool soft = attn == SB_ATTN_SOFTMAX;
 	const int nrows = __popc(live), ns = value_slabs(nrows);
 	for (int item = blockIdx.x; item < nrows * ns; item += gridDim.x) {
 		int b, h0, h1;
@@ -974,7 +1041,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 			m = block_red1<true>(m, red, 0);
 		float sum = 0.0f;
 		for (int e = tid; e < n; e += bd) {
-			const float wt = attn_weight(g.attn, St[e], m);
+			const float wt = attn_weight(attn, St[e], m);
 			St[e] = wt;
 			sum += wt;
 		}
@@ -1024,7 +1091,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 	}
 }
 
-template <int NB>
+template <int NB, class KD>
 __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 {
 	extern __shared__ __align__(16) unsigned char smem[];
@@ -1039,6 +1106,9 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	__shared__ unsigned live_s;
 	__shared__ int last_s;
 	const sbk_geo &g = a.g;
+	/* the settings, constants in a fixed kind */
+	const int act = KD::act(a);
+	const bool prenorm = KD::prenorm(a), ffn = KD::ffn(a);
 	const int D = g.D, Z = g.Z, H = g.H, F = g.F, N = g.N, L = a.L, ZH = Z + 2 * H, D2 = D + 2,
 	          B = a.B, Dp = (int)al4(D), Zp = (int)al4(Z);
 	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -1078,13 +1148,13 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		((uint32_t *)sl)[i] = ((const uint32_t *)a.layers)[i];
 	__syncthreads();
 	float bia[STEP_PF_MAX] = {}, rbia = 0.0f;  // phase A's biases, read a phase ahead
-	pf_a(a, sl, 0, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
+	pf_a<KD>(a, sl, 0, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
 	for (int i = tid; i < B * L; i += blockDim.x) {
 		const unsigned char *blk = a.blocks[i / L];
 		ri[i] = ((const int32_t *)(blk + g.ring_len))[i % L];
 		ri[NB * L + i] = ((const int32_t *)(blk + g.ring_head))[i % L];
 	}
-	if (g.rotary)
+	if (KD::rotary(a))
 		for (int i = tid; i < B * (Z / 2); i += blockDim.x) {
 			const int b = i / (Z / 2), j = i % (Z / 2);
 			const double ang = (double)a.pos[b] * a.inv_freq[j];
@@ -1127,20 +1197,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		const sbk_layer &ly = sl[l];
 		const sbk_layer_vecs &v = ly.v;
 		float *hid = a.hid + (size_t)l * RD;
-		const bool post = !a.prenorm, last = !a.ffn;
+		const bool post = !prenorm, last = !ffn;
 		const step_tab T = tab_at(tb + (size_t)(l & 1) * tbf, g, NB);
 
 		/* A: x (read through L2 where other blocks wrote it) */
-		if (have_x)
-			for (int i = tid; i < B * D; i += blockDim.x)
-				xs[i] = xr[i];
-		else
-			ldcg_each(
-				B * D, [&](int i) { return xc + i; },
-				[&](int i, float t) {
-					xr[i] = t;
-					xs[i] = t;
-				});
+		load_x(have_x, xc, xr, xs, B * D);
 		PROF(1);
 		/* the EMA elements this thread updates */
 		float eh[2] = {0.0f, 0.0f}, eq[2] = {0.0f, 0.0f}, ep[2] = {0.0f, 0.0f};
@@ -1161,30 +1222,30 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		__syncthreads();
 		PROF(2);
 		const sbk_norm lnorm = norm_in(ly.norm, T);
-		if (a.prenorm)
+		if (prenorm)
 			norm_xs(lnorm, xs, B, D, red);
 		for (int i = tid; i < B * D; i += blockDim.x) {
 			const int b = i / D, d = i % D;
-			ms[i] = apply_act(g.act, T.hg[(size_t)b * Dp + d] + xs[i] * T.ec[d]);
+			ms[i] = apply_act(act, T.hg[(size_t)b * Dp + d] + xs[i] * T.ec[d]);
 		}
 		__syncthreads();
 		PROF(3);
 		bar_wait(abar, pha);  // this phase's rows
 		PROF(4);
 		float u1 = 0.0f;
-		if (NB == 1 && a_group1(a, sl, l, gw, nwarps, pfa_w, w < 2 ? w : -1,
+		if (NB == 1 && a_group1<KD>(a, sl, l, gw, nwarps, pfa_w, w < 2 ? w : -1,
 		                        pfr + (size_t)w * a.slota, ms, bia, &u1)) {
 			if (w < 2 && lane == 0)
 				uq[w][0] = u1 + rbia;
 		} else {
 			if (w < 2) {
 				float acc[NB];
-				dot_rows<NB>(ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
+				dot_rows<NB, KD>(ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
 				if (lane == 0)
 					for (int b = 0; b < B; b++)
 						uq[w][b] = acc[b] + rbia;
 			}
-			a_products<NB>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
+			a_products<NB, KD>(a, sl, l, gw, nwarps, pfa_w, ms, B, bia);
 		}
 		PROF(5);
 		const unsigned arrived = gbar_arrive(a.gbar);  // what follows no other block waits for
@@ -1193,7 +1254,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		pf_tables(a, sl, l + 1, tab_at(tb + (size_t)((l + 1) & 1) * tbf, g, NB), tbar);
 		PROF(7);
 		__syncwarp();
-		pf_a(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
+		pf_a<KD>(a, sl, l + 1, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
 		/* one row: the key this warp scores in B1 if the row is activated,
 		 * into L2 now (half a megabyte a layer at the most, wasted where it
 		 * is not) */
@@ -1247,13 +1308,13 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			if ((live >> b) & 1)
 				nlive = b + 1;  // rows past the last activated one are skipped
 
-		if (!live && !a.ffn) {
+		if (!live && !ffn) {
 			/* No attention: every block takes the residual itself, x
 			 * stays in xr for the next layer (or the logits) and block
 			 * 0 keeps the stream in the other buffer. */
 			ldcg_each(
 				B * D, [&](int i) { return a.hxu + (size_t)(i / D) * D2 + 2 + i % D; },
-				[&](int i, float t) { xr[i] = apply_act(g.act, t + xr[i]); });
+				[&](int i, float t) { xr[i] = apply_act(act, t + xr[i]); });
 			__syncthreads();
 			if (post)
 				norm_rows(lnorm, xr, B, D);
@@ -1290,11 +1351,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			/* the block's first slab of values is copied during B1 */
 			const bool first = b2_issue_first(a, l, live, ri, NB, fl + lay.pool, kbar);
 			PROF(13);
-			attn_scores(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
+			attn_scores<KD>(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
 			PROF(14);
 			grid.sync();
 			PROF(15);
-			attn_values(a, l, live, ri, NB, a.po, fl + lay.pool,
+			attn_values<KD>(a, l, live, ri, NB, a.po, fl + lay.pool,
 			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, kbar, phk, first);
 			PROF(16);
 		} else if (live) {
@@ -1340,7 +1401,8 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 					continue;
 				__threadfence();
 				attn_combine(a.pm + pq, a.ps + pq, a.po + (size_t)b * a.nch * H, nc, H,
-				             g.attn == SB_ATTN_SOFTMAX, z + Z, a.og + (size_t)b * H, wk, h0, h1);
+				             KD::attn(a) == SB_ATTN_SOFTMAX, z + Z, a.og + (size_t)b * H, wk, h0,
+				             h1);
 				if (tid == 0)
 					a.cnt[b * SBK_STEP_SLABS + s] = 0;
 			}
@@ -1367,14 +1429,14 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				c_x = __ldcg(xc + (size_t)lane * D + r);
 				c_b = ly.ho_b[r];
 			}
-			dot_rows<NB>(ly.ho, r, k < a.pfc ? pfc_w + (size_t)k * a.slotc : NULL, a.slotc, xs,
+			dot_rows<NB, KD>(ly.ho, r, k < a.pfc ? pfc_w + (size_t)k * a.slotc : NULL, a.slotc, xs,
 			             live ? nlive : 0, acc);
 			if (lane < B) {
 				const int b = lane;
 				const float t = pick<NB>(acc, b);
 				const size_t i = (size_t)b * D + r;
 				const float at = (live >> b) & 1 ? (t + c_b) * p1s[b] : 0.0f;
-				const float y = apply_act(g.act, c_hx + at + c_x);
+				const float y = apply_act(act, c_hx + at + c_x);
 				if (post) {
 					a.att[i] = y;
 				} else {
@@ -1402,22 +1464,22 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		}
 
 		/* the feed-forward block */
-		if (a.ffn) {
+		if (ffn) {
 			stage(xs, xc, B, D, D);
-			if (a.prenorm)
+			if (prenorm)
 				norm_rows(ly.ffn_norm, xs, B, D);
 			for (int r = gw; r < F; r += nwarps) {
 				float acc[NB];
-				dot_rows<NB>(ly.fc1, r, NULL, 0, xs, B, acc);
+				dot_rows<NB, KD>(ly.fc1, r, NULL, 0, xs, B, acc);
 				if (lane == 0)
 					for (int b = 0; b < B; b++)
-						a.ffn_h[(size_t)b * F + r] = apply_act(g.act, acc[b] + ly.fc1_b[r]);
+						a.ffn_h[(size_t)b * F + r] = apply_act(act, acc[b] + ly.fc1_b[r]);
 			}
 			grid.sync();
 			stage(xs, a.ffn_h, B, F, F);
 			for (int r = gw; r < D; r += nwarps) {
 				float acc[NB];
-				dot_rows<NB>(ly.fc2, r, NULL, 0, xs, B, acc);
+				dot_rows<NB, KD>(ly.fc2, r, NULL, 0, xs, B, acc);
 				if (lane == 0)
 					for (int b = 0; b < B; b++) {
 						const size_t i = (size_t)b * D + r;
@@ -1440,21 +1502,16 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 
 	/* the final norm and the output projection */
 	__syncthreads();
-	if (have_x)
-		for (int i = tid; i < B * D; i += blockDim.x)
-			xs[i] = xr[i];
-	else
-		ldcg_each(
-			B * D, [&](int i) { return xc + i; }, [&](int i, float t) { xs[i] = t; });
+	load_x(have_x, xc, xr, xs, B * D);
 	bar_wait(tbar, pht);  // the final norm's weights
 	__syncthreads();
-	if (a.prenorm) {
+	if (prenorm) {
 		norm_xs(norm_in(a.final_norm, tab_at(tb + (size_t)(L & 1) * tbf, g, NB)), xs, B, D, red);
 		__syncthreads();
 	}
 	bar_wait(abar, pha);
 	PROF(22);
-	a_products<NB>(a, sl, L, gw, nwarps, pfa_w, xs, B, bia);
+	a_products<NB, KD>(a, sl, L, gw, nwarps, pfa_w, xs, B, bia);
 	PROF(23);
 	PROF_END;
 }
@@ -1511,9 +1568,16 @@ static int rows_nb(int B)
 
 typedef void (*step_kernel)(sbk_step);
 
-static step_kernel kernel_for(int B)
+/* The kernel for B rows of a's model: for one row (where the fused step
+ * is the default) of a model of SeqBoat's defaults with F16 weights, the
+ * one compiled for them (unless a->any_kind); else the generic one. */
+static step_kernel kernel_for(const sbk_step *a, int B)
 {
-	return B <= 1 ? k_step<1> : B <= 2 ? k_step<2> : B <= 4 ? k_step<4> : k_step<8>;
+	if (B <= 1)
+		return !a->any_kind && kind_seqboat<SB_DTYPE_F16>::matches(a)
+		       ? k_step<1, kind_seqboat<SB_DTYPE_F16>>
+		       : k_step<1, kind_any>;
+	return B <= 2 ? k_step<2, kind_any> : B <= 4 ? k_step<4, kind_any> : k_step<8, kind_any>;
 }
 
 int sbk_step_setup(sbk_step *a)
@@ -1557,7 +1621,7 @@ int sbk_step_grid(const sbk_step *a, int B)
 		return 0;
 	int dev = 0, sms = 0, per_sm = 0;
 	const size_t shmem = step_bytes(a, rows_nb(B));
-	step_kernel k = kernel_for(B);
+	step_kernel k = kernel_for(a, B);
 	if (cudaGetDevice(&dev) != cudaSuccess ||
 	    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
 	    cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shmem) !=
@@ -1576,7 +1640,7 @@ cudaError_t sbk_step_launch(cudaStream_t s, const sbk_step *a, int grid)
 	sbk_step args = *a;
 	args.has_pool = step_pool_fits(a, rows_nb(a->B));
 	void *params[] = {&args};
-	return cudaLaunchCooperativeKernel((const void *)kernel_for(a->B), dim3((unsigned)grid),
+	return cudaLaunchCooperativeKernel((const void *)kernel_for(a, a->B), dim3((unsigned)grid),
 	                                   dim3(STEP_THREADS), params, step_bytes(a, rows_nb(a->B)),
 	                                   s);
 }
