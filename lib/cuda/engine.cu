@@ -575,6 +575,9 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		const sbk_mat *ma[] = {&c->out};
 		a->slota = step_slot(ma, 1, 0);
 		a->wdt = c->out.dt;
+		a->nkind = L > 0 ? c->layers[0].norm.kind : -1;
+		if (c->prenorm && c->final_norm.kind != a->nkind)
+			a->nkind = -1;
 		for (int l = 0; l < L; l++) {
 			const sbk_layer *ly = &c->layers[l];
 			const sbk_mat *la[] = {&ly->hx, &ly->mx}, *lc[] = {&ly->ho};
@@ -584,6 +587,8 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 			for (int k = 0; k < (c->ffn ? 5 : 3); k++)
 				if (all[k]->dt != a->wdt)
 					a->wdt = -1;
+			if (ly->norm.kind != a->nkind || (c->ffn && ly->ffn_norm.kind != a->nkind))
+				a->nkind = -1;
 		}
 		if (c->step_on && sbk_step_setup(a) == 0)
 			sbk_step_prepare(c->st, a);

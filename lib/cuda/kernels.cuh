@@ -208,10 +208,10 @@ struct sbk_step {
 	sbk_mat embed, out;
 	sbk_norm final_norm;
 	const sbk_layer *layers;
-	/* the dtype of every layer's matrices and out's (-1: they differ),
-	 * and whether only the generic kernel runs (SEQBOAT_CUDA_KIND=any;
-	 * step.cu's kinds) */
-	int wdt;
+	/* the dtype of every layer's matrices and out's and the kind of
+	 * every norm (-1: they differ), and whether only the generic kernel
+	 * runs (SEQBOAT_CUDA_KIND=any; step.cu's kinds) */
+	int wdt, nkind;
 	bool any_kind;
 	unsigned char *const *blocks;
 	const int32_t *tok;

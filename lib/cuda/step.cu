@@ -276,15 +276,16 @@ static __device__ void norm_rows(const sbk_norm &nm, float *xs, int B, int D)
 /* ---- the model kinds the step is compiled for. The generic kind reads
  * the model's settings from it; a fixed kind has them as constants, so
  * that the compiler leaves out the code of every other setting and the
- * branches on them. k_step<1> of the generic kind is 457 KB of
- * instructions, of the SeqBoat defaults with F16 weights 263 KB, and the
- * smaller kernel decodes a row of the paper-size model 5 to 6% faster on
+ * branches on them. k_step<1> of the generic kind is 409 KB of
+ * instructions, of the SeqBoat defaults with F16 weights 219 KB, and the
+ * smaller kernel decodes a row of the paper-size model 4 to 6% faster on
  * the H200 (docs/benchmarks.md, 2026-12-03): the size itself costs, as a
  * layer's code no longer fits the instruction cache when the next layer
- * runs it again. The norm's kind stays the model's (a small branch); the
+ * runs it again. (So k_step<1> also takes B as the constant 1.) The
  * chunked attention stays in (leaving it out measured no faster). */
 struct kind_any {
 	static __device__ __forceinline__ int dt(int model) { return model; }
+	static __device__ __forceinline__ int norm(int model) { return model; }
 	static __device__ __forceinline__ int act(const sbk_step &a) { return a.g.act; }
 	static __device__ __forceinline__ int attn(const sbk_step &a) { return a.g.attn; }
 	static __device__ __forceinline__ bool rotary(const sbk_step &a) { return a.g.rotary; }
@@ -293,11 +294,12 @@ struct kind_any {
 };
 
 /* SeqBoat's defaults (the paper's models) with every matrix of dtype DT:
- * SiLU, softmax attention with rotary positions, the norm before each
+ * SiLU, softmax attention with rotary positions, layernorm before each
  * layer, no feed-forward block. */
 template <int DT>
 struct kind_seqboat {
 	static __device__ __forceinline__ int dt(int) { return DT; }
+	static __device__ __forceinline__ int norm(int) { return SB_NORM_LAYERNORM; }
 	static __device__ __forceinline__ int act(const sbk_step &) { return SB_ACT_SILU; }
 	static __device__ __forceinline__ int attn(const sbk_step &) { return SB_ATTN_SOFTMAX; }
 	static __device__ __forceinline__ bool rotary(const sbk_step &) { return true; }
@@ -305,8 +307,8 @@ struct kind_seqboat {
 	static __device__ __forceinline__ bool ffn(const sbk_step &) { return false; }
 	static bool matches(const sbk_step *a)
 	{
-		return a->wdt == DT && a->g.act == SB_ACT_SILU && a->g.attn == SB_ATTN_SOFTMAX &&
-		       a->g.rotary && a->prenorm && !a->ffn;
+		return a->wdt == DT && a->nkind == SB_NORM_LAYERNORM && a->g.act == SB_ACT_SILU &&
+		       a->g.attn == SB_ATTN_SOFTMAX && a->g.rotary && a->prenorm && !a->ffn;
 	}
 };
 
@@ -609,9 +611,11 @@ static __device__ void pf_tables(const sbk_step &a, const sbk_layer *sl, int l, 
 }
 
 /* nm with its weights where pf_tables copied them. */
+template <class KD>
 static __device__ __forceinline__ sbk_norm norm_in(const sbk_norm &nm, const step_tab &T)
 {
 	sbk_norm s = nm;
+	s.kind = KD::norm(nm.kind);
 	if (nm.w)
 		s.w = T.nw;
 	if (nm.b)
@@ -1110,7 +1114,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	const int act = KD::act(a);
 	const bool prenorm = KD::prenorm(a), ffn = KD::ffn(a);
 	const int D = g.D, Z = g.Z, H = g.H, F = g.F, N = g.N, L = a.L, ZH = Z + 2 * H, D2 = D + 2,
-	          B = a.B, Dp = (int)al4(D), Zp = (int)al4(Z);
+	          B = NB == 1 ? 1 : a.B, Dp = (int)al4(D), Zp = (int)al4(Z);  // (NB 1: B 1)
 	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 	/* warps 0 and 1 also take the router's rows: they are numbered last,
 	 * so that a warp has at most one row more than another */
@@ -1221,7 +1225,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		bar_wait(tbar, pht);  // this layer's tables
 		__syncthreads();
 		PROF(2);
-		const sbk_norm lnorm = norm_in(ly.norm, T);
+		const sbk_norm lnorm = norm_in<KD>(ly.norm, T);
 		if (prenorm)
 			norm_xs(lnorm, xs, B, D, red);
 		for (int i = tid; i < B * D; i += blockDim.x) {
@@ -1506,7 +1510,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	bar_wait(tbar, pht);  // the final norm's weights
 	__syncthreads();
 	if (prenorm) {
-		norm_xs(norm_in(a.final_norm, tab_at(tb + (size_t)(L & 1) * tbf, g, NB)), xs, B, D, red);
+		norm_xs(norm_in<KD>(a.final_norm, tab_at(tb + (size_t)(L & 1) * tbf, g, NB)), xs, B, D, red);
 		__syncthreads();
 	}
 	bar_wait(abar, pha);
