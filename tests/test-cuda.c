@@ -347,19 +347,21 @@ static sb_ctx *ctx_fused(sb_model *m, int rows, const char *fused)
 	return ctx_with(m, rows, "SEQBOAT_CUDA_FUSED", fused);
 }
 
-/* One-row decode steps of the fixture with F16 weights, on the fused
- * kernel compiled for the model's kind where there is one (rotary-softmax
- * has SeqBoat's defaults: lib/cuda/step.cu's kind_seqboat) and on the
- * generic one (SEQBOAT_CUDA_KIND=any): the same logits but for rounding
- * and the same decisions, and the CPU's logits and decisions on the same
- * weights, while the ring wraps. */
+/* One-row decode steps of the fixture rewritten in F32, F16, BF16 and q8,
+ * on the fused kernel compiled for the model's kind and dtype where there
+ * is one (rotary-softmax has SeqBoat's defaults: lib/cuda/step.cu's
+ * kind_seqboat) and on the generic one (SEQBOAT_CUDA_KIND=any): the same
+ * logits but for rounding and the same decisions, and the CPU's logits
+ * and decisions on the same weights, while the ring wraps. */
 START_TEST(cuda_fused_kinds_match)
 {
-	sb_model *m0 = tu_load_fixture_model(cases[_i]);
+	const sb_quant_type q = (sb_quant_type)(_i % 4);
+	const char *name = cases[_i / 4], *tag = sb_quant_type_name(q);
+	sb_model *m0 = tu_load_fixture_model(name);
 	char dir[4200];
-	snprintf(dir, sizeof dir, "%s/kind-f16", tu_tmpdir());
+	snprintf(dir, sizeof dir, "%s/kind-%s", tu_tmpdir(), tag);
 	sb_error err = {0};
-	ck_assert_msg(sb_model_quantize(m0, dir, SB_QUANT_F16, &err) == 0, "%s", err.msg);
+	ck_assert_msg(sb_model_quantize(m0, dir, q, &err) == 0, "%s", err.msg);
 	sb_model *m = sb_model_load(dir, &err);
 	ck_assert_msg(m != NULL, "%s", err.msg);
 	const sb_config *c = sb_model_config(m);
@@ -380,16 +382,17 @@ START_TEST(cuda_fused_kinds_match)
 		worst_cpu = fmax(worst_cpu, rel_diff(a, h, 1, V));
 		for (int l = 0; l < c->layers; l++) {
 			ck_assert_msg(sb_state_n_activated(sk, l) == sb_state_n_activated(sg, l),
-			              "%s token %zu layer %d: the kinds' decisions differ", cases[_i], t, l);
-			ck_assert_msg(sb_state_n_activated(sk, l) == sb_state_n_activated(sc, l),
-			              "%s token %zu layer %d: decisions differ from the cpu's", cases[_i], t,
+			              "%s %s token %zu layer %d: the kinds' decisions differ", name, tag, t,
 			              l);
+			ck_assert_msg(sb_state_n_activated(sk, l) == sb_state_n_activated(sc, l),
+			              "%s %s token %zu layer %d: decisions differ from the cpu's", name,
+			              tag, t, l);
 		}
 	}
-	fprintf(stderr, "%s f16: fused kinds differ by %.3g, from the cpu by %.3g\n", cases[_i],
+	fprintf(stderr, "%s %s: fused kinds differ by %.3g, from the cpu by %.3g\n", name, tag,
 	        worst_kind, worst_cpu);
-	ck_assert_msg(worst_kind <= 1e-5, "%s: kind vs generic kernel: %g", cases[_i], worst_kind);
-	ck_assert_msg(worst_cpu <= REL_TOL, "%s: gpu vs cpu: %g", cases[_i], worst_cpu);
+	ck_assert_msg(worst_kind <= 1e-5, "%s %s: kind vs generic kernel: %g", name, tag, worst_kind);
+	ck_assert_msg(worst_cpu <= REL_TOL, "%s %s: gpu vs cpu: %g", name, tag, worst_cpu);
 	sb_state_free(sk);
 	sb_state_free(sg);
 	sb_state_free(sc);
@@ -638,7 +641,7 @@ int main(int argc, char **argv)
 	tcase_add_loop_test(tc, cuda_batch_same_state_twice, 0, N_CASES);
 	if (!fused)
 		tcase_add_loop_test(tc, cuda_fused_step_matches_per_op, 0, N_CASES);
-	tcase_add_loop_test(tc, cuda_fused_kinds_match, 0, N_CASES);
+	tcase_add_loop_test(tc, cuda_fused_kinds_match, 0, 4 * N_CASES);
 	tcase_add_loop_test(tc, cuda_graphs_match_plain_launches, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_state_moves_between_host_and_device, 0, N_CASES);
 	tcase_add_loop_test(tc, cuda_act_bias_matches_cpu, 0, N_CASES);

@@ -61,8 +61,8 @@
  *
  * The kernel is compiled for a model kind (KD): the generic one, which
  * reads the model's settings, and for one row the SeqBoat defaults with
- * F16 weights, whose settings are constants (kind_seqboat; kernel_for
- * picks it, SEQBOAT_CUDA_KIND=any declines it).
+ * F16, BF16, q8 or F32 weights, whose settings are constants
+ * (kind_seqboat; kernel_for picks it, SEQBOAT_CUDA_KIND=any declines it).
  *
  * PROF(k) marks the phases for the diagnostic build of step_prof.cuh
  * (-Dfused_step_prof=true); elsewhere they are empty.
@@ -1573,15 +1573,23 @@ static int rows_nb(int B)
 typedef void (*step_kernel)(sbk_step);
 
 /* The kernel for B rows of a's model: for one row (where the fused step
- * is the default) of a model of SeqBoat's defaults with F16 weights, the
- * one compiled for them (unless a->any_kind); else the generic one. */
+ * is the default) of a model of SeqBoat's defaults, the one compiled for
+ * them and its weights' dtype (unless a->any_kind); else the generic one. */
 static step_kernel kernel_for(const sbk_step *a, int B)
 {
-	if (B <= 1)
-		return !a->any_kind && kind_seqboat<SB_DTYPE_F16>::matches(a)
-		       ? k_step<1, kind_seqboat<SB_DTYPE_F16>>
-		       : k_step<1, kind_any>;
-	return B <= 2 ? k_step<2, kind_any> : B <= 4 ? k_step<4, kind_any> : k_step<8, kind_any>;
+	if (B > 1)
+		return B <= 2 ? k_step<2, kind_any> : B <= 4 ? k_step<4, kind_any> : k_step<8, kind_any>;
+	if (a->any_kind)
+		return k_step<1, kind_any>;
+	if (kind_seqboat<SB_DTYPE_F16>::matches(a))
+		return k_step<1, kind_seqboat<SB_DTYPE_F16>>;
+	if (kind_seqboat<SB_DTYPE_BF16>::matches(a))
+		return k_step<1, kind_seqboat<SB_DTYPE_BF16>>;
+	if (kind_seqboat<SB_DTYPE_I8>::matches(a))
+		return k_step<1, kind_seqboat<SB_DTYPE_I8>>;
+	if (kind_seqboat<SB_DTYPE_F32>::matches(a))
+		return k_step<1, kind_seqboat<SB_DTYPE_F32>>;
+	return k_step<1, kind_any>;
 }
 
 int sbk_step_setup(sbk_step *a)
