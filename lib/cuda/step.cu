@@ -278,7 +278,7 @@ static __device__ void norm_rows(const sbk_norm &nm, float *xs, int B, int D)
  * that the compiler leaves out the code of every other setting and the
  * branches on them. k_step<1> of the generic kind is 409 KB of
  * instructions, of the SeqBoat defaults with F16 weights 219 KB, and the
- * smaller kernel decodes a row of the paper-size model 4 to 6% faster on
+ * smaller kernel decodes a row of the paper-size model 4 to 8% faster on
  * the H200 (docs/benchmarks.md, 2026-12-03): the size itself costs, as a
  * layer's code no longer fits the instruction cache when the next layer
  * runs it again. (So k_step<1> also takes B as the constant 1.) The
