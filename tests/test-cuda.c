@@ -274,10 +274,9 @@ static void check_batch(const char *name, size_t B, bool twice)
 	sb_model_free(m);
 }
 
-/* The fixture model rewritten with other weights (quant), checked as
- * F32 is: long prefills (blocks of 512 rows, the ring wrapping) and a
- * batch of 20 decode rows, against the CPU on the same weights. */
-static void check_weights(const char *name, sb_quant_type quant, sb_dtype dt, const char *tag)
+/* The fixture model `name` rewritten with other weights (quant) into the
+ * test directory's folder `tag`, loaded. */
+static sb_model *fixture_as(const char *name, sb_quant_type quant, const char *tag)
 {
 	sb_model *m = tu_load_fixture_model(name);
 	char dir[4200];
@@ -286,13 +285,22 @@ static void check_weights(const char *name, sb_quant_type quant, sb_dtype dt, co
 	ck_assert_msg(sb_model_quantize(m, dir, quant, &err) == 0, "%s", err.msg);
 	sb_model *h = sb_model_load(dir, &err);
 	ck_assert_msg(h != NULL, "%s", err.msg);
+	sb_model_free(m);
+	return h;
+}
+
+/* The fixture model rewritten with other weights (quant), checked as
+ * F32 is: long prefills (blocks of 512 rows, the ring wrapping) and a
+ * batch of 20 decode rows, against the CPU on the same weights. */
+static void check_weights(const char *name, sb_quant_type quant, sb_dtype dt, const char *tag)
+{
+	sb_model *h = fixture_as(name, quant, tag);
 	ck_assert_int_eq(sb_model_weight_dtype(h), dt);
 	char label[64];
 	snprintf(label, sizeof label, "%s %s", name, tag);
 	check_long(h, label);
 	check_batch_on(h, label, 20, false);
 	sb_model_free(h);
-	sb_model_free(m);
 }
 
 /* F16 weights take the split tensor-core products (lib/cuda/gemm.cuh)
@@ -357,13 +365,10 @@ START_TEST(cuda_fused_kinds_match)
 {
 	const sb_quant_type q = (sb_quant_type)(_i % 4);
 	const char *name = cases[_i / 4], *tag = sb_quant_type_name(q);
-	sb_model *m0 = tu_load_fixture_model(name);
-	char dir[4200];
-	snprintf(dir, sizeof dir, "%s/kind-%s", tu_tmpdir(), tag);
+	char sub[64];
+	snprintf(sub, sizeof sub, "kind-%s", tag);
+	sb_model *m = fixture_as(name, q, sub);
 	sb_error err = {0};
-	ck_assert_msg(sb_model_quantize(m0, dir, q, &err) == 0, "%s", err.msg);
-	sb_model *m = sb_model_load(dir, &err);
-	ck_assert_msg(m != NULL, "%s", err.msg);
 	const sb_config *c = sb_model_config(m);
 	const size_t V = (size_t)c->vocab_size, T = 3 * (size_t)c->window + 20;
 	sb_ctx *k = ctx_with(m, 0, "SEQBOAT_CUDA_KIND", NULL);
@@ -404,7 +409,6 @@ START_TEST(cuda_fused_kinds_match)
 	sb_ctx_free(g);
 	sb_ctx_free(cpu);
 	sb_model_free(m);
-	sb_model_free(m0);
 }
 END_TEST
 

@@ -305,12 +305,14 @@ struct kind_seqboat {
 	static __device__ __forceinline__ bool rotary(const sbk_step &) { return true; }
 	static __device__ __forceinline__ bool prenorm(const sbk_step &) { return true; }
 	static __device__ __forceinline__ bool ffn(const sbk_step &) { return false; }
-	static bool matches(const sbk_step *a)
-	{
-		return a->wdt == DT && a->nkind == SB_NORM_LAYERNORM && a->g.act == SB_ACT_SILU &&
-		       a->g.attn == SB_ATTN_SOFTMAX && a->g.rotary && a->prenorm && !a->ffn;
-	}
 };
+
+/* Whether a's model has kind_seqboat's settings (its dtype aside). */
+static bool seqboat_defaults(const sbk_step *a)
+{
+	return a->nkind == SB_NORM_LAYERNORM && a->g.act == SB_ACT_SILU &&
+	       a->g.attn == SB_ATTN_SOFTMAX && a->g.rotary && a->prenorm && !a->ffn;
+}
 
 /* acc[b] = row (given as its first weight and scales) of a matrix of
  * W's dtype and columns, . xs[b]. */
@@ -1579,16 +1581,17 @@ static step_kernel kernel_for(const sbk_step *a, int B)
 {
 	if (B > 1)
 		return B <= 2 ? k_step<2, kind_any> : B <= 4 ? k_step<4, kind_any> : k_step<8, kind_any>;
-	if (a->any_kind)
-		return k_step<1, kind_any>;
-	if (kind_seqboat<SB_DTYPE_F16>::matches(a))
-		return k_step<1, kind_seqboat<SB_DTYPE_F16>>;
-	if (kind_seqboat<SB_DTYPE_BF16>::matches(a))
-		return k_step<1, kind_seqboat<SB_DTYPE_BF16>>;
-	if (kind_seqboat<SB_DTYPE_I8>::matches(a))
-		return k_step<1, kind_seqboat<SB_DTYPE_I8>>;
-	if (kind_seqboat<SB_DTYPE_F32>::matches(a))
-		return k_step<1, kind_seqboat<SB_DTYPE_F32>>;
+	if (!a->any_kind && seqboat_defaults(a))
+		switch (a->wdt) {
+		case SB_DTYPE_F16:
+			return k_step<1, kind_seqboat<SB_DTYPE_F16>>;
+		case SB_DTYPE_BF16:
+			return k_step<1, kind_seqboat<SB_DTYPE_BF16>>;
+		case SB_DTYPE_I8:
+			return k_step<1, kind_seqboat<SB_DTYPE_I8>>;
+		case SB_DTYPE_F32:
+			return k_step<1, kind_seqboat<SB_DTYPE_F32>>;
+		}
 	return k_step<1, kind_any>;
 }
 
