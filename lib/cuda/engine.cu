@@ -289,6 +289,24 @@ static int step_slot(const sbk_mat *const *m, int n, int most)
 	return most;
 }
 
+/* Whether m's rows are whole 16-byte pieces of a 16-byte aligned matrix. */
+static bool step_rows_aligned(const sbk_mat *m)
+{
+	return (size_t)m->cols * sb_dtype_size(m->dt) % 16 == 0 && ((uintptr_t)m->w & 15) == 0;
+}
+
+/* Whether p (NULL: no table) is 16-byte aligned. */
+static bool step_aligned(const void *p)
+{
+	return ((uintptr_t)p & 15) == 0;
+}
+
+/* Whether a norm's weights are 16-byte aligned. */
+static bool step_norm_aligned(const sbk_norm *nm)
+{
+	return step_aligned(nm->w) && step_aligned(nm->b);
+}
+
 void sb_cuda_ctx_free(sb_cuda_ctx *c)
 {
 	if (!c)
@@ -574,6 +592,9 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 		 * mx_proj, the output projection) and of phase C's (h_proj) */
 		const sbk_mat *ma[] = {&c->out};
 		a->slota = step_slot(ma, 1, 0);
+		a->rows_aligned = step_rows_aligned(&c->out);
+		a->tables_aligned = a->g.D % 4 == 0 && a->g.Z % 4 == 0 && step_aligned(a->hg) &&
+		                    step_aligned(a->ec) && step_norm_aligned(&c->final_norm);
 		a->wdt = c->out.dt;
 		a->nkind = L > 0 ? c->layers[0].norm.kind : -1;
 		if (c->prenorm && c->final_norm.kind != a->nkind)
@@ -583,6 +604,11 @@ int sb_cuda_ctx_new(const sb_cuda_model *m, int device, int max_rows, sb_cuda_ct
 			const sbk_mat *la[] = {&ly->hx, &ly->mx}, *lc[] = {&ly->ho};
 			a->slota = step_slot(la, 2, a->slota);
 			a->slotc = step_slot(lc, 1, a->slotc);
+			a->rows_aligned = a->rows_aligned && step_rows_aligned(&ly->hx) &&
+			                  step_rows_aligned(&ly->mx) && step_rows_aligned(&ly->ho);
+			a->tables_aligned = a->tables_aligned && step_norm_aligned(&ly->norm) &&
+			                    step_aligned(ly->v.gq) && step_aligned(ly->v.gk) &&
+			                    step_aligned(ly->v.bq) && step_aligned(ly->v.bk);
 			const sbk_mat *all[] = {&ly->hx, &ly->mx, &ly->ho, &ly->fc1, &ly->fc2};
 			for (int k = 0; k < (c->ffn ? 5 : 3); k++)
 				if (all[k]->dt != a->wdt)

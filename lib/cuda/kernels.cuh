@@ -233,6 +233,13 @@ struct sbk_step {
 	/* weight rows each warp copies to shared memory a phase ahead (0 to
 	 * STEP_PF_MAX, sbk_step_setup), in slots of slota / slotc bytes */
 	int pfa, pfc, slota, slotc;
+	/* every row of out, hx_proj, mx_proj and h_proj is whole 16-byte
+	 * pieces from a 16-byte aligned matrix (the engine's; then a row fits
+	 * its slot wherever there are slots, and the step need not check each) */
+	bool rows_aligned;
+	/* the same of the small tables a layer copies (norms, hg, ec, q/k's
+	 * vectors): 16-byte aligned, of whole 16-byte pieces */
+	bool tables_aligned;
 	/* the attention's pool (sbk_step_setup): floats of shared memory for
 	 * one row's values of a slab of columns, its gate and its scores (0:
 	 * none), the device's shared memory a block may have, and whether this

@@ -42,8 +42,11 @@
  * SM's load units and signal an mbarrier when they land: each warp's
  * weight rows of the next phase with their biases (issued before the
  * barrier), each layer's small tables (its hg, ec, norm and q/k vectors,
- * copied during the layer before into the other of two buffers), a B2
- * block's values (its first slab's during B1). The layers' descriptors
+ * copied during the layer before into the other of two buffers). A B2
+ * block's slab of the ring's values (its first during B1) is many short
+ * rows, copied by every thread 16 bytes at a time (cp.async): a bulk
+ * copy's operands are the warp's, so bulk copies from many threads are
+ * issued a lane at a time. The layers' descriptors
  * are read into shared memory once; rows other blocks wrote are read from L2 (__ldcg, a thread's
  * loads issued together, ldcg_each; and the bulk copies: L1 is not
  * coherent between blocks).
@@ -164,6 +167,26 @@ static __device__ __forceinline__ void proxy_fence()
 #endif
 }
 
+/* 16 bytes from global src (through L2) to shared dst, both 16-byte
+ * aligned, by this thread (cp.async, sm_80 and later: no bulk copy's
+ * barrier, waited for by cp_async_wait). */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sm_addr(dst)), "l"(src)
+	             : "memory");
+#endif
+}
+
+/* Waits for this thread's cp_async16 copies (the block syncs after, for
+ * the others'). */
+static __device__ __forceinline__ void cp_async_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+	asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
 /* A grid barrier in two halves, so that a block does what no other block
  * waits for (its next copies, the EMA's new state, the router) between
  * its arrival and its wait. As in cooperative groups, block 0 adds
@@ -194,10 +217,13 @@ static __device__ __forceinline__ void gbar_wait(unsigned *bar, unsigned old)
 	__syncthreads();
 }
 
-/* Whether row copies of W fit slots of `slot` bytes (whole 16-byte
- * pieces, aligned). */
-static __device__ __forceinline__ bool pf_fits(const sbk_mat &W, int slot)
+/* Whether row copies of W (one of a's prefetched matrices) fit slots of
+ * `slot` bytes (whole 16-byte pieces, aligned): where a's rows are all
+ * aligned, wherever there are slots (each is its matrices' longest row). */
+static __device__ __forceinline__ bool pf_fits(const sbk_step &a, const sbk_mat &W, int slot)
 {
+	if (a.rows_aligned)
+		return slot > 0;
 	const size_t rb = (size_t)W.cols * wsize(W.dt);
 	return slot > 0 && rb <= (size_t)slot && (rb & 15) == 0 && ((uintptr_t)W.w & 15) == 0;
 }
@@ -236,13 +262,24 @@ static __device__ __forceinline__ void ldcg_each(int n, Src src, Use use)
 	}
 }
 
+/* The row of element i of rows of n: no division in row 0 (one row, the
+ * fused step's default, never divides). */
+static __device__ __forceinline__ int row_of(int i, int n)
+{
+	return i < n ? 0 : i / n;
+}
+
 /* rows (B, n) of src (row stride ld, written by other blocks) into
  * shared dst (row stride n). */
 static __device__ void stage(float *dst, const float *src, int B, int n, int ld)
 {
 	__syncthreads();
 	ldcg_each(
-		B * n, [&](int i) { return src + (size_t)(i / n) * ld + i % n; },
+		B * n,
+		[&](int i) {
+			const int b = row_of(i, n);
+			return src + (size_t)b * ld + (i - b * n);
+		},
 		[&](int i, float t) { dst[i] = t; });
 	__syncthreads();
 }
@@ -344,10 +381,11 @@ static __device__ __forceinline__ const __half *row_scales(const sbk_mat &W, int
 /* acc[b] = row r of W . xs[b], from the slot where it was prefetched
  * (slot not NULL and the rows fit slots of `bytes`) or from W. */
 template <int NB, class KD>
-static __device__ __forceinline__ void dot_rows(const sbk_mat &W, int r, const unsigned char *slot,
+static __device__ __forceinline__ void dot_rows(const sbk_step &a, const sbk_mat &W, int r,
+                                                const unsigned char *slot,
                                                 int bytes, const float *xs, int B, float *acc)
 {
-	const void *row = slot && pf_fits(W, bytes)
+	const void *row = slot && pf_fits(a, W, bytes)
 	                  ? (const void *)slot
 	                  : (const void *)((const unsigned char *)W.w +
 	                                   (size_t)r * W.cols * wsize(W.dt));
@@ -417,7 +455,7 @@ static __device__ __forceinline__ void a_products(const sbk_step &a, const sbk_l
 			break;
 		const float bv = !o.bias ? 0.0f : k < a.pfa ? pick<STEP_PF_MAX>(bia, k) : *o.bias;
 		float acc[NB];
-		dot_rows<NB, KD>(*o.W, o.r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B,
+		dot_rows<NB, KD>(a, *o.W, o.r, k < a.pfa ? pfw + (size_t)k * a.slota : NULL, a.slota, x, B,
 		                 acc);
 		if (lane < B) {
 			const float t = pick<NB>(acc, lane);
@@ -476,7 +514,7 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 	unsigned m = 0;
 	if (rr >= 0 && l < a.L) {
 		W0 = &sl[l].hx;
-		if (!pf_fits(*W0, a.slota))
+		if (!pf_fits(a, *W0, a.slota))
 			return false;
 		rows[K - 1] = rslot;
 		sc[K - 1] = row_scales(*W0, rr);
@@ -487,7 +525,7 @@ static __device__ __forceinline__ bool a_group1(const sbk_step &a, const sbk_lay
 		a_out o;
 		if (!a_row<KD>(a, sl, l, gw, nwarps, k, &o))
 			break;
-		if (k == K - 1 || k >= a.pfa || !pf_fits(*o.W, a.slota) ||
+		if (k == K - 1 || k >= a.pfa || !pf_fits(a, *o.W, a.slota) ||
 		    (W0 && (o.W->dt != W0->dt || o.W->cols != W0->cols)))
 			return false;
 		W0 = o.W;
@@ -590,6 +628,12 @@ static __device__ void pf_tables(const sbk_step &a, const sbk_layer *sl, int l, 
                                  uint64_t *b)
 {
 	const int D = a.g.D, Z = a.g.Z;
+	/* every table a bulk copy: thread 0 alone (where the others went
+	 * through the copies' code too, predicated off, each copy cost every
+	 * warp a dozen instructions) */
+	const bool one = a.bulk && a.tables_aligned;
+	if (one && threadIdx.x != 0)
+		return;
 	const sbk_norm &nm = l < a.L ? sl[l].norm : a.final_norm;
 	unsigned bytes = 0;
 	if (threadIdx.x == 0)
@@ -670,7 +714,7 @@ static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *
 	const bool issuer = (threadIdx.x & 31) == 0;
 	unsigned bytes = 0;
 	if (l < a.L && w < 2) {
-		if (issuer && pf_fits(sl[l].hx, a.slota))
+		if (issuer && pf_fits(a, sl[l].hx, a.slota))
 			bytes += pf_row(sl[l].hx, w, pfr + (size_t)w * a.slota, b);
 		*rbias = sl[l].hx_b[w];
 	}
@@ -679,7 +723,7 @@ static __device__ __forceinline__ void pf_a(const sbk_step &a, const sbk_layer *
 		a_out o;
 		if (k >= a.pfa || !a_row<KD>(a, sl, l, gw, nwarps, k, &o))
 			break;
-		if (issuer && pf_fits(*o.W, a.slota))
+		if (issuer && pf_fits(a, *o.W, a.slota))
 			bytes += pf_row(*o.W, o.r, pfw + (size_t)k * a.slota, b);
 		bias[k] = o.bias ? *o.bias : 0.0f;
 	}
@@ -696,7 +740,7 @@ static __device__ void pf_c(const sbk_step &a, const sbk_layer *sl, int l, int g
 	if ((threadIdx.x & 31) != 0)
 		return;
 	unsigned bytes = 0;
-	if (pf_fits(W, a.slotc))
+	if (pf_fits(a, W, a.slotc))
 		for (int k = 0; k < a.pfc; k++) {
 			const int r = gw + k * nwarps;
 			if (r >= a.g.D)
@@ -825,25 +869,54 @@ static __device__ __forceinline__ ring_now ring_after_push(const int *ri, int NB
 /* The slabs of value columns each activated row gets (phase B2). */
 static __device__ __forceinline__ int value_slabs(int nrows)
 {
+	if (nrows == 1)
+		return gridDim.x;
 	const int ns = (int)gridDim.x / nrows;
 	return ns < 1 ? 1 : ns;
 }
 
-/* Whether the two phases can take layer l's activated rows: every row's
- * values, new value, gate and scores fit the pool, with 16-byte rows. */
-static __device__ bool attn_two_fits(const sbk_step &a, const int *ri, int NB, int l, unsigned live,
-                                     size_t pool)
+/* What phase B can know once a step (b_plan_at, in P0): whether the two
+ * phases may run at all (a pool, 16-byte rows), and where one row is
+ * activated, the value columns h0 .. h1 of this block's slab and the
+ * width of the first slab (each layer took them anew: divisions, a load
+ * of each row's block). */
+struct b_plan {
+	int two, h0, h1, w1;
+};
+
+static __device__ b_plan b_plan_at(const sbk_step &a)
 {
 	const sbk_geo &g = a.g;
-	if (!a.has_pool || !g.vec || (g.Z & 3) || (g.H & 3) || ((uintptr_t)a.zgv & 15))
-		return false;
+	b_plan p;
+	p.two = a.has_pool && g.vec && !(g.Z & 3) && !(g.H & 3) && !((uintptr_t)a.zgv & 15);
+	for (int b = 0; b < a.B; b++)
+		if ((uintptr_t)(a.blocks[b] + g.ring_v) & 15)
+			p.two = 0;
 	int h0, h1;
-	slab_cols(g.H, 0, value_slabs(__popc(live)), &h0, &h1);
+	slab_cols(g.H, 0, value_slabs(1), &h0, &h1);
+	p.w1 = h1 - h0;
+	slab_cols(g.H, blockIdx.x, value_slabs(1), &p.h0, &p.h1);
+	return p;
+}
+
+/* Whether the two phases can take layer l's activated rows: every row's
+ * values, new value, gate and scores fit the pool, with 16-byte rows. */
+static __device__ bool attn_two_fits(const sbk_step &a, const b_plan &bp, const int *ri, int NB,
+                                     int l, unsigned live, size_t pool)
+{
+	const sbk_geo &g = a.g;
+	if (!bp.two)
+		return false;
+	int tw = bp.w1;
+	if (__popc(live) > 1) {
+		int h0, h1;
+		slab_cols(g.H, 0, value_slabs(__popc(live)), &h0, &h1);
+		tw = h1 - h0;
+	}
 	for (int b = 0; b < a.B; b++)
 		if ((live >> b) & 1) {
 			const ring_now r = ring_after_push(ri, NB, a.L, b, l, g.W1);
-			if ((size_t)(r.len + 1) * (h1 - h0) + r.len > pool ||
-			    ((uintptr_t)(a.blocks[b] + g.ring_v) & 15))
+			if ((size_t)(r.len + 1) * tw + r.len > pool)
 				return false;
 		}
 	return true;
@@ -950,10 +1023,17 @@ static __device__ __forceinline__ float4 warp_sum4(float4 v)
 
 /* B2's items: (activated row, slab of its value columns), ns slabs a row.
  * Item `item`'s row b and columns h0 .. h1 (item < rows * ns: past them
- * there is no row to find). */
-static __device__ __forceinline__ void b2_item(unsigned live, int item, int ns, int *b, int *h0,
-                                               int *h1, int H)
+ * there is no row to find); a block's first item where one row is
+ * activated from the step's plan bp. */
+static __device__ __forceinline__ void b2_item(const b_plan &bp, unsigned live, int item, int ns,
+                                               int *b, int *h0, int *h1, int H)
 {
+	if (item == (int)blockIdx.x && __popc(live) == 1) {
+		*b = __ffs(live) - 1;
+		*h0 = bp.h0;
+		*h1 = bp.h1;
+		return;
+	}
 	int r = 0;  // the (item / ns)-th activated row
 	for (int k = item / ns;; r++)
 		if ((live >> r) & 1) {
@@ -965,43 +1045,48 @@ static __device__ __forceinline__ void b2_item(unsigned live, int item, int ns, 
 	slab_cols(H, item % ns, ns, h0, h1);
 }
 
-/* Issues the bulk copies of B2's item into the pool, counted on bar: the
- * slab's columns (h0, tw of them) of row b's ring values (the old entries:
- * the ring as the step began; the new one from z, as the barrier after
- * phase A left it) and of its gate. The block's first item is issued
- * before B1 (its copies need nothing B1 writes), the others in turn. */
+/* Issues the copies of B2's item into the pool (cp.async, 16 bytes a
+ * copy, waited for by cp_async_wait): the slab's columns (h0, tw of them,
+ * a multiple of 4) of row b's ring values (the old entries: the ring as
+ * the step began; the new one from z, as the barrier after phase A left
+ * it) and of its gate. The block's first item is issued before B1 (its
+ * copies need nothing B1 writes), the others in turn. These were bulk
+ * copies, a thread an entry; but a bulk copy's operands must be the
+ * warp's own, so the compiler issued them a lane at a time, a loop of a
+ * dozen instructions a copy, 128 copies a warp at depth 2048 (tg128 3,932
+ * tokens/s there; 4,205 so). */
 static __device__ void b2_issue(const sbk_step &a, int l, const ring_now &r, int b, int h0, int tw,
-                                float *pool, uint64_t *bar)
+                                float *pool)
 {
 	const sbk_geo &g = a.g;
 	const int Z = g.Z, H = g.H, n = r.len;
 	const float *z = a.zgv + (size_t)b * (Z + 2 * H);
 	const float *V = (const float *)(a.blocks[b] + g.ring_v) + (size_t)l * g.W1 * H;
-	proxy_fence();    // the pool's earlier readers and writers, z as the barrier left it
 	__syncthreads();  // the pool's last readers are done
+	const int tw4 = tw >> 2;
 	for (int e = threadIdx.x; e <= n; e += blockDim.x) {
-		const float *src = e < n - 1 ? V + (size_t)sb_ring_slot(r.head, e, g.W1) * H
-		                   : e == n - 1 ? z + Z + H
-		                                : z + Z;
-		bulk(pool + (size_t)e * tw, src + h0, 4u * tw, bar);
+		const float *src = (e < n - 1 ? V + (size_t)sb_ring_slot(r.head, e, g.W1) * H
+		                    : e == n - 1 ? z + Z + H
+		                                 : z + Z) + h0;
+		float *dst = pool + (size_t)e * tw;
+		for (int c = 0; c < tw4; c++)
+			cp_async16(dst + 4 * c, src + 4 * c);
 	}
-	if (threadIdx.x == 0)
-		bar_expect(bar, 4u * tw * (n + 1));
 }
 
 /* Issues the copies of this block's first B2 item (before B1: they need
  * nothing B1 writes); returns whether it has one. */
-static __device__ bool b2_issue_first(const sbk_step &a, int l, unsigned live, const int *ri,
-                                      int NB, float *pool, uint64_t *bar)
+static __device__ bool b2_issue_first(const sbk_step &a, const b_plan &bp, int l, unsigned live,
+                                      const int *ri, int NB, float *pool)
 {
 	const int ns = value_slabs(__popc(live));
 	if ((int)blockIdx.x >= __popc(live) * ns)
 		return false;  // no item (b2_item needs one)
 	int b, h0, h1;
-	b2_item(live, blockIdx.x, ns, &b, &h0, &h1, a.g.H);
+	b2_item(bp, live, blockIdx.x, ns, &b, &h0, &h1, a.g.H);
 	if (h1 <= h0)
 		return false;
-	b2_issue(a, l, ring_after_push(ri, NB, a.L, b, l, a.g.W1), b, h0, h1 - h0, pool, bar);
+	b2_issue(a, l, ring_after_push(ri, NB, a.L, b, l, a.g.W1), b, h0, h1 - h0, pool);
 	return true;
 }
 
@@ -1014,9 +1099,10 @@ static __device__ bool b2_issue_first(const sbk_step &a, int l, unsigned live, c
  * columns of the new value into the ring. part: shared memory for a
  * float4 per warp or column. */
 template <class KD>
-static __device__ void attn_values(const sbk_step &a, int l, unsigned live, const int *ri, int NB,
+static __device__ void attn_values(const sbk_step &a, const b_plan &bp, int l, unsigned live,
+                                   const int *ri, int NB,
                                    const float *scores, float *pool, float4 *part, float *red,
-                                   uint64_t *bar, unsigned &ph, bool first_issued)
+                                   bool first_issued)
 {
 	const int attn = KD::attn(a);
 	const sbk_geo &g = a.g;
@@ -1026,7 +1112,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 	const int nrows = __popc(live), ns = value_slabs(nrows);
 	for (int item = blockIdx.x; item < nrows * ns; item += gridDim.x) {
 		int b, h0, h1;
-		b2_item(live, item, ns, &b, &h0, &h1, H);
+		b2_item(bp, live, item, ns, &b, &h0, &h1, H);
 		const int tw = h1 - h0, tw4 = tw / 4;
 		if (tw <= 0)
 			continue;
@@ -1035,7 +1121,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 		float *V = (float *)(a.blocks[b] + g.ring_v) + (size_t)l * W1 * H;
 		float *St = pool + (size_t)(n + 1) * tw;  // after the values and the gate
 		if (!(first_issued && item == (int)blockIdx.x))
-			b2_issue(a, l, r, b, h0, tw, pool, bar);
+			b2_issue(a, l, r, b, h0, tw, pool);
 		float m = -INFINITY;
 		ldcg_each(
 			n, [&](int e) { return scores + (size_t)b * W1 + e; },
@@ -1053,7 +1139,7 @@ static __device__ void attn_values(const sbk_step &a, int l, unsigned live, cons
 		}
 		if (soft)
 			sum = block_red1<false>(sum, red, 1);
-		bar_wait(bar, ph);
+		cp_async_wait();
 		__syncthreads();
 		/* the slab's columns of the new value into the ring (its slot is
 		 * no other entry's: nobody reads it this step) */
@@ -1106,11 +1192,12 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 	__shared__ float4 part_s[STEP_WARPS];
 	__shared__ float uq[2][NB], p1s[NB], red[64];
 	/* bulk copies' barriers: each warp's phase A rows, its phase C rows,
-	 * the block's tables, its pool; and this thread's parity of each */
-	__shared__ uint64_t bars[2 * STEP_WARPS + 2];
-	unsigned pha = 0, phc = 0, pht = 0, phk = 0;
+	 * the block's tables; and this thread's parity of each */
+	__shared__ uint64_t bars[2 * STEP_WARPS + 1];
+	unsigned pha = 0, phc = 0, pht = 0;
 	__shared__ unsigned live_s;
 	__shared__ int last_s;
+	__shared__ b_plan bp;
 	const sbk_geo &g = a.g;
 	/* the settings, constants in a fixed kind */
 	const int act = KD::act(a);
@@ -1143,15 +1230,16 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 
 	/* P0: the layers' descriptors, the embedding, the EMA's state terms,
 	 * the rings' counters and the rotary angles of the rows' positions */
-	uint64_t *abar = &bars[w], *cbar = &bars[STEP_WARPS + w], *tbar = &bars[2 * STEP_WARPS],
-	         *kbar = &bars[2 * STEP_WARPS + 1];
+	uint64_t *abar = &bars[w], *cbar = &bars[STEP_WARPS + w], *tbar = &bars[2 * STEP_WARPS];
 	if (tid == 0) {
-		for (int i = 0; i < 2 * STEP_WARPS + 2; i++)
+		for (int i = 0; i < 2 * STEP_WARPS + 1; i++)
 			bar_init(&bars[i]);
 		bar_init_fence();
 	}
 	for (size_t i = tid; i < (size_t)L * sizeof(sbk_layer) / 4; i += blockDim.x)
 		((uint32_t *)sl)[i] = ((const uint32_t *)a.layers)[i];
+	if (tid == 0)
+		bp = b_plan_at(a);
 	__syncthreads();
 	float bia[STEP_PF_MAX] = {}, rbia = 0.0f;  // phase A's biases, read a phase ahead
 	pf_a<KD>(a, sl, 0, gw, nwarps, pfa_w, pfr, bia, &rbia, abar);
@@ -1217,7 +1305,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		for (int k = 0; k < 2; k++) {
 			const int e = gt + k * nthreads;
 			if (e < B * DN) {
-				const int b = e / DN, j = e % DN;
+				const int b = row_of(e, DN), j = e - b * DN;
 				ehp[k] = (float *)(a.blocks[b] + g.h) + (size_t)l * DN + j;
 				eh[k] = *ehp[k];
 				eq[k] = v.q[j];
@@ -1231,7 +1319,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		if (prenorm)
 			norm_xs(lnorm, xs, B, D, red);
 		for (int i = tid; i < B * D; i += blockDim.x) {
-			const int b = i / D, d = i % D;
+			const int b = row_of(i, D), d = i - b * D;
 			ms[i] = apply_act(act, T.hg[(size_t)b * Dp + d] + xs[i] * T.ec[d]);
 		}
 		__syncthreads();
@@ -1246,7 +1334,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		} else {
 			if (w < 2) {
 				float acc[NB];
-				dot_rows<NB, KD>(ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
+				dot_rows<NB, KD>(a, ly.hx, w, pfr + (size_t)w * a.slota, a.slota, ms, B, acc);
 				if (lane == 0)
 					for (int b = 0; b < B; b++)
 						uq[w][b] = acc[b] + rbia;
@@ -1277,7 +1365,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 #pragma unroll
 		for (int k = 0; k < 2; k++)
 			if (ehp[k]) {
-				const int e = gt + k * nthreads, b = e / DN, d = (e % DN) / N;
+				const int e = gt + k * nthreads, b = row_of(e, DN), d = (e - b * DN) / N;
 				*ehp[k] = eq[k] * eh[k] + ep[k] * xs[(size_t)b * D + d];
 			}
 		for (int e = gt + 2 * nthreads; e < B * DN; e += nthreads) {
@@ -1319,7 +1407,11 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			 * stays in xr for the next layer (or the logits) and block
 			 * 0 keeps the stream in the other buffer. */
 			ldcg_each(
-				B * D, [&](int i) { return a.hxu + (size_t)(i / D) * D2 + 2 + i % D; },
+				B * D,
+				[&](int i) {
+					const int b = row_of(i, D);
+					return a.hxu + (size_t)b * D2 + 2 + (i - b * D);
+				},
 				[&](int i, float t) { xr[i] = apply_act(act, t + xr[i]); });
 			__syncthreads();
 			if (post)
@@ -1352,17 +1444,17 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 		/* B: the attention of the activated rows, in two phases (B1 the
 		 * scores, B2 the values) where they fit the pool, else by chunks
 		 * of the rings; phase C's h_proj rows are copied meanwhile */
-		if (live && attn_two_fits(a, ri, NB, l, live, lay.end - lay.pool)) {
+		if (live && attn_two_fits(a, bp, ri, NB, l, live, lay.end - lay.pool)) {
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
 			/* the block's first slab of values is copied during B1 */
-			const bool first = b2_issue_first(a, l, live, ri, NB, fl + lay.pool, kbar);
+			const bool first = b2_issue_first(a, bp, l, live, ri, NB, fl + lay.pool);
 			PROF(13);
 			attn_scores<KD>(a, v, l, live, ri, NB, T, cs, gw, nwarps, a.po);
 			PROF(14);
 			grid.sync();
 			PROF(15);
-			attn_values<KD>(a, l, live, ri, NB, a.po, fl + lay.pool,
-			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, kbar, phk, first);
+			attn_values<KD>(a, bp, l, live, ri, NB, a.po, fl + lay.pool,
+			            (H / 4 <= STEP_WARPS ? part_s : (float4 *)xs), red, first);
 			PROF(16);
 		} else if (live) {
 			pf_c(a, sl, l, gw, nwarps, pfc_w, cbar);
@@ -1435,7 +1527,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				c_x = __ldcg(xc + (size_t)lane * D + r);
 				c_b = ly.ho_b[r];
 			}
-			dot_rows<NB, KD>(ly.ho, r, k < a.pfc ? pfc_w + (size_t)k * a.slotc : NULL, a.slotc, xs,
+			dot_rows<NB, KD>(a, ly.ho, r, k < a.pfc ? pfc_w + (size_t)k * a.slotc : NULL, a.slotc, xs,
 			             live ? nlive : 0, acc);
 			if (lane < B) {
 				const int b = lane;
@@ -1476,7 +1568,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 				norm_rows(ly.ffn_norm, xs, B, D);
 			for (int r = gw; r < F; r += nwarps) {
 				float acc[NB];
-				dot_rows<NB, KD>(ly.fc1, r, NULL, 0, xs, B, acc);
+				dot_rows<NB, KD>(a, ly.fc1, r, NULL, 0, xs, B, acc);
 				if (lane == 0)
 					for (int b = 0; b < B; b++)
 						a.ffn_h[(size_t)b * F + r] = apply_act(act, acc[b] + ly.fc1_b[r]);
@@ -1485,7 +1577,7 @@ __global__ void __launch_bounds__(STEP_THREADS, 1) k_step(sbk_step a)
 			stage(xs, a.ffn_h, B, F, F);
 			for (int r = gw; r < D; r += nwarps) {
 				float acc[NB];
-				dot_rows<NB, KD>(ly.fc2, r, NULL, 0, xs, B, acc);
+				dot_rows<NB, KD>(a, ly.fc2, r, NULL, 0, xs, B, acc);
 				if (lane == 0)
 					for (int b = 0; b < B; b++) {
 						const size_t i = (size_t)b * D + r;
