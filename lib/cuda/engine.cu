@@ -289,16 +289,16 @@ static int step_slot(const sbk_mat *const *m, int n, int most)
 	return most;
 }
 
-/* Whether m's rows are whole 16-byte pieces of a 16-byte aligned matrix. */
-static bool step_rows_aligned(const sbk_mat *m)
-{
-	return (size_t)m->cols * sb_dtype_size(m->dt) % 16 == 0 && ((uintptr_t)m->w & 15) == 0;
-}
-
 /* Whether p (NULL: no table) is 16-byte aligned. */
 static bool step_aligned(const void *p)
 {
 	return ((uintptr_t)p & 15) == 0;
+}
+
+/* Whether m's rows are whole 16-byte pieces of a 16-byte aligned matrix. */
+static bool step_rows_aligned(const sbk_mat *m)
+{
+	return (size_t)m->cols * sb_dtype_size(m->dt) % 16 == 0 && step_aligned(m->w);
 }
 
 /* Whether a norm's weights are 16-byte aligned. */

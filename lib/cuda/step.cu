@@ -168,8 +168,9 @@ static __device__ __forceinline__ void proxy_fence()
 }
 
 /* 16 bytes from global src (through L2) to shared dst, both 16-byte
- * aligned, by this thread (cp.async, sm_80 and later: no bulk copy's
- * barrier, waited for by cp_async_wait). */
+ * aligned, by this thread (cp.async: no bulk copy's barrier, waited for
+ * by cp_async_wait). Only the pool's users call it, and there is a pool
+ * only from sm_90 on (sbk_step_setup); before sm_80 it is a no-op. */
 static __device__ __forceinline__ void cp_async16(void *dst, const void *src)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -590,16 +591,15 @@ static __host__ __device__ __forceinline__ size_t al4(size_t n)
 	return (n + 3) & ~(size_t)3;
 }
 
-/* n floats of src into dst (shared, 16-byte aligned): where src is
- * aligned and n a multiple of 4 (and a.bulk), one bulk copy by thread 0
- * counted on b, whose bytes are returned; else read through L2 by the
- * block (0 returned). */
-static __device__ __forceinline__ unsigned pf_floats(const sbk_step &a, float *dst, const float *src,
-                                                     int n, uint64_t *b)
+/* n floats of src into dst (shared, 16-byte aligned): by one bulk copy
+ * (one: the caller is thread 0 alone, and every table is aligned) counted
+ * on b, whose bytes are returned; else read through L2 by the block (0
+ * returned). */
+static __device__ __forceinline__ unsigned pf_floats(bool one, float *dst, const float *src, int n,
+                                                     uint64_t *b)
 {
-	if (a.bulk && ((uintptr_t)src & 15) == 0 && (n & 3) == 0) {
-		if (threadIdx.x == 0)
-			bulk(dst, src, 4u * n, b);
+	if (one) {
+		bulk(dst, src, 4u * n, b);
 		return 4u * n;
 	}
 	ldcg_each(
@@ -644,29 +644,29 @@ static __device__ void pf_tables(const sbk_step &a, const sbk_layer *sl, int l, 
                                  uint64_t *b)
 {
 	const int D = a.g.D, Z = a.g.Z;
-	/* every table a bulk copy: thread 0 alone (where the others went
+	/* every table a bulk copy, by thread 0 alone (where the others went
 	 * through the copies' code too, predicated off, each copy cost every
-	 * warp a dozen instructions) */
+	 * warp a dozen instructions); else every table read by the block */
 	const bool one = a.bulk && a.tables_aligned;
 	if (one && threadIdx.x != 0)
 		return;
 	const sbk_norm &nm = l < a.L ? sl[l].norm : a.final_norm;
 	unsigned bytes = 0;
-	if (threadIdx.x == 0)
+	if (one)
 		proxy_fence();  // hg as the barrier left it
 	if (nm.w)
-		bytes += pf_floats(a, T.nw, nm.w, D, b);
+		bytes += pf_floats(one, T.nw, nm.w, D, b);
 	if (nm.b)
-		bytes += pf_floats(a, T.nb, nm.b, D, b);
+		bytes += pf_floats(one, T.nb, nm.b, D, b);
 	if (l < a.L) {
 		const sbk_layer_vecs &v = sl[l].v;
 		for (int r = 0; r < a.B; r++)
-			bytes += pf_floats(a, T.hg + (size_t)r * al4(D), a.hg + ((size_t)r * a.L + l) * D, D, b);
-		bytes += pf_floats(a, T.ec, a.ec + (size_t)l * D, D, b);
-		bytes += pf_floats(a, T.gq, v.gq, Z, b);
-		bytes += pf_floats(a, T.gk, v.gk, Z, b);
-		bytes += pf_floats(a, T.bq, v.bq, Z, b);
-		bytes += pf_floats(a, T.bk, v.bk, Z, b);
+			bytes += pf_floats(one, T.hg + (size_t)r * al4(D), a.hg + ((size_t)r * a.L + l) * D, D, b);
+		bytes += pf_floats(one, T.ec, a.ec + (size_t)l * D, D, b);
+		bytes += pf_floats(one, T.gq, v.gq, Z, b);
+		bytes += pf_floats(one, T.gk, v.gk, Z, b);
+		bytes += pf_floats(one, T.bq, v.bq, Z, b);
+		bytes += pf_floats(one, T.bk, v.bk, Z, b);
 	}
 	if (threadIdx.x == 0)
 		bar_expect(b, bytes);
@@ -897,7 +897,8 @@ static __device__ __forceinline__ int value_slabs(int nrows)
  * width of the first slab (each layer took them anew: divisions, a load
  * of each row's block). */
 struct b_plan {
-	int two, h0, h1, w1;
+	bool two;
+	int h0, h1, w1;
 };
 
 static __device__ b_plan b_plan_at(const sbk_step &a)
@@ -907,7 +908,7 @@ static __device__ b_plan b_plan_at(const sbk_step &a)
 	p.two = a.has_pool && g.vec && !(g.Z & 3) && !(g.H & 3) && !((uintptr_t)a.zgv & 15);
 	for (int b = 0; b < a.B; b++)
 		if ((uintptr_t)(a.blocks[b] + g.ring_v) & 15)
-			p.two = 0;
+			p.two = false;
 	int h0, h1;
 	slab_cols(g.H, 0, value_slabs(1), &h0, &h1);
 	p.w1 = h1 - h0;
@@ -1069,8 +1070,8 @@ static __device__ __forceinline__ void b2_item(const b_plan &bp, unsigned live, 
  * copies need nothing B1 writes), the others in turn. These were bulk
  * copies, a thread an entry; but a bulk copy's operands must be the
  * warp's own, so the compiler issued them a lane at a time, a loop of a
- * dozen instructions a copy, 128 copies a warp at depth 2048 (tg128 3,932
- * tokens/s there; 4,205 so). */
+ * dozen instructions a copy, 128 copies a warp at depth 2048
+ * (docs/benchmarks.md, the afternoon run of 2026-12-03). */
 static __device__ void b2_issue(const sbk_step &a, int l, const ring_now &r, int b, int h0, int tw,
                                 float *pool)
 {
